@@ -1,0 +1,144 @@
+"""Checkpoints: self-describing files of plain types, written atomically, loaded safely.
+
+A checkpoint is a dict::
+
+    format        "fer_cli.checkpoint", version 1
+    arch          registry name, with model_config (its keyword options)
+    class_names   output order of the classifier
+    preprocess    {"size", "channels", "mean", "std"}: how images become tensors
+    state_dict    weights (float tensors may be stored as float16 to save space)
+    temperature   softmax temperature (1.0 = uncalibrated)
+    metrics       validation results of the saved epoch, per class included
+    provenance    data, command, seed, date, fer_cli version
+    training      (resumable "last" checkpoints only) optimizer/scheduler/RNG state and history
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .models import create_model
+
+FORMAT = "fer_cli.checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("arch", "model_config", "class_names", "preprocess", "state_dict")
+
+
+@dataclass
+class Classifier:
+    """A ready-to-run model with everything needed to feed it and read its output."""
+
+    name: str
+    arch: str
+    model: nn.Module
+    class_names: list[str]
+    preprocess: dict
+    temperature: float = 1.0
+    metrics: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def val_accuracy(self) -> float | None:
+        return self.metrics.get("accuracy")
+
+
+def clean_state_dict(state_dict: dict) -> dict:
+    """Strip the prefixes DistributedDataParallel ('module.') and torch.compile ('_orig_mod.') add."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        cleaned[key] = value
+    return cleaned
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict, half: bool = False) -> None:
+    """Write atomically: a crash mid-write never leaves a truncated file under ``path``."""
+    checkpoint = {"format": FORMAT, "version": VERSION, **checkpoint}
+    if half:
+        checkpoint["state_dict"] = {
+            k: v.half() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()
+        }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(checkpoint, stream)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load and validate a checkpoint dict (no code runs: ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no such checkpoint file: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "unsupported global" in str(error).lower():
+            raise CheckpointError(
+                f"{path} is not a fer_cli checkpoint: it holds Python objects, not plain data, and is not loaded"
+            ) from None
+        raise CheckpointError(f"{path} is not a readable fer_cli checkpoint (corrupt, truncated or foreign)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path} is not a readable fer_cli checkpoint (corrupt, truncated or foreign): {reason}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a PyTorch file but not a fer_cli checkpoint")
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} is missing {', '.join(missing)}")
+    if checkpoint.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path} was written by a newer fer_cli (format version {checkpoint['version']})")
+    return checkpoint
+
+
+def build_model(checkpoint: dict) -> nn.Module:
+    """Rebuild the network a checkpoint describes and load its weights in float32."""
+    model = create_model(
+        checkpoint["arch"],
+        num_classes=len(checkpoint["class_names"]),
+        in_channels=checkpoint["preprocess"]["channels"],
+        **checkpoint["model_config"],
+    )
+    state = {k: v.float() if v.is_floating_point() else v for k, v in clean_state_dict(checkpoint["state_dict"]).items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"weights do not fit architecture '{checkpoint['arch']}': {str(error).splitlines()[0]}") from None
+    return model.eval()
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    checkpoint = read_checkpoint(path)
+    return Classifier(
+        name=Path(path).stem,
+        arch=checkpoint["arch"],
+        model=build_model(checkpoint),
+        class_names=list(checkpoint["class_names"]),
+        preprocess=dict(checkpoint["preprocess"]),
+        temperature=float(checkpoint.get("temperature", 1.0)),
+        metrics=dict(checkpoint.get("metrics", {})),
+        provenance=dict(checkpoint.get("provenance", {})),
+        path=str(path),
+    )
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

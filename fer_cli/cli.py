@@ -1,0 +1,369 @@
+"""The `fer` command: a thin shell that parses options, calls the library and renders results.
+
+    fer predict photos/                       # a file, a folder (recursive), a glob, or '-' for paths on stdin
+    fer predict face.png --format json        # table (default on a terminal) | json | jsonl | csv
+    fer ensemble --weighted labelled_dir/     # every shipped model scored, and their votes
+    fer train DATA --val VAL --arch vgg --epochs 30 --out weights/vgg.pt
+    fer models                                # architectures and available weights
+
+Exit codes: 0 success; 1 the run finished but some inputs could not be read; 2 a usage error
+(bad option, missing model, unusable dataset...). Results go to stdout, everything else to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shlex
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import FerError
+from .predict import to_prediction
+from .results import WRITERS, format_from_path, print_ensemble_report
+
+app = typer.Typer(
+    help="Facial-expression recognition for image files and folders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+USAGE_ERROR = 2
+INPUTS_FAILED = 1
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class Schedule(str, Enum):
+    onecycle = "onecycle"
+    cosine = "cosine"
+    plateau = "plateau"
+    none = "none"
+
+
+class Balance(str, Enum):
+    none = "none"
+    sampler = "sampler"
+    loss = "loss"
+
+
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", "-j", min=0, help="DataLoader worker processes for decoding.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
+ModelOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--model", "-m", help="Shipped model name or checkpoint path (repeatable). Default: the best shipped model."),
+]
+FormatOpt = Annotated[
+    Optional[OutputFormat],
+    typer.Option("--format", "-f", case_sensitive=False, help="Output format. Default: table on a terminal, else jsonl (or from --output's extension)."),
+]
+OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results to FILE instead of stdout.")]
+
+
+def handles_user_errors(command):
+    """Turn the library's user-facing errors into one line on stderr and exit code 2, no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except FerError as error:
+            err_console.print(f"[bold red]error:[/] {error}", highlight=False)
+            if os.environ.get("FER_DEBUG"):
+                raise
+            raise typer.Exit(USAGE_ERROR) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    """KEY=VALUE strings -> dict, values read as int, float, bool or str."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got '{pair}'", param_hint="--arch-option")
+        for cast in (int, float):
+            try:
+                options[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            options[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return options
+
+
+@app.command()
+@handles_user_errors
+def train(
+    data: Annotated[
+        Optional[str],
+        typer.Argument(help="Labelled folder (one subfolder per class), a root with train/ and val/, or a FER2013 CSV."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Best checkpoint path; NAME.history.csv and NAME.last.pt go beside it.")] = Path("runs/model.pt"),
+    val: Annotated[Optional[str], typer.Option(help="Validation folder or CSV. Default: DATA/val, the CSV's PublicTest rows, or 10% of DATA held out.")] = None,
+    arch: Annotated[str, typer.Option(help="Architecture (see `fer models`).")] = "vgg",
+    arch_option: Annotated[Optional[list[str]], typer.Option("--arch-option", help="Architecture option KEY=VALUE, e.g. width=32 (repeatable).")] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    batch_size: BatchSizeOpt = 64,
+    optimizer: Annotated[Optimizer, typer.Option(case_sensitive=False, help="sgd (Nesterov, momentum 0.9) or adamw.")] = Optimizer.sgd,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate. Default: 0.01 for sgd, 0.001 for adamw.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(min=0.0, help="Default: 5e-4 for sgd, 0.05 for adamw.")] = None,
+    schedule: Annotated[Schedule, typer.Option(case_sensitive=False, help="Learning-rate schedule (plateau watches val accuracy).")] = Schedule.onecycle,
+    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.1,
+    augment: Annotated[str, typer.Option(help="'default', 'none', or a comma list of flip,crop,shift,rotate,erase.")] = "default",
+    balance: Annotated[Balance, typer.Option(case_sensitive=False, help="Class-imbalance handling: none, sampler (weighted sampling) or loss (weighted loss).")] = Balance.none,
+    size: Annotated[int, typer.Option(min=8, help="Input side in pixels.")] = 48,
+    channels: Annotated[int, typer.Option(min=1, max=3, help="1 = grayscale, 3 = RGB.")] = 1,
+    seed: Annotated[int, typer.Option()] = 0,
+    half: Annotated[bool, typer.Option("--half", help="Store the best checkpoint's weights as float16 (half the size).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run whose --out is given, with its settings.")] = False,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = 2,
+) -> None:
+    """Train a model on a labelled folder or FER2013 CSV, keeping the best checkpoint by validation accuracy."""
+    from .train import TrainConfig, train as run_training
+
+    if data is None and not resume:
+        raise typer.BadParameter("DATA is required (unless --resume)", param_hint="DATA")
+    try:
+        config = TrainConfig(
+            data=data or "",
+            out=str(out),
+            val=val,
+            arch=arch,
+            arch_options=_parse_options(arch_option or []),
+            epochs=epochs,
+            batch_size=batch_size,
+            optimizer=optimizer.value,
+            lr=lr,
+            weight_decay=weight_decay,
+            schedule=schedule.value,
+            label_smoothing=label_smoothing,
+            augment=augment,
+            balance=balance.value,
+            size=size,
+            channels=channels,
+            seed=seed,
+            device=device,
+            workers=workers,
+            half=half,
+            resume=resume,
+            command=shlex.join(["fer", *sys.argv[1:]]),
+        )
+        config.validate()
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    run_training(config, err_console)
+
+
+@app.command()
+@handles_user_errors
+def models() -> None:
+    """List the architectures and the shipped weights with their validation accuracy."""
+    from rich.table import Table
+
+    from .models import describe_model, list_models, model_options
+    from .zoo import shipped_models
+
+    out = Console()
+    table = Table(title="Architectures")
+    for column in ("name", "options", "description"):
+        table.add_column(column)
+    for name in list_models():
+        options = ", ".join(f"{k}={v}" for k, v in model_options(name).items())
+        table.add_row(name, options, describe_model(name))
+    out.print(table)
+    table = Table(title="Shipped weights")
+    for column in ("name", "arch", "classes", "val accuracy", "path"):
+        table.add_column(column)
+    for entry in shipped_models():
+        accuracy = entry.val_accuracy
+        table.add_row(
+            entry.name, entry.arch, str(len(entry.class_names)),
+            f"{accuracy:.2%}" if accuracy is not None else "-", entry.path,
+        )
+    out.print(table)
+
+
+def _open_output(output: Path | None, fmt: OutputFormat | None):
+    """The results stream and its format: --format wins, then --output's extension, then the terminal."""
+    if fmt is not None:
+        chosen = fmt.value
+    elif output is not None:
+        chosen = format_from_path(output) or "jsonl"
+    else:
+        chosen = "table" if sys.stdout.isatty() else "jsonl"
+    if output is None:
+        return sys.stdout, chosen
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return open(output, "w", newline=""), chosen
+    except OSError as error:
+        raise typer.BadParameter(f"cannot write {output}: {error.strerror}", param_hint="--output") from None
+
+
+def _write_predictions(outcome_batches, class_names, choose, model_name, writer) -> tuple[int, int]:
+    """Render streamed outcomes through ``writer``; report failures on stderr. Returns (done, failed)."""
+    done = failed = 0
+    for outcomes in outcome_batches:
+        predictions = []
+        for outcome in outcomes:
+            probs = choose(outcome.probs[None])[0] if outcome.probs is not None else None
+            prediction = to_prediction(outcome, probs, class_names, model_name)
+            if not prediction.ok:
+                failed += 1
+                err_console.print(f"[yellow]skipped[/] {prediction.path}: {prediction.error}", highlight=False)
+            done += 1
+            predictions.append(prediction)
+        writer.write_batch(predictions)
+    return done, failed
+
+
+def _finish(done: int, failed: int, seconds: float) -> None:
+    rate = f", {done / seconds:,.0f} images/s" if seconds > 0 and done else ""
+    err_console.print(f"{done - failed:,} of {done:,} inputs predicted in {seconds:.1f}s{rate}", highlight=False)
+    if failed:
+        err_console.print(f"[yellow]{failed:,} input(s) could not be read[/]", highlight=False)
+        raise typer.Exit(INPUTS_FAILED)
+    if done == 0:
+        raise typer.Exit(INPUTS_FAILED)
+
+
+@app.command()
+@handles_user_errors
+def predict(
+    sources: Annotated[list[str], typer.Argument(help="Image files, folders (recursive), globs, or '-' to read paths from stdin.")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Shipped model name or checkpoint path. Default: the best shipped model.")] = None,
+    fmt: FormatOpt = None,
+    output: OutputOpt = None,
+    batch_size: BatchSizeOpt = 64,
+    workers: WorkersOpt = DEFAULT_WORKERS,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Predict the expression of every image: label, confidence and all class probabilities."""
+    from .data import iter_image_paths
+    from .device import select_device
+    from .predict import predict_stream
+    from .zoo import resolve_model
+
+    torch_device = select_device(device)
+    classifier = resolve_model(model)
+    stream, chosen = _open_output(output, fmt)
+    started = time.perf_counter()
+    items = list(iter_image_paths(sources))
+    writer = WRITERS[chosen](stream, classifier.class_names)
+    batches = predict_stream([classifier], items, torch_device, batch_size=batch_size, workers=workers)
+    done, failed = _write_predictions(batches, classifier.class_names, lambda p: p[:, 0], classifier.name, writer)
+    writer.close()
+    if stream is not sys.stdout:
+        stream.close()
+    _finish(done, failed, time.perf_counter() - started)
+
+
+@app.command()
+@handles_user_errors
+def ensemble(
+    folder: Annotated[str, typer.Argument(help="A labelled folder (one subfolder per class) to score, or any images to predict.")],
+    model: ModelOpt = None,
+    weighted: Annotated[bool, typer.Option("--weighted", help="Add votes weighted by each model's stored validation metrics.")] = False,
+    fmt: FormatOpt = None,
+    output: OutputOpt = None,
+    batch_size: BatchSizeOpt = 64,
+    workers: WorkersOpt = DEFAULT_WORKERS,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Score every model (and their votes) on a labelled folder; on unlabelled images, predict with the vote."""
+    import numpy as np
+
+    from .data import find_labelled_images, is_labelled_folder, iter_image_paths
+    from .device import select_device
+    from .ensemble import default_vote, evaluate_ensemble
+    from .errors import ModelError
+    from .predict import align_classes, predict_stream
+    from .zoo import resolve_models
+
+    torch_device = select_device(device)
+    classifiers = resolve_models(model)
+    class_names = align_classes(classifiers)
+    started = time.perf_counter()
+
+    if not is_labelled_folder(folder):
+        err_console.print(f"{folder} is not a labelled folder: predicting with the ensemble", highlight=False)
+        stream, chosen = _open_output(output, fmt)
+        name, _ = default_vote(np.zeros((1, len(classifiers), len(class_names))), classifiers, class_names, weighted)
+        vote = lambda p: default_vote(p, classifiers, class_names, weighted)[1]  # noqa: E731
+        writer = WRITERS[chosen](stream, class_names)
+        items = list(iter_image_paths([folder]))
+        batches = predict_stream(classifiers, items, torch_device, batch_size=batch_size, workers=workers)
+        done, failed = _write_predictions(batches, class_names, vote, f"ensemble: {name}", writer)
+        writer.close()
+        if stream is not sys.stdout:
+            stream.close()
+        _finish(done, failed, time.perf_counter() - started)
+        return
+
+    if fmt not in (None, OutputFormat.table, OutputFormat.json):
+        raise typer.BadParameter("a labelled folder's report is a table or json", param_hint="--format")
+    files = find_labelled_images(folder)
+    unknown = sorted(set(files.class_names) - set(class_names))
+    if unknown:
+        raise ModelError(
+            f"{folder} has class folders the models do not predict: {', '.join(unknown)} "
+            f"(models predict {', '.join(class_names)})"
+        )
+    to_model_label = [class_names.index(name) for name in files.class_names]
+    probs, labels, failed = [], [], 0
+    label_of = dict(zip(files.paths, files.labels))
+    for outcomes in predict_stream(classifiers, files.paths, torch_device, batch_size=batch_size, workers=workers):
+        for outcome in outcomes:
+            if outcome.probs is None:
+                failed += 1
+                err_console.print(f"[yellow]skipped[/] {outcome.path}: {outcome.error}", highlight=False)
+                continue
+            probs.append(outcome.probs)
+            labels.append(to_model_label[label_of[outcome.path]])
+    if not probs:
+        raise typer.Exit(INPUTS_FAILED)
+    report = evaluate_ensemble(np.stack(probs), np.array(labels), classifiers, class_names, weighted, folder)
+    report["unreadable_images"] = failed
+    stream, chosen = _open_output(output, fmt)
+    if chosen == "json":
+        stream.write(json.dumps(report, indent=2) + "\n")
+    else:
+        print_ensemble_report(report, Console(file=stream) if stream is not sys.stdout else Console())
+    if stream is not sys.stdout:
+        stream.close()
+    seconds = time.perf_counter() - started
+    err_console.print(f"scored {len(classifiers)} model(s) on {len(labels):,} images in {seconds:.1f}s", highlight=False)
+    if failed:
+        raise typer.Exit(INPUTS_FAILED)
+
+
+def main() -> None:
+    app(prog_name="fer")

@@ -1,0 +1,74 @@
+"""Where models run and at what precision: one place decides, everyone else is handed the answer."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .errors import DeviceError
+
+
+def select_device(spec: str = "auto") -> torch.device:
+    """Turn 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' into a usable torch.device.
+
+    'auto' picks CUDA when present, then MPS, then the CPU. Asking for a device that is not
+    there is an error, never a silent fallback.
+    """
+    spec = spec.strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "mps":
+        if not _mps_available():
+            raise DeviceError("device 'mps' requested but Apple MPS is not available here; use --device cpu")
+        return torch.device("mps")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device '{spec}' requested but CUDA is not available here; use --device cpu")
+        index = spec.partition(":")[2]
+        if index:
+            if not index.isdigit() or int(index) >= torch.cuda.device_count():
+                raise DeviceError(
+                    f"device '{spec}' requested but this machine has {torch.cuda.device_count()} CUDA device(s)"
+                )
+            return torch.device("cuda", int(index))
+        return torch.device("cuda")
+    raise DeviceError(f"unknown device '{spec}'; use auto, cpu, cuda, cuda:N or mps")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (float16 autocast); full float32 everywhere else."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """A loss scaler that only acts when autocast runs in float16, i.e. on CUDA."""
+    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move a model to its device; on CUDA use channels_last, which tensor cores prefer."""
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a batch to the device in the layout the model was prepared for."""
+    if device.type == "cuda":
+        return images.to(device, non_blocking=True, memory_format=torch.channels_last)
+    return images.to(device)

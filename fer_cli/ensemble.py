@@ -1,0 +1,141 @@
+"""Scoring models on a labelled folder, and combining their votes.
+
+The votes are pure functions of the per-model probabilities (N, M, C):
+
+* majority:  each model votes for its top class; ties go to the higher mean probability
+* mean:      the average of the models' probabilities
+* weighted:  the average weighted by each model's *validation* accuracy, read from its checkpoint
+* weighted per class: each model's probability for class c weighted by its validation F1 on c
+
+Weights are never fitted on the images being scored: they come from the metrics ``fer train``
+stored in each checkpoint, measured on that run's validation data.
+"""
+
+from __future__ import annotations
+
+import os
+import numpy as np
+
+from .checkpoint import Classifier
+from .metrics import summarize
+
+WEIGHTS_SOURCE = (
+    "validation metrics stored in each checkpoint by `fer train` "
+    "(accuracy, and per-class F1), never fitted on the images scored here"
+)
+
+
+def majority_vote(probs: np.ndarray) -> np.ndarray:
+    """(N, M, C) -> (N, C): vote shares, ties broken by the mean probability."""
+    n, m, c = probs.shape
+    votes = np.zeros((n, c))
+    np.add.at(votes, (np.repeat(np.arange(n), m), probs.argmax(axis=2).ravel()), 1.0)
+    shares = votes / m
+    # A tie-breaker smaller than one vote: the mean probability, scaled below 1/m.
+    return shares + probs.mean(axis=1) / (m + 1)
+
+
+def mean_vote(probs: np.ndarray) -> np.ndarray:
+    return probs.mean(axis=1)
+
+
+def weighted_vote(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(N, M, C) with weights (M,) or (M, C) -> (N, C), a weighted average per class."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim == 1:
+        weights = np.repeat(weights[:, None], probs.shape[2], axis=1)
+    weights = np.clip(weights, 1e-6, None)
+    scores = (probs * weights[None]).sum(axis=1) / weights.sum(axis=0)[None]
+    return scores / scores.sum(axis=1, keepdims=True)
+
+
+def validation_weights(classifiers: list[Classifier], class_names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per-model accuracy weights (M,) and per-class F1 weights (M, C) from the checkpoints.
+
+    A model without stored metrics gets the mean weight of the others (1.0 if none has any), and
+    is named in the returned notes.
+    """
+    accuracy = np.full(len(classifiers), np.nan)
+    per_class = np.full((len(classifiers), len(class_names)), np.nan)
+    notes = []
+    for m, classifier in enumerate(classifiers):
+        metrics = classifier.metrics or {}
+        if metrics.get("accuracy") is not None:
+            accuracy[m] = metrics["accuracy"]
+        stored = metrics.get("per_class", {})
+        for c, name in enumerate(class_names):
+            if name in stored:
+                per_class[m, c] = stored[name]["f1"]
+        if np.isnan(accuracy[m]):
+            notes.append(f"{classifier.name} has no stored validation metrics; it gets the average weight")
+    for array in (accuracy, per_class):
+        fill = np.nanmean(array, axis=0) if not np.isnan(array).all() else 1.0
+        array[np.isnan(array)] = np.broadcast_to(fill, array.shape)[np.isnan(array)]
+        array[np.isnan(array)] = 1.0
+    return accuracy, per_class, notes
+
+
+def combine(probs: np.ndarray, classifiers: list[Classifier], class_names: list[str], weighted: bool) -> dict[str, np.ndarray]:
+    """Every ensemble's (N, C) scores. Weighted votes are added with ``weighted``."""
+    votes = {"majority vote": majority_vote(probs), "mean probability": mean_vote(probs)}
+    if weighted:
+        accuracy, per_class, _ = validation_weights(classifiers, class_names)
+        votes["weighted (val accuracy)"] = weighted_vote(probs, accuracy)
+        votes["weighted per class (val F1)"] = weighted_vote(probs, per_class)
+    return votes
+
+
+def default_vote(probs: np.ndarray, classifiers: list[Classifier], class_names: list[str], weighted: bool) -> tuple[str, np.ndarray]:
+    """The single vote used to label unlabelled images: per-class weighted, or the mean."""
+    if weighted:
+        _, per_class, _ = validation_weights(classifiers, class_names)
+        return "weighted per class (val F1)", weighted_vote(probs, per_class)
+    return "mean probability", mean_vote(probs)
+
+
+def evaluate_ensemble(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    classifiers: list[Classifier],
+    class_names: list[str],
+    weighted: bool,
+    folder: str,
+) -> dict:
+    """The whole report for a labelled folder, as one plain dict (what --format json prints)."""
+    models = []
+    for m, classifier in enumerate(classifiers):
+        models.append(
+            {
+                "name": classifier.name,
+                "path": classifier.path,
+                "arch": classifier.arch,
+                "val_accuracy_in_checkpoint": classifier.val_accuracy,
+                "metrics": summarize(labels, probs[:, m], class_names),
+            }
+        )
+    ensembles = []
+    if len(classifiers) > 1:
+        for name, scores in combine(probs, classifiers, class_names, weighted).items():
+            ensembles.append({"name": name, "metrics": summarize(labels, scores, class_names)})
+    notes = []
+    if weighted:
+        _, _, notes = validation_weights(classifiers, class_names)
+        here = os.path.realpath(folder)
+        for classifier in classifiers:
+            val = str(classifier.provenance.get("val_data", ""))
+            if val and os.path.realpath(val.split(" (")[0]) == here:
+                notes.append(
+                    f"{classifier.name} was validated on this same folder, so weighted-vote scores here are optimistic"
+                )
+    correct = probs.argmax(axis=2) == labels[:, None]
+    return {
+        "folder": folder,
+        "images": int(len(labels)),
+        "class_names": class_names,
+        "weights_source": WEIGHTS_SOURCE if weighted else None,
+        "notes": notes,
+        "models": models,
+        "ensembles": ensembles,
+        "oracle_accuracy": float(correct.any(axis=1).mean()) if len(labels) else 0.0,
+        "all_wrong_rate": float((~correct).all(axis=1).mean()) if len(labels) else 0.0,
+    }

@@ -1,0 +1,23 @@
+"""Errors a user can cause and fix. The CLI turns each into one line on stderr and an exit code."""
+
+
+class FerError(Exception):
+    """Base class: a mistake in what the user asked for, never a bug in fer_cli."""
+
+    exit_code = 1
+
+
+class SourceError(FerError):
+    """An input path, folder, glob or dataset that cannot be used."""
+
+
+class CheckpointError(FerError):
+    """A checkpoint that is missing, corrupt, truncated or not written by fer_cli."""
+
+
+class ModelError(FerError):
+    """An unknown architecture or model name, or models that cannot work together."""
+
+
+class DeviceError(FerError):
+    """A device that was asked for but is not available here."""

@@ -1,0 +1,159 @@
+"""Architectures for small face crops, built from scratch, behind one registry.
+
+Every builder takes ``num_classes`` and ``in_channels`` plus its own keyword options, and the
+(name, options) pair is what a checkpoint stores to rebuild the network.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+
+from .errors import ModelError
+
+ModelBuilder = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelBuilder] = {}
+
+
+def register_model(builder: ModelBuilder) -> ModelBuilder:
+    """Make ``builder`` available under its function name; a second builder with that name is a bug."""
+    name = builder.__name__
+    if name in _REGISTRY:
+        raise ValueError(f"architecture '{name}' is registered twice")
+    _REGISTRY[name] = builder
+    return builder
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def describe_model(name: str) -> str:
+    """The builder's one-line summary, for `fer models`."""
+    return (inspect.getdoc(_builder(name)) or "").splitlines()[0]
+
+
+def model_options(name: str) -> dict[str, object]:
+    """The architecture's tunable options and their defaults."""
+    parameters = inspect.signature(_builder(name)).parameters
+    return {
+        key: p.default
+        for key, p in parameters.items()
+        if key not in ("num_classes", "in_channels") and p.default is not inspect.Parameter.empty
+    }
+
+
+def check_model_options(name: str, options: dict) -> None:
+    """Raise ModelError, listing the valid choices, for an unknown architecture or option."""
+    valid = model_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ModelError(
+            f"architecture '{name}' has no option {', '.join(unknown)}; "
+            f"valid options: {', '.join(f'{k}={v}' for k, v in valid.items()) or 'none'}"
+        )
+
+
+def create_model(name: str, num_classes: int, in_channels: int = 1, **options) -> nn.Module:
+    """Build architecture ``name``; unknown names and options are errors that list the valid ones."""
+    check_model_options(name, options)
+    return _builder(name)(num_classes=num_classes, in_channels=in_channels, **options)
+
+
+def _builder(name: str) -> ModelBuilder:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ModelError(f"unknown architecture '{name}'; valid ones: {', '.join(list_models())}.{hint}")
+    return _REGISTRY[name]
+
+
+def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+@register_model
+def vgg(num_classes: int, in_channels: int = 1, width: int = 64, dropout: float = 0.4) -> nn.Module:
+    """VGG-style net: 4 blocks of 2x(conv-BN-ReLU) + max-pool, widths w..8w, as in Khaireddin & Chen 2021."""
+    layers: list[nn.Module] = []
+    cin = in_channels
+    for multiple in (1, 2, 4, 8):
+        cout = width * multiple
+        layers += _conv_bn_relu(cin, cout) + _conv_bn_relu(cout, cout) + [nn.MaxPool2d(2)]
+        cin = cout
+    return nn.Sequential(
+        *layers,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(cin, cin),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(cin, num_classes),
+    )
+
+
+@register_model
+def resnet18(num_classes: int, in_channels: int = 1, width: int = 64) -> nn.Module:
+    """torchvision ResNet-18 with a small-input stem (3x3 conv, stride 1, no max-pool) for 48 px faces."""
+    model = resnet.ResNet(resnet.BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+    if width != 64:  # torchvision fixes the widths; rebuild with scaled ones
+        model = _scaled_resnet(resnet.BasicBlock, [2, 2, 2, 2], num_classes, width)
+    model.conv1 = nn.Conv2d(in_channels, model.bn1.num_features, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def _scaled_resnet(block, layers, num_classes: int, width: int) -> resnet.ResNet:
+    model = resnet.ResNet(block, layers, num_classes=num_classes)
+    model.inplanes = width
+    model.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+    model.bn1 = nn.BatchNorm2d(width)
+    model.layer1 = model._make_layer(block, width, layers[0])
+    model.layer2 = model._make_layer(block, width * 2, layers[1], stride=2)
+    model.layer3 = model._make_layer(block, width * 4, layers[2], stride=2)
+    model.layer4 = model._make_layer(block, width * 8, layers[3], stride=2)
+    model.fc = nn.Linear(width * 8 * block.expansion, num_classes)
+    return model
+
+
+class _SeparableResidual(nn.Module):
+    """Two depthwise-separable convs and a max-pool, with a strided 1x1 shortcut (Xception's block)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False),
+            nn.Conv2d(cin, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, groups=cout, bias=False),
+            nn.Conv2d(cout, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=2, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+@register_model
+def mini_xception(num_classes: int, in_channels: int = 1, width: int = 32, dropout: float = 0.2) -> nn.Module:
+    """Small fast net: conv stem + 4 depthwise-separable residual blocks (mini-Xception family)."""
+    stem = nn.Sequential(*_conv_bn_relu(in_channels, width // 2), *_conv_bn_relu(width // 2, width))
+    widths = [width, width, width * 2, width * 4, width * 8]
+    blocks = [_SeparableResidual(cin, cout) for cin, cout in zip(widths, widths[1:])]
+    return nn.Sequential(
+        stem,
+        *blocks,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(width * 8, num_classes),
+    )

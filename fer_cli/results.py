@@ -1,0 +1,205 @@
+"""One result model for every image, and the writers that render it: table, json, jsonl, csv.
+
+Machine formats stream: each batch is written and flushed as it comes, so memory stays flat
+however many images run. Only the human table waits for the end, to lay out its columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import IO
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What fer_cli says about one input: a label with its probabilities, or why it could not."""
+
+    path: str
+    label: str | None = None
+    confidence: float | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    model: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "label": self.label,
+            "confidence": None if self.confidence is None else round(self.confidence, 6),
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+            "model": self.model,
+            "error": self.error,
+        }
+
+
+class ResultWriter:
+    """Receives predictions one batch at a time; ``close`` finishes the document."""
+
+    def __init__(self, stream: IO[str], class_names: list[str]):
+        self.stream = stream
+        self.class_names = class_names
+
+    def write_batch(self, predictions: list[Prediction]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class JsonLinesWriter(ResultWriter):
+    def write_batch(self, predictions):
+        for prediction in predictions:
+            self.stream.write(json.dumps(prediction.to_dict()) + "\n")
+        self.stream.flush()
+
+
+class JsonWriter(ResultWriter):
+    """A JSON array, written element by element (``[]`` when there is nothing)."""
+
+    def __init__(self, stream, class_names):
+        super().__init__(stream, class_names)
+        self.count = 0
+
+    def write_batch(self, predictions):
+        for prediction in predictions:
+            self.stream.write(("[\n  " if self.count == 0 else ",\n  ") + json.dumps(prediction.to_dict()))
+            self.count += 1
+        self.stream.flush()
+
+    def close(self):
+        self.stream.write("[]\n" if self.count == 0 else "\n]\n")
+        super().close()
+
+
+class CsvWriter(ResultWriter):
+    """path, label, confidence, one column per class probability, model, error."""
+
+    def __init__(self, stream, class_names):
+        super().__init__(stream, class_names)
+        self.writer = csv.writer(stream, lineterminator="\n")
+        self.writer.writerow(["path", "label", "confidence", *class_names, "model", "error"])
+
+    def write_batch(self, predictions):
+        for p in predictions:
+            probs = [f"{p.probabilities[c]:.6f}" if c in p.probabilities else "" for c in self.class_names]
+            confidence = "" if p.confidence is None else f"{p.confidence:.6f}"
+            self.writer.writerow([p.path, p.label or "", confidence, *probs, p.model, p.error or ""])
+        self.stream.flush()
+
+
+class TableWriter(ResultWriter):
+    """A rich table for people: one row per image, the top label highlighted, failures in red."""
+
+    def __init__(self, stream, class_names):
+        super().__init__(stream, class_names)
+        self.rows: list[Prediction] = []
+
+    def write_batch(self, predictions):
+        self.rows.extend(predictions)
+
+    def close(self):
+        console = Console(file=self.stream) if self.stream is not sys.stdout else Console()
+        table = Table(show_lines=False)
+        table.add_column("image", overflow="fold")
+        table.add_column("label", style="bold")
+        table.add_column("confidence", justify="right")
+        for name in self.class_names:
+            table.add_column(name, justify="right")
+        for p in self.rows:
+            if not p.ok:
+                table.add_row(p.path, f"[red]{p.error}[/]", "", *[""] * len(self.class_names))
+                continue
+            cells = [
+                f"[bold]{p.probabilities[c]:.2f}[/]" if c == p.label else f"{p.probabilities.get(c, 0.0):.2f}"
+                for c in self.class_names
+            ]
+            table.add_row(p.path, p.label, f"{p.confidence:.1%}", *cells)
+        console.print(table)
+        super().close()
+
+
+WRITERS: dict[str, type[ResultWriter]] = {
+    "table": TableWriter,
+    "json": JsonWriter,
+    "jsonl": JsonLinesWriter,
+    "csv": CsvWriter,
+}
+
+
+def format_from_path(path) -> str | None:
+    """The format a file name asks for (.json, .jsonl, .csv, .txt for the table), if any."""
+    suffix = str(path).lower().rsplit(".", 1)[-1] if "." in str(path) else ""
+    return {"json": "json", "jsonl": "jsonl", "ndjson": "jsonl", "csv": "csv", "txt": "table"}.get(suffix)
+
+
+# --- the ensemble report -------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def print_ensemble_report(report: dict, console: Console) -> None:
+    """Per-model and ensemble summary, per-class recall, per-class scores and confusion matrix."""
+    classes = report["class_names"]
+    rows = [(m["name"], m["arch"], m["metrics"]) for m in report["models"]]
+    rows += [(e["name"], "ensemble", e["metrics"]) for e in report["ensembles"]]
+    best_name, _, best = max(rows, key=lambda row: row[2]["accuracy"])
+
+    summary = Table(title=f"{report['folder']}: {report['images']:,} labelled images")
+    for column in ("model", "kind", "accuracy", "macro F1", "conf. when right", "conf. when wrong", "ECE"):
+        summary.add_column(column, justify="left" if column in ("model", "kind") else "right")
+    for name, kind, metrics in rows:
+        style = "bold green" if name == best_name else None
+        summary.add_row(
+            name, kind, _pct(metrics["accuracy"]), f"{metrics['macro_f1']:.3f}",
+            _pct(metrics["mean_confidence_correct"]), _pct(metrics["mean_confidence_incorrect"]),
+            f"{metrics['expected_calibration_error']:.3f}", style=style,
+        )
+    console.print(summary)
+
+    recall = Table(title="Recall per class")
+    recall.add_column("class")
+    recall.add_column("support", justify="right")
+    for name, _, _ in rows:
+        recall.add_column(name, justify="right")
+    for c in classes:
+        support = rows[0][2]["per_class"][c]["support"]
+        recall.add_row(c, str(support), *[_pct(metrics["per_class"][c]["recall"]) if support else "-" for _, _, metrics in rows])
+    console.print(recall)
+
+    per_class = Table(title=f"Per-class results of {best_name}")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for c in classes:
+        scores = best["per_class"][c]
+        per_class.add_row(c, f"{scores['precision']:.3f}", f"{scores['recall']:.3f}", f"{scores['f1']:.3f}", str(scores["support"]))
+    console.print(per_class)
+
+    matrix = Table(title=f"Confusion matrix of {best_name} (rows: true, columns: predicted)")
+    matrix.add_column("true \\ predicted")
+    for c in classes:
+        matrix.add_column(c[:8], justify="right")
+    for c, row in zip(classes, best["confusion_matrix"]):
+        matrix.add_row(c, *[f"[bold]{v}[/]" if i == classes.index(c) else str(v) for i, v in enumerate(row)])
+    console.print(matrix)
+
+    if len(report["models"]) > 1:
+        console.print(
+            f"Diversity: at least one model right on {_pct(report['oracle_accuracy'])} of images; "
+            f"all models wrong on {_pct(report['all_wrong_rate'])}."
+        )
+    if report.get("weights_source"):
+        console.print(f"Weights: {report['weights_source']}.")
+    for note in report.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")

@@ -1,0 +1,436 @@
+"""`fer train`: one training loop, validation every epoch, best checkpoint kept, resumable.
+
+    fer train ../shared/data/fer2013/train --val ../shared/data/fer2013/val --arch vgg --epochs 30 --out weights/vgg.pt
+
+Beside ``--out`` it writes ``NAME.history.csv`` (one row per epoch) and ``NAME.last.pt`` (everything
+``--resume`` needs to continue an interrupted run where it stopped).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+from . import __version__
+from .checkpoint import build_model, now_iso, read_checkpoint, save_checkpoint
+from .data import (
+    AugmentedTensors,
+    Augmentation,
+    LabelledTensors,
+    decode_labelled_files,
+    find_labelled_images,
+    normalize_transform,
+    augment_transform,
+    read_fer2013_csv,
+)
+from .device import autocast, grad_scaler, prepare_model, select_device, to_device
+from .errors import CheckpointError, SourceError
+from .metrics import summarize
+from .models import check_model_options, create_model
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "onecycle", "plateau", "none")
+BALANCING = ("none", "sampler", "loss")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str  # labelled folder, a root with train/ and val/, or a FER2013 CSV
+    out: str  # best checkpoint path; history and resume state are written beside it
+    val: str | None = None  # labelled folder or CSV; default: DATA/val, the CSV's PublicTest rows, or 10% held out
+    arch: str = "vgg"
+    arch_options: dict = field(default_factory=dict)
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "sgd"  # sgd (Nesterov momentum 0.9) or adamw
+    lr: float | None = None  # default: 0.01 for sgd, 0.001 for adamw
+    weight_decay: float | None = None  # default: 5e-4 for sgd, 0.05 for adamw (decoupled)
+    schedule: str = "onecycle"  # onecycle | cosine | plateau (on val accuracy) | none
+    label_smoothing: float = 0.1
+    augment: str = "default"  # 'default', 'none' or a comma list of flip,crop,shift,rotate,erase
+    balance: str = "none"  # class imbalance: none | sampler (weighted sampling) | loss (weighted loss)
+    size: int = 48  # square input side in pixels
+    channels: int = 1  # 1 = grayscale, 3 = RGB
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2  # DataLoader workers for augmentation
+    half: bool = False  # store the best checkpoint's weights as float16 (half the size)
+    resume: bool = False
+    command: str = ""  # the command line, recorded for provenance
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else {"sgd": 0.01, "adamw": 1e-3}[self.optimizer]
+
+    @property
+    def decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return {"sgd": 5e-4, "adamw": 0.05}[self.optimizer]
+
+    def validate(self) -> None:
+        for value, valid, option in (
+            (self.optimizer, OPTIMIZERS, "--optimizer"),
+            (self.schedule, SCHEDULES, "--schedule"),
+            (self.balance, BALANCING, "--balance"),
+        ):
+            if value not in valid:
+                raise ValueError(f"{option} must be one of {', '.join(valid)}, not '{value}'")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("--epochs and --batch-size must be at least 1")
+        if self.channels not in (1, 3):
+            raise ValueError("--channels must be 1 (grayscale) or 3 (RGB)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError("--label-smoothing must be in [0, 1)")
+        Augmentation.parse(self.augment)
+        check_model_options(self.arch, self.arch_options)  # fail before decoding any data
+
+
+def history_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".history.csv")
+
+
+def last_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".last.pt")
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def load_training_data(config: TrainConfig, log: Console) -> tuple[LabelledTensors, LabelledTensors, str]:
+    """Decode the training and validation sets into memory; say where validation came from."""
+    preprocess = {"size": config.size, "channels": config.channels}
+    data = Path(config.data)
+    train_source = data
+    val_source = Path(config.val) if config.val else None
+    if data.is_dir() and (data / "train").is_dir() and not config.val and (data / "val").is_dir():
+        train_source, val_source = data / "train", data / "val"
+
+    def load(source: Path, usage: tuple[str, ...]) -> LabelledTensors:
+        if source.is_file() and source.suffix.lower() == ".csv":
+            return read_fer2013_csv(source, usage, preprocess)
+        if not source.exists():
+            raise SourceError(f"no such file or folder: {source}")
+        files = find_labelled_images(source)
+        log.print(f"decoding {len(files.paths):,} images from {source} ...")
+        return decode_labelled_files(files, preprocess, workers=config.workers, warn=lambda m: log.print(f"[yellow]warning:[/] {m}"))
+
+    train = load(train_source, ("training",))
+    if val_source is not None:
+        val = load(val_source, ("publictest",)).reorder_classes(train.class_names)
+        return train, val, str(val_source)
+    if train_source.suffix.lower() == ".csv":
+        try:
+            return train, load(train_source, ("publictest",)), f"{train_source} (PublicTest rows)"
+        except SourceError:
+            pass  # no PublicTest rows: hold out part of the training rows below
+    train, val = _hold_out(train, fraction=0.1, seed=config.seed)
+    return train, val, f"10% of {train_source} held out (stratified, seed {config.seed})"
+
+
+def _hold_out(data: LabelledTensors, fraction: float, seed: int) -> tuple[LabelledTensors, LabelledTensors]:
+    """A stratified validation split: ``fraction`` of the images, at least one per class."""
+    labels = data.labels.numpy()
+    classes = len(data.class_names)
+    held_count = max(int(round(fraction * len(labels))), classes)
+    if np.bincount(labels, minlength=classes).min() < 2 or len(labels) - held_count < classes:
+        raise SourceError(
+            f"{data.origin} is too small to hold out a validation set (every class needs 2+ images); pass --val"
+        )
+    keep, held = train_test_split(
+        np.arange(len(labels)), test_size=held_count, random_state=seed, stratify=labels
+    )
+    pick = lambda idx: LabelledTensors(data.images[idx], data.labels[idx], data.class_names, data.origin)  # noqa: E731
+    return pick(torch.as_tensor(np.sort(keep))), pick(torch.as_tensor(np.sort(held)))
+
+
+def normalisation(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the training images, on the 0..1 scale."""
+    pixels = images.float().div(255).transpose(0, 1).reshape(images.shape[1], -1)
+    return pixels.mean(dim=1).tolist(), pixels.std(dim=1).clamp_min(1e-3).tolist()
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, log: Console | None = None) -> dict:
+    """Train, validating every epoch; keep the best checkpoint by validation accuracy.
+
+    Returns the metrics of the best epoch.
+    """
+    log = log or Console(stderr=True, quiet=True)
+    out = Path(config.out)
+    state = _read_resume_state(out) if config.resume else None
+    if state:
+        # A resumed run keeps the settings it started with; only where it runs may change.
+        config = TrainConfig(
+            **{**state["config"], "out": config.out, "device": config.device, "workers": config.workers},
+            resume=True,
+            command=config.command,
+        )
+    config.validate()
+    device = select_device(config.device)
+
+    train_data, val_data, val_origin = load_training_data(config, log)
+    class_names = train_data.class_names
+    if state:
+        preprocess = state["preprocess"]
+        if state["class_names"] != class_names:
+            raise CheckpointError(f"{last_path(out)} was trained on classes {state['class_names']}, not {class_names}")
+    else:
+        mean, std = normalisation(train_data.images)
+        preprocess = {"size": config.size, "channels": config.channels, "mean": mean, "std": std}
+    log.print(
+        f"training {config.arch} on {len(train_data):,} images, validating on {len(val_data):,} ({val_origin}); "
+        f"{len(class_names)} classes; device {device}"
+    )
+
+    torch.manual_seed(config.seed)  # the initial weights
+    model = create_model(config.arch, len(class_names), config.channels, **config.arch_options)
+    if state:
+        model.load_state_dict(state["state_dict"])
+    model = prepare_model(model, device)
+    optimizer = _make_optimizer(config, model)
+    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
+    scheduler = _make_scheduler(config, optimizer, steps_per_epoch)
+    per_batch_scheduler = scheduler if config.schedule in ("onecycle", "cosine") else None
+    scaler = grad_scaler(device)
+    counts = torch.bincount(train_data.labels, minlength=len(class_names)).float()
+    class_weights = (counts.sum() / (len(counts) * counts.clamp_min(1))).to(device) if config.balance == "loss" else None
+    criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
+
+    start_epoch, history, best_accuracy, best_metrics = 1, [], -1.0, {}
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch = state["epoch"] + 1
+        history = state["history"]
+        best_accuracy = state["best_accuracy"]
+        best_metrics = state["best_metrics"]
+        log.print(f"resuming {out} at epoch {start_epoch} of {config.epochs}")
+    if start_epoch > config.epochs:
+        log.print(f"{out}: all {config.epochs} epochs already done")
+        return best_metrics
+
+    train_transform = augment_transform(preprocess, Augmentation.parse(config.augment))
+    val_loader = torch.utils.data.DataLoader(
+        AugmentedTensors(val_data, normalize_transform(preprocess)), batch_size=256, num_workers=0
+    )
+    provenance = {
+        "train_data": str(config.data),
+        "val_data": val_origin,
+        "command": config.command,
+        "seed": config.seed,
+        "config": _plain_config(config),
+        "fer_cli_version": __version__,
+        "torch_version": str(torch.__version__),
+        "device": str(device),
+    }
+
+    with _progress(log) as progress:
+        for epoch in range(start_epoch, config.epochs + 1):
+            started = time.perf_counter()
+            # Everything random in an epoch derives from (seed, epoch), so a resumed run repeats it exactly.
+            torch.manual_seed(config.seed * 100_003 + epoch)
+            loader = _train_loader(config, train_data, train_transform, epoch, device)
+            task = progress.add_task(f"epoch {epoch}/{config.epochs}", total=len(loader), loss=float("nan"), acc=0.0)
+            train_loss, train_accuracy = train_one_epoch(
+                model, loader, criterion, optimizer, per_batch_scheduler, scaler, device,
+                on_batch=lambda loss, acc: progress.update(task, advance=1, loss=loss, acc=acc),
+            )
+            progress.remove_task(task)
+            probs, labels, val_loss = predict_tensors(model, val_loader, device, criterion)
+            metrics = summarize(labels, probs, class_names)
+            metrics["loss"] = val_loss
+            if scheduler is not None and config.schedule == "plateau":
+                scheduler.step(metrics["accuracy"])
+            improved = metrics["accuracy"] > best_accuracy
+            record = {
+                "epoch": epoch,
+                "train_loss": round(train_loss, 5),
+                "train_accuracy": round(train_accuracy, 5),
+                "val_loss": round(val_loss, 5),
+                "val_accuracy": round(metrics["accuracy"], 5),
+                "val_macro_f1": round(metrics["macro_f1"], 5),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(time.perf_counter() - started, 2),
+                "best": improved,
+            }
+            history.append(record)
+            if improved:
+                best_accuracy, best_metrics = metrics["accuracy"], {**metrics, "epoch": epoch}
+                save_checkpoint(
+                    out,
+                    {
+                        "arch": config.arch,
+                        "model_config": dict(config.arch_options),
+                        "class_names": class_names,
+                        "preprocess": preprocess,
+                        "state_dict": _state_dict(model),
+                        "temperature": 1.0,
+                        "metrics": best_metrics,
+                        "provenance": {**provenance, "date": now_iso(), "epoch": epoch, "epochs": config.epochs},
+                    },
+                    half=config.half,
+                )
+            _write_history(history_path(out), history)
+            save_checkpoint(
+                last_path(out),
+                {
+                    "arch": config.arch,
+                    "model_config": dict(config.arch_options),
+                    "class_names": class_names,
+                    "preprocess": preprocess,
+                    "state_dict": _state_dict(model),
+                    "training": True,
+                    "epoch": epoch,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict(),
+                    "history": history,
+                    "best_accuracy": best_accuracy,
+                    "best_metrics": best_metrics,
+                    "config": _plain_config(config),
+                },
+            )
+            log.print(
+                f"epoch {epoch}/{config.epochs}  loss {train_loss:.4f}  acc {train_accuracy:.4f}  "
+                f"val_loss {val_loss:.4f}  val_acc {metrics['accuracy']:.4f}"
+                f"{'  [green]best, saved[/]' if improved else ''}  {record['seconds']:.0f}s"
+            )
+    log.print(f"best val accuracy {best_accuracy:.4f} (epoch {best_metrics.get('epoch')}) -> {out}")
+    return best_metrics
+
+
+def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, device, on_batch=None) -> tuple[float, float]:
+    """One pass over ``loader``; ``scheduler`` (if given) steps every batch. Returns mean loss and accuracy."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for images, labels in loader:
+        images, labels = to_device(images, device), labels.to(device, non_blocking=True)
+        with autocast(device):
+            logits = model(images)
+            loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        batch = len(labels)
+        total_loss += loss.item() * batch
+        correct += (logits.argmax(dim=1) == labels).sum().item()
+        seen += batch
+        if on_batch:
+            on_batch(total_loss / seen, correct / seen)
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+@torch.no_grad()
+def predict_tensors(model, loader, device, criterion=None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Softmax probabilities and labels for a labelled loader, and the mean loss if ``criterion`` given."""
+    model.eval()
+    all_probs, all_labels, total_loss = [], [], 0.0
+    for images, labels in loader:
+        images = to_device(images, device)
+        with autocast(device):
+            logits = model(images).float()
+        if criterion is not None:
+            total_loss += criterion(logits, labels.to(device)).item() * len(labels)
+        all_probs.append(torch.softmax(logits, dim=1).cpu())
+        all_labels.append(labels)
+    labels = torch.cat(all_labels).numpy()
+    return torch.cat(all_probs).numpy(), labels, total_loss / max(len(labels), 1)
+
+
+def _train_loader(config, data, transform, epoch, device):
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    sampler = None
+    if config.balance == "sampler":
+        counts = torch.bincount(data.labels).double()
+        weights = (1.0 / counts)[data.labels]
+        sampler = torch.utils.data.WeightedRandomSampler(weights, len(weights), generator=generator)
+    return torch.utils.data.DataLoader(
+        AugmentedTensors(data, transform),
+        batch_size=config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=generator,
+        num_workers=config.workers,
+        pin_memory=device.type == "cuda",
+        drop_last=len(data) > config.batch_size,
+        persistent_workers=False,
+    )
+
+
+def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=config.learning_rate, momentum=0.9, nesterov=True, weight_decay=config.decay
+    )
+
+
+def _make_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
+    total_steps = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=total_steps, pct_start=0.15)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if config.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.75, patience=5)
+    return None
+
+
+def _state_dict(model: nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _plain_config(config: TrainConfig) -> dict:
+    return {k: v for k, v in asdict(config).items() if k not in ("resume", "command")}
+
+
+def _read_resume_state(out: Path) -> dict | None:
+    path = last_path(out)
+    if not path.exists():
+        raise CheckpointError(f"--resume: nothing to resume, {path} does not exist")
+    state = read_checkpoint(path)
+    if not state.get("training"):
+        raise CheckpointError(f"--resume: {path} holds no training state")
+    return state
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    temporary.replace(path)
+
+
+def _progress(log: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=log,
+        transient=True,
+    )

@@ -1,0 +1,162 @@
+"""Every command through Typer's CliRunner: exit codes, stdout data, stderr messages."""
+
+import csv
+import io
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fer_cli.cli import app
+
+from .synthetic import CLASSES, make_labelled_folder
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def invoke(runner, *args, stdin=None):
+    return runner.invoke(app, [str(a) for a in args], input=stdin)
+
+
+def test_predict_jsonl_has_every_probability(runner, image_folder, tiny_checkpoint):
+    result = invoke(runner, "predict", image_folder, "--model", tiny_checkpoint, "--format", "jsonl", "-j", 0)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in rows] == [str(image_folder / "a.png"), str(image_folder / "nested" / "b.jpg")]
+    for row in rows:
+        assert row["error"] is None and row["label"] in CLASSES
+        assert set(row["probabilities"]) == set(CLASSES)
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert row["confidence"] == max(row["probabilities"].values())
+    assert [r["label"] for r in rows] == ["calm", "smile"]  # the tiny model learned the synthetic classes
+    assert "2 of 2 inputs predicted" in result.stderr
+
+
+def test_predict_json_csv_and_table(runner, image_folder, tiny_checkpoint):
+    as_json = invoke(runner, "predict", image_folder / "a.png", "-m", tiny_checkpoint, "-f", "json", "-j", 0)
+    assert as_json.exit_code == 0
+    assert [row["label"] for row in json.loads(as_json.stdout)] == ["calm"]
+
+    as_csv = invoke(runner, "predict", image_folder, "-m", tiny_checkpoint, "-f", "csv", "-j", 0)
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert list(rows[0]) == ["path", "label", "confidence", *CLASSES, "model", "error"]
+    assert [row["label"] for row in rows] == ["calm", "smile"]
+
+    table = invoke(runner, "predict", image_folder, "-m", tiny_checkpoint, "-f", "table", "-j", 0)
+    assert table.exit_code == 0 and "smile" in table.stdout and "confidence" in table.stdout
+
+
+def test_predict_reads_paths_from_stdin_and_writes_output_files(runner, image_folder, tiny_checkpoint, tmp_path):
+    stdin = f"{image_folder / 'nested' / 'b.jpg'}\n{image_folder / 'a.png'}\n"
+    out = tmp_path / "results" / "out.csv"
+    result = invoke(runner, "predict", "-", "-m", tiny_checkpoint, "--output", out, "-j", 0, stdin=stdin)
+    assert result.exit_code == 0 and result.stdout == ""
+    rows = list(csv.DictReader(out.open()))  # format chosen from the extension
+    assert [row["label"] for row in rows] == ["smile", "calm"]
+
+
+def test_bad_inputs_are_reported_and_good_ones_still_predicted(runner, bad_files, tiny_checkpoint, tmp_path):
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    sources = [bad_files["corrupt"], bad_files["good"], bad_files["empty"], bad_files["text"], empty_dir, tmp_path / "missing.png"]
+    result = invoke(runner, "predict", *sources, "-m", tiny_checkpoint, "-f", "jsonl", "-j", 0)
+    assert result.exit_code == 1
+    rows = {row["path"]: row for row in map(json.loads, result.stdout.splitlines())}
+    assert rows[str(bad_files["good"])]["label"] in CLASSES and rows[str(bad_files["good"])]["error"] is None
+    assert rows[str(bad_files["empty"])]["error"] == "empty file"
+    assert rows[str(bad_files["text"])]["error"] == "not an image (or an unsupported format)"
+    assert rows[str(bad_files["corrupt"])]["error"].startswith("cannot read image") or "not an image" in rows[str(bad_files["corrupt"])]["error"]
+    assert rows[str(empty_dir)]["error"] == f"no images in folder {empty_dir}"
+    assert rows[str(tmp_path / "missing.png")]["error"].startswith("no such file or folder")
+    assert all(rows[p]["label"] is None for p in rows if p != str(bad_files["good"]))
+    assert "1 of 6 inputs predicted" in result.stderr
+    assert f"skipped {bad_files['text']}" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_usage_errors_exit_2_without_traceback(runner, image_folder, tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    for args, message in [
+        (["predict", image_folder, "-m", foreign], "not a fer_cli checkpoint"),
+        (["predict", image_folder, "-m", tmp_path / "absent.pt"], "no such checkpoint"),
+        (["predict", image_folder, "-m", "no-such-model"], "no shipped model named 'no-such-model'"),
+        (["predict", image_folder, "--device", "tpu"], "unknown device 'tpu'"),
+        (["train", tmp_path / "nowhere", "--out", tmp_path / "m.pt"], "no such file or folder"),
+        (["train", image_folder, "--arch", "vgg99", "--out", tmp_path / "m.pt"], "unknown architecture 'vgg99'"),
+    ]:
+        result = invoke(runner, *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.output and result.stdout == ""
+    bad_option = invoke(runner, "predict", image_folder, "--format", "yaml")
+    assert bad_option.exit_code == 2
+
+
+def test_ensemble_scores_models_and_votes_as_json(runner, labelled_dir, tiny_checkpoint, second_checkpoint):
+    result = invoke(runner, "ensemble", "--weighted", labelled_dir, "-m", tiny_checkpoint, "-m", second_checkpoint, "-f", "json", "-j", 0)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["images"] == 24 and report["class_names"] == CLASSES
+    assert [m["name"] for m in report["models"]] == ["tiny", "other"]
+    assert [e["name"] for e in report["ensembles"]] == [
+        "majority vote", "mean probability", "weighted (val accuracy)", "weighted per class (val F1)",
+    ]
+    tiny = report["models"][0]["metrics"]
+    assert tiny["accuracy"] >= 0.9
+    assert set(tiny["per_class"]) == set(CLASSES) and sum(v["support"] for v in tiny["per_class"].values()) == 24
+    assert sum(map(sum, tiny["confusion_matrix"])) == 24
+    assert 0 <= tiny["mean_confidence_correct"] <= 1
+    assert "never fitted on the images scored here" in report["weights_source"]
+
+
+def test_ensemble_tables(runner, labelled_dir, tiny_checkpoint, second_checkpoint):
+    result = invoke(runner, "ensemble", labelled_dir, "-m", tiny_checkpoint, "-m", second_checkpoint, "--weighted", "-j", 0)
+    assert result.exit_code == 0, result.output
+    for title in ("labelled images", "Recall per class", "Per-class results of", "Confusion matrix of", "conf. when wrong"):
+        assert title in result.stdout
+    assert "weighted per class (val F1)" in result.stdout
+
+
+def test_ensemble_on_unlabelled_images_predicts_with_the_vote(runner, image_folder, tiny_checkpoint, second_checkpoint):
+    result = invoke(runner, "ensemble", image_folder, "-m", tiny_checkpoint, "-m", second_checkpoint, "-f", "jsonl", "-j", 0)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 2 and rows[0]["model"] == "ensemble: mean probability"
+    assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_ensemble_refuses_models_with_other_classes(runner, labelled_dir, tiny_checkpoint, tmp_path):
+    from fer_cli.train import TrainConfig, train
+
+    other = make_labelled_folder(tmp_path / "other", per_class=4, classes=["calm", "frown", "wink"])
+    train(TrainConfig(data=str(other), out=str(tmp_path / "wink.pt"), arch_options={"width": 4}, epochs=1, workers=0, device="cpu"))
+    result = invoke(runner, "ensemble", labelled_dir, "-m", tiny_checkpoint, "-m", tmp_path / "wink.pt")
+    assert result.exit_code == 2
+    assert "predict different classes" in result.stderr and "wink" in result.stderr
+
+
+def test_train_command_writes_checkpoint_history_and_resumes(runner, tiny_dataset, tmp_path):
+    out = tmp_path / "cli.pt"
+    args = ["train", tiny_dataset, "--out", out, "--arch", "vgg", "--arch-option", "width=4", "--epochs", "2",
+            "--batch-size", "16", "--augment", "flip,erase", "--balance", "loss", "--workers", "0", "--device", "cpu"]
+    result = invoke(runner, *args)
+    assert result.exit_code == 0, result.output
+    assert out.exists() and out.with_name("cli.history.csv").exists()
+    assert result.stdout == ""  # training talks on stderr only
+    assert "epoch 2/2" in result.stderr
+    again = invoke(runner, "train", "--resume", "--out", out, "--workers", "0")
+    assert again.exit_code == 0 and "already done" in again.stderr
+    bad = invoke(runner, "train", tiny_dataset, "--out", out, "--augment", "blur")
+    assert bad.exit_code == 2 and "unknown augmentation blur" in bad.output
+
+
+def test_models_lists_architectures_and_weights(runner):
+    result = invoke(runner, "models")
+    assert result.exit_code == 0
+    for name in ("vgg", "resnet18", "mini_xception"):
+        assert name in result.stdout

@@ -1,0 +1,35 @@
+import numpy as np
+
+from fer_cli.ensemble import majority_vote, mean_vote, validation_weights, weighted_vote
+
+
+class _Model:
+    def __init__(self, name, accuracy, f1):
+        self.name = name
+        self.metrics = {"accuracy": accuracy, "per_class": {c: {"f1": v} for c, v in zip("ab", f1)}} if accuracy else {}
+
+
+def test_majority_vote_counts_votes_and_breaks_ties_by_probability():
+    probs = np.array([[[0.6, 0.4], [0.55, 0.45], [0.1, 0.9]]])  # two models vote a, one strongly b
+    assert majority_vote(probs).argmax(1).tolist() == [0]
+    assert mean_vote(probs).argmax(1).tolist() == [1]  # mean: (1.25 vs 1.75)/3
+    tie = np.array([[[0.6, 0.4], [0.1, 0.9]]])
+    assert majority_vote(tie).argmax(1).tolist() == [1]  # 1 vote each; mean probability decides
+
+
+def test_weighted_vote_follows_the_weights():
+    probs = np.array([[[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]]])
+    assert weighted_vote(probs, np.array([1.0, 1.0, 1.0])).argmax(1).tolist() == [1]
+    assert weighted_vote(probs, np.array([5.0, 1.0, 1.0])).argmax(1).tolist() == [0]
+    per_class = np.array([[1.0, 1.0], [0.1, 0.1], [0.1, 0.1]])
+    scores = weighted_vote(probs, per_class)
+    np.testing.assert_allclose(scores.sum(1), 1.0)
+    assert scores.argmax(1).tolist() == [0]
+
+
+def test_validation_weights_come_from_the_checkpoints():
+    models = [_Model("x", 0.7, [0.6, 0.8]), _Model("y", 0.5, [0.2, 0.4]), _Model("z", None, None)]
+    accuracy, per_class, notes = validation_weights(models, ["a", "b"])
+    np.testing.assert_allclose(accuracy, [0.7, 0.5, 0.6])  # z gets the mean
+    np.testing.assert_allclose(per_class, [[0.6, 0.8], [0.2, 0.4], [0.4, 0.6]])
+    assert notes == ["z has no stored validation metrics; it gets the average weight"]

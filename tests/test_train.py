@@ -1,0 +1,113 @@
+import csv
+
+import pytest
+import torch
+
+from fer_cli import train as train_module
+from fer_cli.checkpoint import load_classifier, read_checkpoint
+from fer_cli.errors import CheckpointError, SourceError
+from fer_cli.train import TrainConfig, history_path, last_path, train
+
+from .synthetic import CLASSES, make_labelled_folder
+
+
+def _config(data, out, **overrides):
+    settings = dict(
+        data=str(data), out=str(out), arch="vgg", arch_options={"width": 4}, epochs=3, batch_size=16,
+        optimizer="adamw", lr=0.01, augment="none", workers=0, device="cpu",
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def _history(out):
+    with open(history_path(out)) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_training_lowers_the_loss_and_keeps_the_best_checkpoint(tiny_dataset, tmp_path):
+    out = tmp_path / "run" / "model.pt"
+    best = train(_config(tiny_dataset, out, epochs=5))
+    history = _history(out)
+    assert [int(row["epoch"]) for row in history] == [1, 2, 3, 4, 5]
+    losses = [float(row["train_loss"]) for row in history]
+    assert losses[-1] < 0.7 * losses[0]
+    assert best["accuracy"] == max(float(row["val_accuracy"]) for row in history)
+    assert best["accuracy"] >= 0.9  # the synthetic classes are easy
+
+    checkpoint = read_checkpoint(out)
+    assert checkpoint["class_names"] == CLASSES
+    assert checkpoint["metrics"]["accuracy"] == best["accuracy"]
+    assert set(checkpoint["metrics"]["per_class"]) == set(CLASSES)
+    assert checkpoint["preprocess"]["size"] == 48 and len(checkpoint["preprocess"]["mean"]) == 1
+    assert checkpoint["provenance"]["val_data"].endswith("val")
+    assert checkpoint["provenance"]["seed"] == 0 and checkpoint["provenance"]["date"]
+    assert "optimizer" not in checkpoint  # the shipped file stays small; resume state lives in .last.pt
+    assert read_checkpoint(last_path(out))["epoch"] == 5
+
+
+def test_resume_continues_where_an_interrupted_run_stopped(tiny_dataset, tmp_path, monkeypatch):
+    reference = tmp_path / "reference.pt"
+    train(_config(tiny_dataset, reference, augment="flip,shift"))
+
+    interrupted = tmp_path / "interrupted.pt"
+    real_epoch = train_module.train_one_epoch
+    calls = []
+
+    def crash_in_third_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", crash_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny_dataset, interrupted, augment="flip,shift"))
+    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    assert read_checkpoint(last_path(interrupted))["epoch"] == 2
+
+    started = []
+    monkeypatch.setattr(train_module, "train_one_epoch", lambda *a, **k: started.append(1) or real_epoch(*a, **k))
+    # Settings come from the interrupted run: only out, device and workers are given again.
+    train(TrainConfig(data="", out=str(interrupted), resume=True, workers=0, device="cpu"))
+    assert len(started) == 1  # only epoch 3 ran
+    assert [row["epoch"] for row in _history(interrupted)] == ["1", "2", "3"]
+    # An interrupted-and-resumed run ends exactly where an uninterrupted one does.
+    a = read_checkpoint(last_path(reference))["state_dict"]
+    b = read_checkpoint(last_path(interrupted))["state_dict"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+def test_resume_without_a_previous_run_is_an_error(tiny_dataset, tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(_config(tiny_dataset, tmp_path / "new.pt", resume=True))
+
+
+@pytest.mark.parametrize("balance", ["sampler", "loss"])
+def test_imbalance_handling_and_held_out_validation(tmp_path, balance):
+    data = make_labelled_folder(tmp_path / "data", per_class=10)
+    out = tmp_path / "m.pt"
+    best = train(_config(data, out, balance=balance, epochs=2))
+    provenance = read_checkpoint(out)["provenance"]
+    assert "10% of" in provenance["val_data"] and "held out" in provenance["val_data"]
+    assert best["count"] == 3  # 10% of 30, stratified
+    assert load_classifier(out).class_names == CLASSES
+
+
+def test_training_from_a_fer2013_csv(tmp_path):
+    rows = ["emotion,pixels,Usage"]
+    for i in range(70):
+        usage = "PublicTest" if i % 5 == 0 else "Training"
+        rows.append(f"{i % 7}," + " ".join(str((i * 7 + j) % 256) for j in range(48 * 48)) + f",{usage}")
+    csv_path = tmp_path / "fer.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "csv.pt"
+    best = train(_config(csv_path, out, epochs=1))
+    assert best["count"] == 14
+    assert "PublicTest" in read_checkpoint(out)["provenance"]["val_data"]
+
+
+def test_validation_classes_must_match(tmp_path):
+    make_labelled_folder(tmp_path / "train", per_class=4)
+    make_labelled_folder(tmp_path / "val", per_class=2, classes=["calm", "frown", "other"])
+    with pytest.raises(SourceError, match="has classes calm, frown, other"):
+        train(_config(tmp_path / "train", tmp_path / "m.pt", val=str(tmp_path / "val")))
