@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,13 +72,13 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict, half: bool = Fals
         }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: the rename is atomic
     try:
-        with os.fdopen(handle, "wb") as stream:
+        with open(temporary, "wb") as stream:
             torch.save(checkpoint, stream)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 
@@ -98,7 +97,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path} is not a readable fer_cli checkpoint (corrupt, truncated or foreign)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable fer_cli checkpoint (corrupt, truncated or foreign): {reason}") from None
+        raise CheckpointError(
+            f"{path} is not a readable fer_cli checkpoint (corrupt, truncated or foreign): {reason}"
+        ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not a fer_cli checkpoint")
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
@@ -117,11 +118,15 @@ def build_model(checkpoint: dict) -> nn.Module:
         in_channels=checkpoint["preprocess"]["channels"],
         **checkpoint["model_config"],
     )
-    state = {k: v.float() if v.is_floating_point() else v for k, v in clean_state_dict(checkpoint["state_dict"]).items()}
+    state = {
+        k: v.float() if v.is_floating_point() else v for k, v in clean_state_dict(checkpoint["state_dict"]).items()
+    }
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise CheckpointError(f"weights do not fit architecture '{checkpoint['arch']}': {str(error).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"weights do not fit architecture '{checkpoint['arch']}': {str(error).splitlines()[0]}"
+        ) from None
     return model.eval()
 
 

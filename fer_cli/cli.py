@@ -12,6 +12,7 @@ Exit codes: 0 success; 1 the run finished but some inputs could not be read; 2 a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -20,13 +21,12 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from .errors import FerError
-from .predict import to_prediction
 from .results import WRITERS, format_from_path, print_ensemble_report
 
 app = typer.Typer(
@@ -71,14 +71,21 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cu
 WorkersOpt = Annotated[int, typer.Option("--workers", "-j", min=0, help="DataLoader worker processes for decoding.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
 ModelOpt = Annotated[
-    Optional[list[str]],
-    typer.Option("--model", "-m", help="Shipped model name or checkpoint path (repeatable). Default: the best shipped model."),
+    list[str] | None,
+    typer.Option(
+        "--model", "-m", help="Shipped model name or checkpoint path (repeatable). Default: the best shipped model."
+    ),
 ]
 FormatOpt = Annotated[
-    Optional[OutputFormat],
-    typer.Option("--format", "-f", case_sensitive=False, help="Output format. Default: table on a terminal, else jsonl (or from --output's extension)."),
+    OutputFormat | None,
+    typer.Option(
+        "--format",
+        "-f",
+        case_sensitive=False,
+        help="Output format. Default: table on a terminal, else jsonl (or from --output's extension).",
+    ),
 ]
-OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results to FILE instead of stdout.")]
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write results to FILE instead of stdout.")]
 
 
 def handles_user_errors(command):
@@ -122,32 +129,63 @@ def _parse_options(pairs: list[str]) -> dict:
 @handles_user_errors
 def train(
     data: Annotated[
-        Optional[str],
-        typer.Argument(help="Labelled folder (one subfolder per class), a root with train/ and val/, or a FER2013 CSV."),
+        str | None,
+        typer.Argument(
+            help="Labelled folder (one subfolder per class), a root with train/ and val/, or a FER2013 CSV."
+        ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Best checkpoint path; NAME.history.csv and NAME.last.pt go beside it.")] = Path("runs/model.pt"),
-    val: Annotated[Optional[str], typer.Option(help="Validation folder or CSV. Default: DATA/val, the CSV's PublicTest rows, or 10% of DATA held out.")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Best checkpoint path; NAME.history.csv and NAME.last.pt go beside it.")
+    ] = Path("runs/model.pt"),
+    val: Annotated[
+        str | None,
+        typer.Option(
+            help="Validation folder or CSV. Default: DATA/val, the CSV's PublicTest rows, or 10% of DATA held out."
+        ),
+    ] = None,
     arch: Annotated[str, typer.Option(help="Architecture (see `fer models`).")] = "vgg",
-    arch_option: Annotated[Optional[list[str]], typer.Option("--arch-option", help="Architecture option KEY=VALUE, e.g. width=32 (repeatable).")] = None,
+    arch_option: Annotated[
+        list[str] | None,
+        typer.Option("--arch-option", help="Architecture option KEY=VALUE, e.g. width=32 (repeatable)."),
+    ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     batch_size: BatchSizeOpt = 64,
-    optimizer: Annotated[Optimizer, typer.Option(case_sensitive=False, help="sgd (Nesterov, momentum 0.9) or adamw.")] = Optimizer.sgd,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate. Default: 0.01 for sgd, 0.001 for adamw.")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(min=0.0, help="Default: 5e-4 for sgd, 0.05 for adamw.")] = None,
-    schedule: Annotated[Schedule, typer.Option(case_sensitive=False, help="Learning-rate schedule (plateau watches val accuracy).")] = Schedule.onecycle,
+    optimizer: Annotated[
+        Optimizer, typer.Option(case_sensitive=False, help="sgd (Nesterov, momentum 0.9) or adamw.")
+    ] = Optimizer.sgd,
+    lr: Annotated[
+        float | None, typer.Option(help="Peak learning rate. Default: 0.01 for sgd, 0.001 for adamw.")
+    ] = None,
+    weight_decay: Annotated[float | None, typer.Option(min=0.0, help="Default: 5e-4 for sgd, 0.05 for adamw.")] = None,
+    schedule: Annotated[
+        Schedule, typer.Option(case_sensitive=False, help="Learning-rate schedule (plateau watches val accuracy).")
+    ] = Schedule.onecycle,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.1,
-    augment: Annotated[str, typer.Option(help="'default', 'none', or a comma list of flip,crop,shift,rotate,erase.")] = "default",
-    balance: Annotated[Balance, typer.Option(case_sensitive=False, help="Class-imbalance handling: none, sampler (weighted sampling) or loss (weighted loss).")] = Balance.none,
+    augment: Annotated[
+        str, typer.Option(help="'default', 'none', or a comma list of flip,crop,shift,rotate,erase.")
+    ] = "default",
+    balance: Annotated[
+        Balance,
+        typer.Option(
+            case_sensitive=False,
+            help="Class-imbalance handling: none, sampler (weighted sampling) or loss (weighted loss).",
+        ),
+    ] = Balance.none,
     size: Annotated[int, typer.Option(min=8, help="Input side in pixels.")] = 48,
     channels: Annotated[int, typer.Option(min=1, max=3, help="1 = grayscale, 3 = RGB.")] = 1,
     seed: Annotated[int, typer.Option()] = 0,
-    half: Annotated[bool, typer.Option("--half", help="Store the best checkpoint's weights as float16 (half the size).")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run whose --out is given, with its settings.")] = False,
+    half: Annotated[
+        bool, typer.Option("--half", help="Store the best checkpoint's weights as float16 (half the size).")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the interrupted run whose --out is given, with its settings.")
+    ] = False,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
 ) -> None:
     """Train a model on a labelled folder or FER2013 CSV, keeping the best checkpoint by validation accuracy."""
-    from .train import TrainConfig, train as run_training
+    from .train import TrainConfig
+    from .train import train as run_training
 
     if data is None and not resume:
         raise typer.BadParameter("DATA is required (unless --resume)", param_hint="DATA")
@@ -205,8 +243,11 @@ def models() -> None:
     for entry in shipped_models():
         accuracy = entry.val_accuracy
         table.add_row(
-            entry.name, entry.arch, str(len(entry.class_names)),
-            f"{accuracy:.2%}" if accuracy is not None else "-", entry.path,
+            entry.name,
+            entry.arch,
+            str(len(entry.class_names)),
+            f"{accuracy:.2%}" if accuracy is not None else "-",
+            entry.path,
         )
     out.print(table)
 
@@ -220,7 +261,7 @@ def _open_output(output: Path | None, fmt: OutputFormat | None):
     else:
         chosen = "table" if sys.stdout.isatty() else "jsonl"
     if output is None:
-        return sys.stdout, chosen
+        return contextlib.nullcontext(sys.stdout), chosen
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         return open(output, "w", newline=""), chosen
@@ -228,38 +269,51 @@ def _open_output(output: Path | None, fmt: OutputFormat | None):
         raise typer.BadParameter(f"cannot write {output}: {error.strerror}", param_hint="--output") from None
 
 
-def _write_predictions(outcome_batches, class_names, choose, model_name, writer) -> tuple[int, int]:
-    """Render streamed outcomes through ``writer``; report failures on stderr. Returns (done, failed)."""
+def _report_skipped(path: str, reason: str) -> None:
+    err_console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+
+
+def _predict_and_write(classifiers, sources, vote, model_label, fmt, output, device, batch_size, workers) -> None:
+    """The shared body of `predict` and unlabelled `ensemble`: stream, vote, write, exit code."""
+    from .data import iter_image_paths
+    from .predict import align_classes, predict_stream, to_prediction
+
+    class_names = align_classes(classifiers)
+    started = time.perf_counter()
+    items = list(iter_image_paths(sources))
     done = failed = 0
-    for outcomes in outcome_batches:
-        predictions = []
-        for outcome in outcomes:
-            probs = choose(outcome.probs[None])[0] if outcome.probs is not None else None
-            prediction = to_prediction(outcome, probs, class_names, model_name)
-            if not prediction.ok:
-                failed += 1
-                err_console.print(f"[yellow]skipped[/] {prediction.path}: {prediction.error}", highlight=False)
-            done += 1
-            predictions.append(prediction)
-        writer.write_batch(predictions)
-    return done, failed
-
-
-def _finish(done: int, failed: int, seconds: float) -> None:
-    rate = f", {done / seconds:,.0f} images/s" if seconds > 0 and done else ""
+    destination, chosen = _open_output(output, fmt)
+    with destination as stream:
+        writer = WRITERS[chosen](stream, class_names)
+        for outcomes in predict_stream(classifiers, items, device, batch_size=batch_size, workers=workers):
+            predictions = []
+            for outcome in outcomes:
+                probs = vote(outcome.probs[None])[0] if outcome.probs is not None else None
+                predictions.append(to_prediction(outcome, probs, class_names, model_label))
+                if outcome.error:
+                    failed += 1
+                    _report_skipped(outcome.path, outcome.error)
+            done += len(outcomes)
+            writer.write_batch(predictions)
+        writer.close()
+    seconds = time.perf_counter() - started
+    rate = f", {done / seconds:,.0f} images/s" if done else ""
     err_console.print(f"{done - failed:,} of {done:,} inputs predicted in {seconds:.1f}s{rate}", highlight=False)
-    if failed:
+    if failed or not done:
         err_console.print(f"[yellow]{failed:,} input(s) could not be read[/]", highlight=False)
-        raise typer.Exit(INPUTS_FAILED)
-    if done == 0:
         raise typer.Exit(INPUTS_FAILED)
 
 
 @app.command()
 @handles_user_errors
 def predict(
-    sources: Annotated[list[str], typer.Argument(help="Image files, folders (recursive), globs, or '-' to read paths from stdin.")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Shipped model name or checkpoint path. Default: the best shipped model.")] = None,
+    sources: Annotated[
+        list[str], typer.Argument(help="Image files, folders (recursive), globs, or '-' to read paths from stdin.")
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Shipped model name or checkpoint path. Default: the best shipped model."),
+    ] = None,
     fmt: FormatOpt = None,
     output: OutputOpt = None,
     batch_size: BatchSizeOpt = 64,
@@ -267,31 +321,27 @@ def predict(
     device: DeviceOpt = "auto",
 ) -> None:
     """Predict the expression of every image: label, confidence and all class probabilities."""
-    from .data import iter_image_paths
     from .device import select_device
-    from .predict import predict_stream
     from .zoo import resolve_model
 
     torch_device = select_device(device)
     classifier = resolve_model(model)
-    stream, chosen = _open_output(output, fmt)
-    started = time.perf_counter()
-    items = list(iter_image_paths(sources))
-    writer = WRITERS[chosen](stream, classifier.class_names)
-    batches = predict_stream([classifier], items, torch_device, batch_size=batch_size, workers=workers)
-    done, failed = _write_predictions(batches, classifier.class_names, lambda p: p[:, 0], classifier.name, writer)
-    writer.close()
-    if stream is not sys.stdout:
-        stream.close()
-    _finish(done, failed, time.perf_counter() - started)
+    only_model = lambda probs: probs[:, 0]  # noqa: E731  (N, 1, C) -> (N, C)
+    _predict_and_write(
+        [classifier], sources, only_model, classifier.name, fmt, output, torch_device, batch_size, workers
+    )
 
 
 @app.command()
 @handles_user_errors
 def ensemble(
-    folder: Annotated[str, typer.Argument(help="A labelled folder (one subfolder per class) to score, or any images to predict.")],
+    folder: Annotated[
+        str, typer.Argument(help="A labelled folder (one subfolder per class) to score, or any images to predict.")
+    ],
     model: ModelOpt = None,
-    weighted: Annotated[bool, typer.Option("--weighted", help="Add votes weighted by each model's stored validation metrics.")] = False,
+    weighted: Annotated[
+        bool, typer.Option("--weighted", help="Add votes weighted by each model's stored validation metrics.")
+    ] = False,
     fmt: FormatOpt = None,
     output: OutputOpt = None,
     batch_size: BatchSizeOpt = 64,
@@ -299,69 +349,38 @@ def ensemble(
     device: DeviceOpt = "auto",
 ) -> None:
     """Score every model (and their votes) on a labelled folder; on unlabelled images, predict with the vote."""
-    import numpy as np
-
-    from .data import find_labelled_images, is_labelled_folder, iter_image_paths
+    from .data import is_labelled_folder
     from .device import select_device
-    from .ensemble import default_vote, evaluate_ensemble
-    from .errors import ModelError
-    from .predict import align_classes, predict_stream
+    from .ensemble import default_vote, score_folder
     from .zoo import resolve_models
 
     torch_device = select_device(device)
     classifiers = resolve_models(model)
-    class_names = align_classes(classifiers)
-    started = time.perf_counter()
-
     if not is_labelled_folder(folder):
-        err_console.print(f"{folder} is not a labelled folder: predicting with the ensemble", highlight=False)
-        stream, chosen = _open_output(output, fmt)
-        name, _ = default_vote(np.zeros((1, len(classifiers), len(class_names))), classifiers, class_names, weighted)
-        vote = lambda p: default_vote(p, classifiers, class_names, weighted)[1]  # noqa: E731
-        writer = WRITERS[chosen](stream, class_names)
-        items = list(iter_image_paths([folder]))
-        batches = predict_stream(classifiers, items, torch_device, batch_size=batch_size, workers=workers)
-        done, failed = _write_predictions(batches, class_names, vote, f"ensemble: {name}", writer)
-        writer.close()
-        if stream is not sys.stdout:
-            stream.close()
-        _finish(done, failed, time.perf_counter() - started)
+        err_console.print(f"{folder} is not a labelled folder (class subfolders): predicting with the ensemble")
+        name, vote = default_vote(classifiers, weighted)
+        _predict_and_write(
+            classifiers, [folder], vote, f"ensemble: {name}", fmt, output, torch_device, batch_size, workers
+        )
         return
 
     if fmt not in (None, OutputFormat.table, OutputFormat.json):
         raise typer.BadParameter("a labelled folder's report is a table or json", param_hint="--format")
-    files = find_labelled_images(folder)
-    unknown = sorted(set(files.class_names) - set(class_names))
-    if unknown:
-        raise ModelError(
-            f"{folder} has class folders the models do not predict: {', '.join(unknown)} "
-            f"(models predict {', '.join(class_names)})"
-        )
-    to_model_label = [class_names.index(name) for name in files.class_names]
-    probs, labels, failed = [], [], 0
-    label_of = dict(zip(files.paths, files.labels))
-    for outcomes in predict_stream(classifiers, files.paths, torch_device, batch_size=batch_size, workers=workers):
-        for outcome in outcomes:
-            if outcome.probs is None:
-                failed += 1
-                err_console.print(f"[yellow]skipped[/] {outcome.path}: {outcome.error}", highlight=False)
-                continue
-            probs.append(outcome.probs)
-            labels.append(to_model_label[label_of[outcome.path]])
-    if not probs:
-        raise typer.Exit(INPUTS_FAILED)
-    report = evaluate_ensemble(np.stack(probs), np.array(labels), classifiers, class_names, weighted, folder)
-    report["unreadable_images"] = failed
-    stream, chosen = _open_output(output, fmt)
-    if chosen == "json":
-        stream.write(json.dumps(report, indent=2) + "\n")
-    else:
-        print_ensemble_report(report, Console(file=stream) if stream is not sys.stdout else Console())
-    if stream is not sys.stdout:
-        stream.close()
-    seconds = time.perf_counter() - started
-    err_console.print(f"scored {len(classifiers)} model(s) on {len(labels):,} images in {seconds:.1f}s", highlight=False)
-    if failed:
+    started = time.perf_counter()
+    report = score_folder(
+        classifiers, folder, weighted, torch_device, batch_size=batch_size, workers=workers, on_skip=_report_skipped
+    )
+    destination, chosen = _open_output(output, fmt)
+    with destination as stream:
+        if chosen == "json":
+            stream.write(json.dumps(report, indent=2) + "\n")
+        else:
+            print_ensemble_report(report, Console(file=stream) if output else Console())
+    err_console.print(
+        f"scored {len(classifiers)} model(s) on {report['images']:,} images in {time.perf_counter() - started:.1f}s",
+        highlight=False,
+    )
+    if report["unreadable_images"]:
         raise typer.Exit(INPUTS_FAILED)
 
 

@@ -14,10 +14,15 @@ stored in each checkpoint, measured on that run's validation data.
 from __future__ import annotations
 
 import os
+
 import numpy as np
+import torch
 
 from .checkpoint import Classifier
+from .data import find_labelled_images
+from .errors import ModelError, SourceError
 from .metrics import summarize
+from .predict import align_classes, predict_stream
 
 WEIGHTS_SOURCE = (
     "validation metrics stored in each checkpoint by `fer train` "
@@ -30,9 +35,9 @@ def majority_vote(probs: np.ndarray) -> np.ndarray:
     n, m, c = probs.shape
     votes = np.zeros((n, c))
     np.add.at(votes, (np.repeat(np.arange(n), m), probs.argmax(axis=2).ravel()), 1.0)
-    shares = votes / m
-    # A tie-breaker smaller than one vote: the mean probability, scaled below 1/m.
-    return shares + probs.mean(axis=1) / (m + 1)
+    # A tie-breaker worth less than one vote: the mean probability, scaled below 1/m.
+    scores = votes / m + probs.mean(axis=1) / (m + 1)
+    return scores / scores.sum(axis=1, keepdims=True)
 
 
 def mean_vote(probs: np.ndarray) -> np.ndarray:
@@ -49,7 +54,9 @@ def weighted_vote(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return scores / scores.sum(axis=1, keepdims=True)
 
 
-def validation_weights(classifiers: list[Classifier], class_names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def validation_weights(
+    classifiers: list[Classifier], class_names: list[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Per-model accuracy weights (M,) and per-class F1 weights (M, C) from the checkpoints.
 
     A model without stored metrics gets the mean weight of the others (1.0 if none has any), and
@@ -75,7 +82,9 @@ def validation_weights(classifiers: list[Classifier], class_names: list[str]) ->
     return accuracy, per_class, notes
 
 
-def combine(probs: np.ndarray, classifiers: list[Classifier], class_names: list[str], weighted: bool) -> dict[str, np.ndarray]:
+def combine(
+    probs: np.ndarray, classifiers: list[Classifier], class_names: list[str], weighted: bool
+) -> dict[str, np.ndarray]:
     """Every ensemble's (N, C) scores. Weighted votes are added with ``weighted``."""
     votes = {"majority vote": majority_vote(probs), "mean probability": mean_vote(probs)}
     if weighted:
@@ -85,12 +94,53 @@ def combine(probs: np.ndarray, classifiers: list[Classifier], class_names: list[
     return votes
 
 
-def default_vote(probs: np.ndarray, classifiers: list[Classifier], class_names: list[str], weighted: bool) -> tuple[str, np.ndarray]:
-    """The single vote used to label unlabelled images: per-class weighted, or the mean."""
+def default_vote(classifiers: list[Classifier], weighted: bool):
+    """The one vote that labels unlabelled images: per-class weighted with ``weighted``, else the mean."""
     if weighted:
-        _, per_class, _ = validation_weights(classifiers, class_names)
-        return "weighted per class (val F1)", weighted_vote(probs, per_class)
-    return "mean probability", mean_vote(probs)
+        _, per_class, _ = validation_weights(classifiers, align_classes(classifiers))
+        return "weighted per class (val F1)", lambda probs: weighted_vote(probs, per_class)
+    return "mean probability", mean_vote
+
+
+def score_folder(
+    classifiers: list[Classifier],
+    folder: str,
+    weighted: bool,
+    device: torch.device,
+    batch_size: int = 64,
+    workers: int = 0,
+    on_skip=None,
+) -> dict:
+    """Predict a labelled folder with every model and score the models and their votes.
+
+    Class folders are matched to the models' classes by name; a folder class no model knows is
+    an error. Unreadable images are skipped (reported through ``on_skip``) and counted.
+    """
+    class_names = align_classes(classifiers)
+    files = find_labelled_images(folder)
+    unknown = sorted(set(files.class_names) - set(class_names))
+    if unknown:
+        raise ModelError(
+            f"{folder} has class folders the models do not predict: {', '.join(unknown)} "
+            f"(models predict {', '.join(class_names)})"
+        )
+    to_model_label = [class_names.index(name) for name in files.class_names]
+    label_of = dict(zip(files.paths, files.labels))
+    probs, labels, unreadable = [], [], 0
+    for outcomes in predict_stream(classifiers, files.paths, device, batch_size=batch_size, workers=workers):
+        for outcome in outcomes:
+            if outcome.probs is None:
+                unreadable += 1
+                if on_skip:
+                    on_skip(outcome.path, outcome.error)
+                continue
+            probs.append(outcome.probs)
+            labels.append(to_model_label[label_of[outcome.path]])
+    if not probs:
+        raise SourceError(f"no readable images in {folder}")
+    report = evaluate_ensemble(np.stack(probs), np.array(labels), classifiers, class_names, weighted, folder)
+    report["unreadable_images"] = unreadable
+    return report
 
 
 def evaluate_ensemble(

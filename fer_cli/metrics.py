@@ -17,9 +17,7 @@ def summarize(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> 
     confidence = probs.max(axis=1)
     correct = predicted == labels
     indices = list(range(len(class_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=indices, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=indices, zero_division=0)
     return {
         "count": int(len(labels)),
         "accuracy": float(correct.mean()) if len(labels) else 0.0,

@@ -66,11 +66,8 @@ class _InputImages(torch.utils.data.Dataset):
         if isinstance(item, MissingInput):
             return index, None, item.reason
         try:
-            images = {}
-            for preprocess, transform in zip(self.preprocesses, self.transforms):
-                channels = preprocess["channels"]
-                if channels not in images:
-                    images[channels] = read_image(item, channels)
+            # One read per colour mode, then each model's own resize and normalisation.
+            images = {channels: read_image(item, channels) for channels in {p["channels"] for p in self.preprocesses}}
             return index, [t(images[p["channels"]]) for p, t in zip(self.preprocesses, self.transforms)], None
         except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as error:
             return index, None, _describe_read_error(item, error)

@@ -162,9 +162,14 @@ def print_ensemble_report(report: dict, console: Console) -> None:
     for name, kind, metrics in rows:
         style = "bold green" if name == best_name else None
         summary.add_row(
-            name, kind, _pct(metrics["accuracy"]), f"{metrics['macro_f1']:.3f}",
-            _pct(metrics["mean_confidence_correct"]), _pct(metrics["mean_confidence_incorrect"]),
-            f"{metrics['expected_calibration_error']:.3f}", style=style,
+            name,
+            kind,
+            _pct(metrics["accuracy"]),
+            f"{metrics['macro_f1']:.3f}",
+            _pct(metrics["mean_confidence_correct"]),
+            _pct(metrics["mean_confidence_incorrect"]),
+            f"{metrics['expected_calibration_error']:.3f}",
+            style=style,
         )
     console.print(summary)
 
@@ -175,7 +180,9 @@ def print_ensemble_report(report: dict, console: Console) -> None:
         recall.add_column(name, justify="right")
     for c in classes:
         support = rows[0][2]["per_class"][c]["support"]
-        recall.add_row(c, str(support), *[_pct(metrics["per_class"][c]["recall"]) if support else "-" for _, _, metrics in rows])
+        recall.add_row(
+            c, str(support), *[_pct(metrics["per_class"][c]["recall"]) if support else "-" for _, _, metrics in rows]
+        )
     console.print(recall)
 
     per_class = Table(title=f"Per-class results of {best_name}")
@@ -183,7 +190,9 @@ def print_ensemble_report(report: dict, console: Console) -> None:
         per_class.add_column(column, justify="left" if column == "class" else "right")
     for c in classes:
         scores = best["per_class"][c]
-        per_class.add_row(c, f"{scores['precision']:.3f}", f"{scores['recall']:.3f}", f"{scores['f1']:.3f}", str(scores["support"]))
+        per_class.add_row(
+            c, f"{scores['precision']:.3f}", f"{scores['recall']:.3f}", f"{scores['f1']:.3f}", str(scores["support"])
+        )
     console.print(per_class)
 
     matrix = Table(title=f"Confusion matrix of {best_name} (rows: true, columns: predicted)")

@@ -22,15 +22,15 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from . import __version__
-from .checkpoint import build_model, now_iso, read_checkpoint, save_checkpoint
+from .checkpoint import now_iso, read_checkpoint, save_checkpoint
 from .data import (
-    AugmentedTensors,
     Augmentation,
+    AugmentedTensors,
     LabelledTensors,
+    augment_transform,
     decode_labelled_files,
     find_labelled_images,
     normalize_transform,
-    augment_transform,
     read_fer2013_csv,
 )
 from .device import autocast, grad_scaler, prepare_model, select_device, to_device
@@ -125,7 +125,9 @@ def load_training_data(config: TrainConfig, log: Console) -> tuple[LabelledTenso
             raise SourceError(f"no such file or folder: {source}")
         files = find_labelled_images(source)
         log.print(f"decoding {len(files.paths):,} images from {source} ...")
-        return decode_labelled_files(files, preprocess, workers=config.workers, warn=lambda m: log.print(f"[yellow]warning:[/] {m}"))
+        return decode_labelled_files(
+            files, preprocess, workers=config.workers, warn=lambda m: log.print(f"[yellow]warning:[/] {m}")
+        )
 
     train = load(train_source, ("training",))
     if val_source is not None:
@@ -149,9 +151,7 @@ def _hold_out(data: LabelledTensors, fraction: float, seed: int) -> tuple[Labell
         raise SourceError(
             f"{data.origin} is too small to hold out a validation set (every class needs 2+ images); pass --val"
         )
-    keep, held = train_test_split(
-        np.arange(len(labels)), test_size=held_count, random_state=seed, stratify=labels
-    )
+    keep, held = train_test_split(np.arange(len(labels)), test_size=held_count, random_state=seed, stratify=labels)
     pick = lambda idx: LabelledTensors(data.images[idx], data.labels[idx], data.class_names, data.origin)  # noqa: E731
     return pick(torch.as_tensor(np.sort(keep))), pick(torch.as_tensor(np.sort(held)))
 
@@ -208,7 +208,9 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
     per_batch_scheduler = scheduler if config.schedule in ("onecycle", "cosine") else None
     scaler = grad_scaler(device)
     counts = torch.bincount(train_data.labels, minlength=len(class_names)).float()
-    class_weights = (counts.sum() / (len(counts) * counts.clamp_min(1))).to(device) if config.balance == "loss" else None
+    class_weights = (
+        (counts.sum() / (len(counts) * counts.clamp_min(1))).to(device) if config.balance == "loss" else None
+    )
     criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
 
     start_epoch, history, best_accuracy, best_metrics = 1, [], -1.0, {}
@@ -249,7 +251,13 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
             loader = _train_loader(config, train_data, train_transform, epoch, device)
             task = progress.add_task(f"epoch {epoch}/{config.epochs}", total=len(loader), loss=float("nan"), acc=0.0)
             train_loss, train_accuracy = train_one_epoch(
-                model, loader, criterion, optimizer, per_batch_scheduler, scaler, device,
+                model,
+                loader,
+                criterion,
+                optimizer,
+                per_batch_scheduler,
+                scaler,
+                device,
                 on_batch=lambda loss, acc: progress.update(task, advance=1, loss=loss, acc=acc),
             )
             progress.remove_task(task)
@@ -316,7 +324,9 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
     return best_metrics
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, device, on_batch=None) -> tuple[float, float]:
+def train_one_epoch(
+    model, loader, criterion, optimizer, scheduler, scaler, device, on_batch=None
+) -> tuple[float, float]:
     """One pass over ``loader``; ``scheduler`` (if given) steps every batch. Returns mean loss and accuracy."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
@@ -388,7 +398,9 @@ def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
 def _make_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
     total_steps = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=total_steps, pct_start=0.15)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.learning_rate, total_steps=total_steps, pct_start=0.15
+        )
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     if config.schedule == "plateau":

@@ -13,7 +13,7 @@ os.environ.setdefault("COLUMNS", "200")
 os.environ["NO_COLOR"] = "1"
 os.environ["TERM"] = "dumb"
 
-from .synthetic import CLASSES, make_labelled_folder, synthetic_face
+from .synthetic import make_labelled_folder, synthetic_face
 
 
 @pytest.fixture
@@ -38,8 +38,17 @@ def tiny_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("model") / "tiny.pt"
     train(
         TrainConfig(
-            data=str(tiny_dataset), out=str(out), arch="vgg", arch_options={"width": 4}, epochs=6,
-            batch_size=16, optimizer="adamw", lr=0.01, augment="none", workers=0, device="cpu",
+            data=str(tiny_dataset),
+            out=str(out),
+            arch="vgg",
+            arch_options={"width": 4},
+            epochs=6,
+            batch_size=16,
+            optimizer="adamw",
+            lr=0.01,
+            augment="none",
+            workers=0,
+            device="cpu",
         )
     )
     return out
@@ -53,8 +62,18 @@ def second_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("model2") / "other.pt"
     train(
         TrainConfig(
-            data=str(tiny_dataset), out=str(out), arch="mini_xception", arch_options={"width": 8}, epochs=4,
-            batch_size=16, optimizer="adamw", lr=0.01, augment="flip", workers=0, device="cpu", seed=1,
+            data=str(tiny_dataset),
+            out=str(out),
+            arch="mini_xception",
+            arch_options={"width": 8},
+            epochs=4,
+            batch_size=16,
+            optimizer="adamw",
+            lr=0.01,
+            augment="flip",
+            workers=0,
+            device="cpu",
+            seed=1,
         )
     )
     return out

@@ -62,14 +62,24 @@ def test_predict_reads_paths_from_stdin_and_writes_output_files(runner, image_fo
 def test_bad_inputs_are_reported_and_good_ones_still_predicted(runner, bad_files, tiny_checkpoint, tmp_path):
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
-    sources = [bad_files["corrupt"], bad_files["good"], bad_files["empty"], bad_files["text"], empty_dir, tmp_path / "missing.png"]
+    sources = [
+        bad_files["corrupt"],
+        bad_files["good"],
+        bad_files["empty"],
+        bad_files["text"],
+        empty_dir,
+        tmp_path / "missing.png",
+    ]
     result = invoke(runner, "predict", *sources, "-m", tiny_checkpoint, "-f", "jsonl", "-j", 0)
     assert result.exit_code == 1
     rows = {row["path"]: row for row in map(json.loads, result.stdout.splitlines())}
     assert rows[str(bad_files["good"])]["label"] in CLASSES and rows[str(bad_files["good"])]["error"] is None
     assert rows[str(bad_files["empty"])]["error"] == "empty file"
     assert rows[str(bad_files["text"])]["error"] == "not an image (or an unsupported format)"
-    assert rows[str(bad_files["corrupt"])]["error"].startswith("cannot read image") or "not an image" in rows[str(bad_files["corrupt"])]["error"]
+    assert (
+        rows[str(bad_files["corrupt"])]["error"].startswith("cannot read image")
+        or "not an image" in rows[str(bad_files["corrupt"])]["error"]
+    )
     assert rows[str(empty_dir)]["error"] == f"no images in folder {empty_dir}"
     assert rows[str(tmp_path / "missing.png")]["error"].startswith("no such file or folder")
     assert all(rows[p]["label"] is None for p in rows if p != str(bad_files["good"]))
@@ -98,13 +108,29 @@ def test_usage_errors_exit_2_without_traceback(runner, image_folder, tmp_path):
 
 
 def test_ensemble_scores_models_and_votes_as_json(runner, labelled_dir, tiny_checkpoint, second_checkpoint):
-    result = invoke(runner, "ensemble", "--weighted", labelled_dir, "-m", tiny_checkpoint, "-m", second_checkpoint, "-f", "json", "-j", 0)
+    result = invoke(
+        runner,
+        "ensemble",
+        "--weighted",
+        labelled_dir,
+        "-m",
+        tiny_checkpoint,
+        "-m",
+        second_checkpoint,
+        "-f",
+        "json",
+        "-j",
+        0,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["images"] == 24 and report["class_names"] == CLASSES
     assert [m["name"] for m in report["models"]] == ["tiny", "other"]
     assert [e["name"] for e in report["ensembles"]] == [
-        "majority vote", "mean probability", "weighted (val accuracy)", "weighted per class (val F1)",
+        "majority vote",
+        "mean probability",
+        "weighted (val accuracy)",
+        "weighted per class (val F1)",
     ]
     tiny = report["models"][0]["metrics"]
     assert tiny["accuracy"] >= 0.9
@@ -115,15 +141,25 @@ def test_ensemble_scores_models_and_votes_as_json(runner, labelled_dir, tiny_che
 
 
 def test_ensemble_tables(runner, labelled_dir, tiny_checkpoint, second_checkpoint):
-    result = invoke(runner, "ensemble", labelled_dir, "-m", tiny_checkpoint, "-m", second_checkpoint, "--weighted", "-j", 0)
+    result = invoke(
+        runner, "ensemble", labelled_dir, "-m", tiny_checkpoint, "-m", second_checkpoint, "--weighted", "-j", 0
+    )
     assert result.exit_code == 0, result.output
-    for title in ("labelled images", "Recall per class", "Per-class results of", "Confusion matrix of", "conf. when wrong"):
+    for title in (
+        "labelled images",
+        "Recall per class",
+        "Per-class results of",
+        "Confusion matrix of",
+        "conf. when wrong",
+    ):
         assert title in result.stdout
     assert "weighted per class (val F1)" in result.stdout
 
 
 def test_ensemble_on_unlabelled_images_predicts_with_the_vote(runner, image_folder, tiny_checkpoint, second_checkpoint):
-    result = invoke(runner, "ensemble", image_folder, "-m", tiny_checkpoint, "-m", second_checkpoint, "-f", "jsonl", "-j", 0)
+    result = invoke(
+        runner, "ensemble", image_folder, "-m", tiny_checkpoint, "-m", second_checkpoint, "-f", "jsonl", "-j", 0
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 2 and rows[0]["model"] == "ensemble: mean probability"
@@ -134,7 +170,11 @@ def test_ensemble_refuses_models_with_other_classes(runner, labelled_dir, tiny_c
     from fer_cli.train import TrainConfig, train
 
     other = make_labelled_folder(tmp_path / "other", per_class=4, classes=["calm", "frown", "wink"])
-    train(TrainConfig(data=str(other), out=str(tmp_path / "wink.pt"), arch_options={"width": 4}, epochs=1, workers=0, device="cpu"))
+    train(
+        TrainConfig(
+            data=str(other), out=str(tmp_path / "wink.pt"), arch_options={"width": 4}, epochs=1, workers=0, device="cpu"
+        )
+    )
     result = invoke(runner, "ensemble", labelled_dir, "-m", tiny_checkpoint, "-m", tmp_path / "wink.pt")
     assert result.exit_code == 2
     assert "predict different classes" in result.stderr and "wink" in result.stderr
@@ -142,8 +182,28 @@ def test_ensemble_refuses_models_with_other_classes(runner, labelled_dir, tiny_c
 
 def test_train_command_writes_checkpoint_history_and_resumes(runner, tiny_dataset, tmp_path):
     out = tmp_path / "cli.pt"
-    args = ["train", tiny_dataset, "--out", out, "--arch", "vgg", "--arch-option", "width=4", "--epochs", "2",
-            "--batch-size", "16", "--augment", "flip,erase", "--balance", "loss", "--workers", "0", "--device", "cpu"]
+    args = [
+        "train",
+        tiny_dataset,
+        "--out",
+        out,
+        "--arch",
+        "vgg",
+        "--arch-option",
+        "width=4",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--augment",
+        "flip,erase",
+        "--balance",
+        "loss",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     result = invoke(runner, *args)
     assert result.exit_code == 0, result.output
     assert out.exists() and out.with_name("cli.history.csv").exists()

@@ -76,7 +76,10 @@ def test_iter_image_paths_expands_folders_globs_and_stdin(image_folder, tmp_path
     assert found == [str(image_folder / "a.png"), str(image_folder / "nested" / "b.jpg")]
     assert list(iter_image_paths([str(image_folder / "**" / "*.jpg")])) == [str(image_folder / "nested" / "b.jpg")]
     stdin = io.StringIO(f"{image_folder / 'a.png'}\n\n{image_folder / 'nested'}\n")
-    assert list(iter_image_paths(["-"], stdin=stdin)) == [str(image_folder / "a.png"), str(image_folder / "nested" / "b.jpg")]
+    assert list(iter_image_paths(["-"], stdin=stdin)) == [
+        str(image_folder / "a.png"),
+        str(image_folder / "nested" / "b.jpg"),
+    ]
 
 
 def test_iter_image_paths_reports_sources_that_name_nothing(tmp_path):

@@ -13,8 +13,17 @@ from .synthetic import CLASSES, make_labelled_folder
 
 def _config(data, out, **overrides):
     settings = dict(
-        data=str(data), out=str(out), arch="vgg", arch_options={"width": 4}, epochs=3, batch_size=16,
-        optimizer="adamw", lr=0.01, augment="none", workers=0, device="cpu",
+        data=str(data),
+        out=str(out),
+        arch="vgg",
+        arch_options={"width": 4},
+        epochs=3,
+        batch_size=16,
+        optimizer="adamw",
+        lr=0.01,
+        augment="none",
+        workers=0,
+        device="cpu",
     )
     return TrainConfig(**{**settings, **overrides})
 

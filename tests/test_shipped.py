@@ -1,0 +1,53 @@
+"""Checks on the real shipped weights (skipped, with the reason, where they or ../shared are absent)."""
+
+import numpy as np
+import pytest
+import torch
+
+from fer_cli.checkpoint import load_classifier
+from fer_cli.data import find_labelled_images
+from fer_cli.predict import predict_stream
+from fer_cli.zoo import resolve_model, shipped_models
+
+from .synthetic import FER_VAL
+
+SHIPPED = shipped_models()
+needs_weights = pytest.mark.skipif(not SHIPPED, reason="no shipped weights in weights/")
+needs_val = pytest.mark.skipif(
+    not FER_VAL.is_dir(), reason=f"{FER_VAL} is absent (../shared not checked out beside the repo)"
+)
+
+
+@needs_weights
+@pytest.mark.parametrize("entry", SHIPPED, ids=[m.name for m in SHIPPED])
+def test_every_shipped_model_loads_and_describes_itself(entry):
+    classifier = load_classifier(entry.path)
+    assert classifier.class_names == ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    assert classifier.metrics["accuracy"] > 0.5 and "per_class" in classifier.metrics
+    assert classifier.provenance["command"].startswith("fer train")
+    assert all(p.dtype == torch.float32 for p in classifier.model.parameters())
+    with torch.no_grad():
+        probs = torch.softmax(classifier.model(torch.zeros(1, classifier.preprocess["channels"], 48, 48)), 1)
+    assert torch.isfinite(probs).all()
+
+
+@needs_weights
+def test_the_default_model_is_the_best_shipped_one():
+    assert resolve_model(None).path == SHIPPED[0].path
+    assert SHIPPED[0].val_accuracy == max(m.val_accuracy for m in SHIPPED)
+
+
+@needs_weights
+@needs_val
+def test_default_model_scores_at_least_55_percent_on_300_val_images():
+    files = find_labelled_images(FER_VAL)
+    pick = np.linspace(0, len(files.paths) - 1, 300).round().astype(int)  # spread over every class
+    classifier = resolve_model(None)
+    paths = [files.paths[i] for i in pick]
+    truth = [classifier.class_names.index(files.class_names[files.labels[i]]) for i in pick]
+    predicted = []
+    for outcomes in predict_stream([classifier], paths, torch.device("cpu"), batch_size=100, workers=0):
+        predicted += [int(o.probs[0].argmax()) for o in outcomes]
+    accuracy = float(np.mean(np.array(predicted) == np.array(truth)))
+    print(f"shipped model {classifier.name}: {accuracy:.1%} on 300 val images")
+    assert accuracy >= 0.55
