@@ -25,6 +25,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .errors import FerError
 from .results import WRITERS, format_from_path, print_ensemble_report
@@ -35,7 +36,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in files
 
 USAGE_ERROR = 2
 INPUTS_FAILED = 1
@@ -283,9 +284,15 @@ def _predict_and_write(classifiers, sources, vote, model_label, fmt, output, dev
     items = list(iter_image_paths(sources))
     done = failed = 0
     destination, chosen = _open_output(output, fmt)
-    with destination as stream:
+    progress = Progress(
+        TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err_console, transient=True,
+    )  # fmt: skip
+    with destination as stream, progress:
+        task = progress.add_task("predict", total=len(items))
         writer = WRITERS[chosen](stream, class_names)
         for outcomes in predict_stream(classifiers, items, device, batch_size=batch_size, workers=workers):
+            progress.advance(task, len(outcomes))
             predictions = []
             for outcome in outcomes:
                 probs = vote(outcome.probs[None])[0] if outcome.probs is not None else None
@@ -352,11 +359,12 @@ def ensemble(
     from .data import is_labelled_folder
     from .device import select_device
     from .ensemble import default_vote, score_folder
+    from .predict import align_classes
     from .zoo import resolve_models
 
     torch_device = select_device(device)
     classifiers = resolve_models(model)
-    if not is_labelled_folder(folder):
+    if not is_labelled_folder(folder, align_classes(classifiers)):
         err_console.print(f"{folder} is not a labelled folder (class subfolders): predicting with the ensemble")
         name, vote = default_vote(classifiers, weighted)
         _predict_and_write(

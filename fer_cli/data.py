@@ -208,15 +208,16 @@ def find_labelled_images(root: str | os.PathLike) -> LabelledFiles:
     return LabelledFiles([p for p, _ in samples], [label for _, label in samples], class_names, str(root))
 
 
-def is_labelled_folder(root: str | os.PathLike) -> bool:
-    """True when ``root`` has at least two subfolders holding images (and no loose images of its own)."""
+def is_labelled_folder(root: str | os.PathLike, class_names: list[str]) -> bool:
+    """True when ``root``'s image-holding subfolders are named after (some of) ``class_names``.
+
+    A photo archive sorted into other folders (2019/, holidays/...) is not mistaken for one.
+    """
     root = Path(root)
-    if not root.is_dir():
+    if not root.is_dir() or any(p.is_file() and is_image_file(p) for p in root.iterdir()):
         return False
-    if any(p.is_file() and is_image_file(p) for p in root.iterdir()):
-        return False
-    with_images = [d for d in root.iterdir() if d.is_dir() and any(is_image_file(p) for p in d.rglob("*"))]
-    return len(with_images) >= 2
+    with_images = [d.name for d in root.iterdir() if d.is_dir() and any(is_image_file(p) for p in d.rglob("*"))]
+    return len(with_images) >= 2 and bool(set(with_images) & set(class_names))
 
 
 @dataclass

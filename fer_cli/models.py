@@ -145,7 +145,7 @@ class _SeparableResidual(nn.Module):
 
 @register_model
 def mini_xception(num_classes: int, in_channels: int = 1, width: int = 32, dropout: float = 0.2) -> nn.Module:
-    """Small fast net: conv stem + 4 depthwise-separable residual blocks (mini-Xception family)."""
+    """Smallest net (0.2M parameters): conv stem + 4 depthwise-separable residual blocks (mini-Xception family)."""
     stem = nn.Sequential(*_conv_bn_relu(in_channels, width // 2), *_conv_bn_relu(width // 2, width))
     widths = [width, width, width * 2, width * 4, width * 8]
     blocks = [_SeparableResidual(cin, cout) for cin, cout in zip(widths, widths[1:])]

@@ -249,7 +249,7 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
             # Everything random in an epoch derives from (seed, epoch), so a resumed run repeats it exactly.
             torch.manual_seed(config.seed * 100_003 + epoch)
             loader = _train_loader(config, train_data, train_transform, epoch, device)
-            task = progress.add_task(f"epoch {epoch}/{config.epochs}", total=len(loader), loss=float("nan"), acc=0.0)
+            task = progress.add_task(f"epoch {epoch}/{config.epochs}", total=len(loader), stats="")
             train_loss, train_accuracy = train_one_epoch(
                 model,
                 loader,
@@ -258,7 +258,7 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
                 per_batch_scheduler,
                 scaler,
                 device,
-                on_batch=lambda loss, acc: progress.update(task, advance=1, loss=loss, acc=acc),
+                on_batch=lambda loss, acc: progress.update(task, advance=1, stats=f"loss {loss:.4f}  acc {acc:.4f}"),
             )
             progress.remove_task(task)
             probs, labels, val_loss = predict_tensors(model, val_loader, device, criterion)
@@ -440,7 +440,7 @@ def _progress(log: Console) -> Progress:
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.4f}"),
+        TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=log,

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from fer_cli.train import train
+
+from .synthetic import make_labelled_folder, synthetic_face, tiny_config
+
 # Wide, colourless rich output so assertions never meet wrapped lines or escape codes.
 os.environ.setdefault("COLUMNS", "200")
 os.environ["NO_COLOR"] = "1"
 os.environ["TERM"] = "dumb"
-
-from .synthetic import make_labelled_folder, synthetic_face
 
 
 @pytest.fixture
@@ -33,47 +35,18 @@ def tiny_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
     """A small vgg trained for a few epochs on the synthetic data (learns it well)."""
-    from fer_cli.train import TrainConfig, train
-
     out = tmp_path_factory.mktemp("model") / "tiny.pt"
-    train(
-        TrainConfig(
-            data=str(tiny_dataset),
-            out=str(out),
-            arch="vgg",
-            arch_options={"width": 4},
-            epochs=6,
-            batch_size=16,
-            optimizer="adamw",
-            lr=0.01,
-            augment="none",
-            workers=0,
-            device="cpu",
-        )
-    )
+    train(tiny_config(tiny_dataset, out, epochs=6))
     return out
 
 
 @pytest.fixture(scope="session")
 def second_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
     """A different architecture on the same classes, for ensembles."""
-    from fer_cli.train import TrainConfig, train
-
     out = tmp_path_factory.mktemp("model2") / "other.pt"
     train(
-        TrainConfig(
-            data=str(tiny_dataset),
-            out=str(out),
-            arch="mini_xception",
-            arch_options={"width": 8},
-            epochs=4,
-            batch_size=16,
-            optimizer="adamw",
-            lr=0.01,
-            augment="flip",
-            workers=0,
-            device="cpu",
-            seed=1,
+        tiny_config(
+            tiny_dataset, out, arch="mini_xception", arch_options={"width": 8}, epochs=4, augment="flip", seed=1
         )
     )
     return out

@@ -26,3 +26,14 @@ def make_labelled_folder(root: Path, per_class: int = 8, seed: int = 0, classes=
         for i in range(per_class):
             Image.fromarray(synthetic_face(label, seed * 1000 + label * 100 + i)).save(folder / f"{name}_{i}.png")
     return root
+
+
+def tiny_config(data, out, **overrides):
+    """Training settings that learn the synthetic classes in seconds on a CPU."""
+    from fer_cli.train import TrainConfig
+
+    settings = dict(
+        data=str(data), out=str(out), arch="vgg", arch_options={"width": 4}, epochs=3, batch_size=16,
+        optimizer="adamw", lr=0.01, augment="none", workers=0, device="cpu",
+    )  # fmt: skip
+    return TrainConfig(**{**settings, **overrides})

@@ -19,7 +19,7 @@ from fer_cli.data import (
 )
 from fer_cli.errors import SourceError
 
-from .synthetic import SHARED, make_labelled_folder, synthetic_face
+from .synthetic import CLASSES, SHARED, make_labelled_folder, synthetic_face
 
 PREPROCESS = {"size": 48, "channels": 1, "mean": [0.5], "std": [0.25]}
 
@@ -95,7 +95,8 @@ def test_labelled_folder_and_its_errors(tmp_path):
     files = find_labelled_images(root)
     assert files.class_names == ["calm", "frown", "smile"]
     assert np.bincount(files.labels).tolist() == [3, 3, 3]
-    assert is_labelled_folder(root) and not is_labelled_folder(root / "calm")
+    assert is_labelled_folder(root, CLASSES) and not is_labelled_folder(root / "calm", CLASSES)
+    assert not is_labelled_folder(root, ["happy", "sad"])  # folders, but not named after the classes
 
     (root / "surprise").mkdir()
     with pytest.raises(SourceError, match="surprise has no images"):

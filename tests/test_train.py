@@ -8,24 +8,9 @@ from fer_cli.checkpoint import load_classifier, read_checkpoint
 from fer_cli.errors import CheckpointError, SourceError
 from fer_cli.train import TrainConfig, history_path, last_path, train
 
-from .synthetic import CLASSES, make_labelled_folder
+from .synthetic import CLASSES, make_labelled_folder, tiny_config
 
-
-def _config(data, out, **overrides):
-    settings = dict(
-        data=str(data),
-        out=str(out),
-        arch="vgg",
-        arch_options={"width": 4},
-        epochs=3,
-        batch_size=16,
-        optimizer="adamw",
-        lr=0.01,
-        augment="none",
-        workers=0,
-        device="cpu",
-    )
-    return TrainConfig(**{**settings, **overrides})
+_config = tiny_config
 
 
 def _history(out):
