@@ -40,7 +40,7 @@ err_console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in fi
 
 USAGE_ERROR = 2
 INPUTS_FAILED = 1
-DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+DEFAULT_WORKERS = min(4, max(1, (os.cpu_count() or 2) // 2))  # the rest of the cores run the model
 
 
 class OutputFormat(str, Enum):

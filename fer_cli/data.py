@@ -17,13 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torchvision.datasets.folder import find_classes, make_dataset
 from torchvision.transforms import v2
 
 from .errors import SourceError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+
+# What reading a broken or hostile file can raise (UnidentifiedImageError is an OSError;
+# PIL raises SyntaxError for some malformed chunks; DecompressionBombError for absurd sizes).
+READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 # FER2013's CSV labels 0..6, in that order.
 FER2013_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -256,7 +260,7 @@ class _DecodeFiles(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         try:
             return self.decode(read_image(self.paths[index], self.channels)), index
-        except (OSError, ValueError, UnidentifiedImageError):
+        except READ_ERRORS:
             return self.blank, -1 - index  # a negative index marks the failure
 
 

@@ -16,7 +16,7 @@ import torch
 from PIL import UnidentifiedImageError
 
 from .checkpoint import Classifier
-from .data import MissingInput, eval_transform, read_image
+from .data import READ_ERRORS, MissingInput, eval_transform, read_image
 from .device import autocast, prepare_model, to_device
 from .errors import ModelError
 from .results import Prediction
@@ -69,7 +69,7 @@ class _InputImages(torch.utils.data.Dataset):
             # One read per colour mode, then each model's own resize and normalisation.
             images = {channels: read_image(item, channels) for channels in {p["channels"] for p in self.preprocesses}}
             return index, [t(images[p["channels"]]) for p, t in zip(self.preprocesses, self.transforms)], None
-        except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as error:
+        except READ_ERRORS as error:
             return index, None, _describe_read_error(item, error)
 
 

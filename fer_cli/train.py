@@ -279,16 +279,19 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
                 "best": improved,
             }
             history.append(record)
+            network = {  # what any checkpoint needs to rebuild and feed the model
+                "arch": config.arch,
+                "model_config": dict(config.arch_options),
+                "class_names": class_names,
+                "preprocess": preprocess,
+                "state_dict": _state_dict(model),
+            }
             if improved:
                 best_accuracy, best_metrics = metrics["accuracy"], {**metrics, "epoch": epoch}
                 save_checkpoint(
                     out,
                     {
-                        "arch": config.arch,
-                        "model_config": dict(config.arch_options),
-                        "class_names": class_names,
-                        "preprocess": preprocess,
-                        "state_dict": _state_dict(model),
+                        **network,
                         "temperature": 1.0,
                         "metrics": best_metrics,
                         "provenance": {**provenance, "date": now_iso(), "epoch": epoch, "epochs": config.epochs},
@@ -299,11 +302,7 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
             save_checkpoint(
                 last_path(out),
                 {
-                    "arch": config.arch,
-                    "model_config": dict(config.arch_options),
-                    "class_names": class_names,
-                    "preprocess": preprocess,
-                    "state_dict": _state_dict(model),
+                    **network,
                     "training": True,
                     "epoch": epoch,
                     "optimizer": optimizer.state_dict(),
