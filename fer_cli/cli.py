@@ -27,7 +27,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .errors import FerError
+from .errors import FerError, SourceError
 from .results import WRITERS, format_from_path, print_ensemble_report
 
 app = typer.Typer(
@@ -282,6 +282,8 @@ def _predict_and_write(classifiers, sources, vote, model_label, fmt, output, dev
     class_names = align_classes(classifiers)
     started = time.perf_counter()
     items = list(iter_image_paths(sources))
+    if not items:
+        raise SourceError("no input paths were given (standard input was empty)")
     done = failed = 0
     destination, chosen = _open_output(output, fmt)
     progress = Progress(
@@ -306,7 +308,7 @@ def _predict_and_write(classifiers, sources, vote, model_label, fmt, output, dev
     seconds = time.perf_counter() - started
     rate = f", {done / seconds:,.0f} images/s" if done else ""
     err_console.print(f"{done - failed:,} of {done:,} inputs predicted in {seconds:.1f}s{rate}", highlight=False)
-    if failed or not done:
+    if failed:
         err_console.print(f"[yellow]{failed:,} input(s) could not be read[/]", highlight=False)
         raise typer.Exit(INPUTS_FAILED)
 

@@ -103,6 +103,8 @@ def test_usage_errors_exit_2_without_traceback(runner, image_folder, tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.output and result.stdout == ""
+    empty_stdin = invoke(runner, "predict", "-", stdin="")
+    assert empty_stdin.exit_code == 2 and "no input paths" in empty_stdin.stderr
     bad_option = invoke(runner, "predict", image_folder, "--format", "yaml")
     assert bad_option.exit_code == 2
 
