@@ -88,7 +88,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint file: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: listing checkpoints reads only their metadata, not every weight
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as error:
         if "unsupported global" in str(error).lower():
             raise CheckpointError(
