@@ -2,7 +2,8 @@
 
 The votes are pure functions of the per-model probabilities (N, M, C):
 
-* majority:  each model votes for its top class; ties go to the higher mean probability
+* majority:  each model votes for its top class; ties go to the higher mean probability;
+             its confidence is the share of models that agree
 * mean:      the average of the models' probabilities
 * weighted:  the average weighted by each model's *validation* accuracy, read from its checkpoint
 * weighted per class: each model's probability for class c weighted by its validation F1 on c
@@ -31,12 +32,15 @@ WEIGHTS_SOURCE = (
 
 
 def majority_vote(probs: np.ndarray) -> np.ndarray:
-    """(N, M, C) -> (N, C): vote shares, ties broken by the mean probability."""
+    """(N, M, C) -> (N, C) vote shares: each model votes for its top class.
+
+    The winner's score is the share of models that agree with it (its "confidence"); ties go to
+    the class with the higher mean probability, through a tie-breaker far smaller than one vote.
+    """
     n, m, c = probs.shape
     votes = np.zeros((n, c))
     np.add.at(votes, (np.repeat(np.arange(n), m), probs.argmax(axis=2).ravel()), 1.0)
-    # A tie-breaker worth less than one vote: the mean probability, scaled below 1/m.
-    scores = votes / m + probs.mean(axis=1) / (m + 1)
+    scores = votes / m + 1e-3 * probs.mean(axis=1) / m
     return scores / scores.sum(axis=1, keepdims=True)
 
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from fer_cli.ensemble import majority_vote, mean_vote, validation_weights, weighted_vote
 
@@ -12,6 +13,7 @@ class _Model:
 def test_majority_vote_counts_votes_and_breaks_ties_by_probability():
     probs = np.array([[[0.6, 0.4], [0.55, 0.45], [0.1, 0.9]]])  # two models vote a, one strongly b
     assert majority_vote(probs).argmax(1).tolist() == [0]
+    assert majority_vote(probs).max() == pytest.approx(2 / 3, abs=1e-3)  # confidence = agreement
     assert mean_vote(probs).argmax(1).tolist() == [1]  # mean: (1.25 vs 1.75)/3
     tie = np.array([[[0.6, 0.4], [0.1, 0.9]]])
     assert majority_vote(tie).argmax(1).tolist() == [1]  # 1 vote each; mean probability decides
