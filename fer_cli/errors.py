@@ -4,8 +4,6 @@
 class FerError(Exception):
     """Base class: a mistake in what the user asked for, never a bug in fer_cli."""
 
-    exit_code = 1
-
 
 class SourceError(FerError):
     """An input path, folder, glob or dataset that cannot be used."""
