@@ -385,7 +385,7 @@ def ensemble(
         if chosen == "json":
             stream.write(json.dumps(report, indent=2) + "\n")
         else:
-            print_ensemble_report(report, Console(file=stream) if output else Console())
+            print_ensemble_report(report, Console(file=stream))
     err_console.print(
         f"scored {len(classifiers)} model(s) on {report['images']:,} images in {time.perf_counter() - started:.1f}s",
         highlight=False,

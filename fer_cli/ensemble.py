@@ -71,28 +71,28 @@ def validation_weights(
     notes = []
     for m, classifier in enumerate(classifiers):
         metrics = classifier.metrics or {}
-        if metrics.get("accuracy") is not None:
-            accuracy[m] = metrics["accuracy"]
-        stored = metrics.get("per_class", {})
-        for c, name in enumerate(class_names):
-            if name in stored:
-                per_class[m, c] = stored[name]["f1"]
-        if np.isnan(accuracy[m]):
+        if metrics.get("accuracy") is None:
             notes.append(f"{classifier.name} has no stored validation metrics; it gets the average weight")
-    for array in (accuracy, per_class):
-        fill = np.nanmean(array, axis=0) if not np.isnan(array).all() else 1.0
-        array[np.isnan(array)] = np.broadcast_to(fill, array.shape)[np.isnan(array)]
-        array[np.isnan(array)] = 1.0
-    return accuracy, per_class, notes
+            continue
+        accuracy[m] = metrics["accuracy"]
+        stored = metrics.get("per_class", {})
+        per_class[m] = [stored[name]["f1"] if name in stored else np.nan for name in class_names]
+    return _fill_with_mean(accuracy), _fill_with_mean(per_class), notes
 
 
-def combine(
-    probs: np.ndarray, classifiers: list[Classifier], class_names: list[str], weighted: bool
-) -> dict[str, np.ndarray]:
-    """Every ensemble's (N, C) scores. Weighted votes are added with ``weighted``."""
+def _fill_with_mean(weights: np.ndarray) -> np.ndarray:
+    """Missing weights take the mean of the other models' (per class), or 1.0 where none has one."""
+    known = ~np.isnan(weights)
+    counts = known.sum(axis=0)
+    means = np.where(counts > 0, np.where(known, weights, 0.0).sum(axis=0) / np.maximum(counts, 1), 1.0)
+    return np.where(known, weights, means)
+
+
+def combine(probs: np.ndarray, weights: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Every ensemble's (N, C) scores; the weighted votes when (accuracy, per-class) weights are given."""
     votes = {"majority vote": majority_vote(probs), "mean probability": mean_vote(probs)}
-    if weighted:
-        accuracy, per_class, _ = validation_weights(classifiers, class_names)
+    if weights is not None:
+        accuracy, per_class = weights
         votes["weighted (val accuracy)"] = weighted_vote(probs, accuracy)
         votes["weighted per class (val F1)"] = weighted_vote(probs, per_class)
     return votes
@@ -167,20 +167,20 @@ def evaluate_ensemble(
                 "metrics": summarize(labels, probs[:, m], class_names),
             }
         )
-    ensembles = []
-    if len(classifiers) > 1:
-        for name, scores in combine(probs, classifiers, class_names, weighted).items():
-            ensembles.append({"name": name, "metrics": summarize(labels, scores, class_names)})
-    notes = []
+    weights, notes = None, []
     if weighted:
-        _, _, notes = validation_weights(classifiers, class_names)
+        accuracy, per_class, notes = validation_weights(classifiers, class_names)
+        weights = (accuracy, per_class)
         here = os.path.realpath(folder)
         for classifier in classifiers:
-            val = str(classifier.provenance.get("val_data", ""))
-            if val and os.path.realpath(val.split(" (")[0]) == here:
+            if os.path.realpath(_validation_path(classifier)) == here:
                 notes.append(
                     f"{classifier.name} was validated on this same folder, so weighted-vote scores here are optimistic"
                 )
+    ensembles = []
+    if len(classifiers) > 1:
+        for name, scores in combine(probs, weights).items():
+            ensembles.append({"name": name, "metrics": summarize(labels, scores, class_names)})
     correct = probs.argmax(axis=2) == labels[:, None]
     return {
         "folder": folder,
@@ -193,3 +193,13 @@ def evaluate_ensemble(
         "oracle_accuracy": float(correct.any(axis=1).mean()) if len(labels) else 0.0,
         "all_wrong_rate": float((~correct).all(axis=1).mean()) if len(labels) else 0.0,
     }
+
+
+def _validation_path(classifier: Classifier) -> str:
+    """The file or folder a model was validated on ("" if held out of its training data).
+
+    Checkpoints written before ``val_path`` existed only have ``val_data``, which was then a plain path.
+    """
+    provenance = classifier.provenance
+    path = provenance["val_path"] if "val_path" in provenance else provenance.get("val_data")
+    return path or ""

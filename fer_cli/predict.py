@@ -105,13 +105,11 @@ def predict_stream(
     items = list(items)
     if not items:
         return
-    keys: list[tuple] = []
-    preprocesses: list[dict] = []
+    # Models that share a preprocessing share its input tensor.
+    distinct: dict[tuple, dict] = {}
     for classifier in classifiers:
-        key = _preprocess_key(classifier.preprocess)
-        if key not in keys:
-            keys.append(key)
-            preprocesses.append(classifier.preprocess)
+        distinct.setdefault(_preprocess_key(classifier.preprocess), classifier.preprocess)
+    keys, preprocesses = list(distinct), list(distinct.values())
     which_input = [keys.index(_preprocess_key(c.preprocess)) for c in classifiers]
     columns = [[c.class_names.index(name) for name in class_names] for c in classifiers]
     models = [prepare_model(c.model, device).eval() for c in classifiers]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -108,7 +107,7 @@ class TableWriter(ResultWriter):
         self.rows.extend(predictions)
 
     def close(self):
-        console = Console(file=self.stream) if self.stream is not sys.stdout else Console()
+        console = Console(file=self.stream)
         table = Table(show_lines=False)
         table.add_column("image", overflow="fold")
         table.add_column("label", style="bold")

@@ -109,8 +109,12 @@ def last_path(out: str | Path) -> Path:
 # --- data ----------------------------------------------------------------------------------------
 
 
-def load_training_data(config: TrainConfig, log: Console) -> tuple[LabelledTensors, LabelledTensors, str]:
-    """Decode the training and validation sets into memory; say where validation came from."""
+def load_training_data(config: TrainConfig, log: Console) -> tuple[LabelledTensors, LabelledTensors, str, str | None]:
+    """Decode the training and validation sets into memory.
+
+    Also returns where validation came from, in words and as the path of its file or folder
+    (None when it was held out of the training data).
+    """
     preprocess = {"size": config.size, "channels": config.channels}
     data = Path(config.data)
     train_source = data
@@ -132,14 +136,15 @@ def load_training_data(config: TrainConfig, log: Console) -> tuple[LabelledTenso
     train = load(train_source, ("training",))
     if val_source is not None:
         val = load(val_source, ("publictest",)).reorder_classes(train.class_names)
-        return train, val, str(val_source)
+        return train, val, str(val_source), str(val_source)
     if train_source.suffix.lower() == ".csv":
         try:
-            return train, load(train_source, ("publictest",)), f"{train_source} (PublicTest rows)"
+            val = load(train_source, ("publictest",))
+            return train, val, f"{train_source} (PublicTest rows)", str(train_source)
         except SourceError:
             pass  # no PublicTest rows: hold out part of the training rows below
     train, val = _hold_out(train, fraction=0.1, seed=config.seed)
-    return train, val, f"10% of {train_source} held out (stratified, seed {config.seed})"
+    return train, val, f"10% of {train_source} held out (stratified, seed {config.seed})", None
 
 
 def _hold_out(data: LabelledTensors, fraction: float, seed: int) -> tuple[LabelledTensors, LabelledTensors]:
@@ -183,7 +188,7 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
     config.validate()
     device = select_device(config.device)
 
-    train_data, val_data, val_origin = load_training_data(config, log)
+    train_data, val_data, val_origin, val_path = load_training_data(config, log)
     class_names = train_data.class_names
     if state:
         preprocess = state["preprocess"]
@@ -235,6 +240,7 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
     provenance = {
         "train_data": str(config.data),
         "val_data": val_origin,
+        "val_path": val_path,  # lets `fer ensemble` notice it is scoring a model on its own validation data
         "command": config.command,
         "seed": config.seed,
         "config": _plain_config(config),

@@ -34,6 +34,7 @@ def test_training_lowers_the_loss_and_keeps_the_best_checkpoint(tiny_dataset, tm
     assert set(checkpoint["metrics"]["per_class"]) == set(CLASSES)
     assert checkpoint["preprocess"]["size"] == 48 and len(checkpoint["preprocess"]["mean"]) == 1
     assert checkpoint["provenance"]["val_data"].endswith("val")
+    assert checkpoint["provenance"]["val_path"] == str(tiny_dataset / "val")
     assert checkpoint["provenance"]["seed"] == 0 and checkpoint["provenance"]["date"]
     assert "optimizer" not in checkpoint  # the shipped file stays small; resume state lives in .last.pt
     assert read_checkpoint(last_path(out))["epoch"] == 5
@@ -83,6 +84,7 @@ def test_imbalance_handling_and_held_out_validation(tmp_path, balance):
     best = train(_config(data, out, balance=balance, epochs=2))
     provenance = read_checkpoint(out)["provenance"]
     assert "10% of" in provenance["val_data"] and "held out" in provenance["val_data"]
+    assert provenance["val_path"] is None
     assert best["count"] == 3  # 10% of 30, stratified
     assert load_classifier(out).class_names == CLASSES
 
