@@ -2,6 +2,7 @@
 
     fer predict photos/                       # a file, a folder (recursive), a glob, or '-' for paths on stdin
     fer predict face.png --format json        # table (default on a terminal) | json | jsonl | csv
+    fer predict photos/ --annotate out/       # every face found, boxes drawn on copies in out/
     fer ensemble --weighted labelled_dir/     # every shipped model scored, and their votes
     fer train DATA --val VAL --arch vgg --epochs 30 --out weights/vgg.pt
     fer models                                # architectures and available weights
@@ -87,6 +88,27 @@ FormatOpt = Annotated[
     ),
 ]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write results to FILE instead of stdout.")]
+
+
+class Faces(str, Enum):
+    auto = "auto"
+    detect = "detect"
+    none = "none"
+
+
+FacesOpt = Annotated[
+    Faces,
+    typer.Option(
+        "--faces",
+        case_sensitive=False,
+        help="auto: face crops (small images, one face filling the frame) go straight to the model, other "
+        "photos are searched for faces; detect: always search; none: each image is one face.",
+    ),
+]
+AnnotateOpt = Annotated[
+    Path | None,
+    typer.Option("--annotate", help="Write a copy of each input with boxes, labels and confidences into DIR."),
+]
 
 
 def handles_user_errors(command):
@@ -270,22 +292,36 @@ def _open_output(output: Path | None, fmt: OutputFormat | None):
         raise typer.BadParameter(f"cannot write {output}: {error.strerror}", param_hint="--output") from None
 
 
+def _open_annotator(folder: Path | None, class_names: list[str]):
+    from .annotate import Annotator
+
+    if folder is None:
+        return None
+    try:
+        return Annotator(folder, class_names)
+    except OSError as error:
+        raise typer.BadParameter(f"cannot write to {folder}: {error.strerror}", param_hint="--annotate") from None
+
+
 def _report_skipped(path: str, reason: str) -> None:
     err_console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
 
 
-def _predict_and_write(classifiers, sources, vote, model_label, fmt, output, device, batch_size, workers) -> None:
-    """The shared body of `predict` and unlabelled `ensemble`: stream, vote, write, exit code."""
+def _predict_and_write(
+    classifiers, sources, vote, model_label, fmt, output, device, batch_size, workers, faces, annotate
+) -> None:
+    """The shared body of `predict` and unlabelled `ensemble`: stream, vote, write, annotate, exit code."""
     from .data import iter_image_paths
-    from .predict import align_classes, predict_stream, to_prediction
+    from .predict import align_classes, predict_stream, to_predictions
 
     class_names = align_classes(classifiers)
     started = time.perf_counter()
     items = list(iter_image_paths(sources))
     if not items:
         raise SourceError("no input paths were given (standard input was empty)")
-    done = failed = 0
+    done = failed = found = 0
     destination, chosen = _open_output(output, fmt)
+    annotator = _open_annotator(annotate, class_names)
     progress = Progress(
         TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=err_console, transient=True,
@@ -293,21 +329,29 @@ def _predict_and_write(classifiers, sources, vote, model_label, fmt, output, dev
     with destination as stream, progress:
         task = progress.add_task("predict", total=len(items))
         writer = WRITERS[chosen](stream, class_names)
-        for outcomes in predict_stream(classifiers, items, device, batch_size=batch_size, workers=workers):
+        batches = predict_stream(classifiers, items, device, batch_size, workers, faces=faces.value)
+        for outcomes in batches:
             progress.advance(task, len(outcomes))
             predictions = []
             for outcome in outcomes:
-                probs = vote(outcome.probs[None])[0] if outcome.probs is not None else None
-                predictions.append(to_prediction(outcome, probs, class_names, model_label))
+                rows = to_predictions(outcome, vote, class_names, model_label)
+                predictions.extend(rows)
+                found += len(outcome.faces)
                 if outcome.error:
                     failed += 1
                     _report_skipped(outcome.path, outcome.error)
+                elif annotator:
+                    annotator.annotate(outcome.path, rows)
             done += len(outcomes)
             writer.write_batch(predictions)
         writer.close()
     seconds = time.perf_counter() - started
     rate = f", {done / seconds:,.0f} images/s" if done else ""
-    err_console.print(f"{done - failed:,} of {done:,} inputs predicted in {seconds:.1f}s{rate}", highlight=False)
+    err_console.print(
+        f"{done - failed:,} of {done:,} inputs predicted ({found:,} faces) in {seconds:.1f}s{rate}", highlight=False
+    )
+    if annotator:
+        err_console.print(f"{annotator.written:,} annotated copies in {annotate}", highlight=False)
     if failed:
         err_console.print(f"[yellow]{failed:,} input(s) could not be read[/]", highlight=False)
         raise typer.Exit(INPUTS_FAILED)
@@ -323,13 +367,15 @@ def predict(
         str | None,
         typer.Option("--model", "-m", help="Shipped model name or checkpoint path. Default: the best shipped model."),
     ] = None,
+    faces: FacesOpt = Faces.auto,
+    annotate: AnnotateOpt = None,
     fmt: FormatOpt = None,
     output: OutputOpt = None,
     batch_size: BatchSizeOpt = 64,
     workers: WorkersOpt = DEFAULT_WORKERS,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Predict the expression of every image: label, confidence and all class probabilities."""
+    """Predict the expression of every face: label, confidence, all class probabilities and where the face is."""
     from .device import select_device
     from .zoo import resolve_model
 
@@ -337,8 +383,9 @@ def predict(
     classifier = resolve_model(model)
     only_model = lambda probs: probs[:, 0]  # noqa: E731  (N, 1, C) -> (N, C)
     _predict_and_write(
-        [classifier], sources, only_model, classifier.name, fmt, output, torch_device, batch_size, workers
-    )
+        [classifier], sources, only_model, classifier.name, fmt, output, torch_device, batch_size, workers, faces,
+        annotate,
+    )  # fmt: skip
 
 
 @app.command()
@@ -351,6 +398,8 @@ def ensemble(
     weighted: Annotated[
         bool, typer.Option("--weighted", help="Add votes weighted by each model's stored validation metrics.")
     ] = False,
+    faces: FacesOpt = Faces.auto,
+    annotate: AnnotateOpt = None,
     fmt: FormatOpt = None,
     output: OutputOpt = None,
     batch_size: BatchSizeOpt = 64,
@@ -370,15 +419,18 @@ def ensemble(
         err_console.print(f"{folder} is not a labelled folder (class subfolders): predicting with the ensemble")
         name, vote = default_vote(classifiers, weighted)
         _predict_and_write(
-            classifiers, [folder], vote, f"ensemble: {name}", fmt, output, torch_device, batch_size, workers
-        )
+            classifiers, [folder], vote, f"ensemble: {name}", fmt, output, torch_device, batch_size, workers, faces,
+            annotate,
+        )  # fmt: skip
         return
+    if annotate is not None:
+        raise typer.BadParameter("annotated copies are made when predicting, not when scoring", param_hint="--annotate")
 
     if fmt not in (None, OutputFormat.table, OutputFormat.json):
         raise typer.BadParameter("a labelled folder's report is a table or json", param_hint="--format")
     started = time.perf_counter()
     report = score_folder(
-        classifiers, folder, weighted, torch_device, batch_size=batch_size, workers=workers, on_skip=_report_skipped
+        classifiers, folder, weighted, torch_device, batch_size, workers, on_skip=_report_skipped, faces=faces.value
     )
     destination, chosen = _open_output(output, fmt)
     with destination as stream:

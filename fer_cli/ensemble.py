@@ -22,6 +22,7 @@ import torch
 from .checkpoint import Classifier
 from .data import find_labelled_images
 from .errors import ModelError, SourceError
+from .faces import FacePolicy
 from .metrics import summarize
 from .predict import align_classes, predict_stream
 
@@ -114,11 +115,14 @@ def score_folder(
     batch_size: int = 64,
     workers: int = 0,
     on_skip=None,
+    faces: FacePolicy | str = FacePolicy.auto,
 ) -> dict:
     """Predict a labelled folder with every model and score the models and their votes.
 
     Class folders are matched to the models' classes by name; a folder class no model knows is
-    an error. Unreadable images are skipped (reported through ``on_skip``) and counted.
+    an error. Unreadable images are skipped (reported through ``on_skip``) and counted. Each
+    image has one label, so it is scored on its largest face, or on the whole image when the
+    detector finds none (counted in the report).
     """
     class_names = align_classes(classifiers)
     files = find_labelled_images(folder)
@@ -130,20 +134,30 @@ def score_folder(
         )
     to_model_label = [class_names.index(name) for name in files.class_names]
     label_of = dict(zip(files.paths, files.labels))
-    probs, labels, unreadable = [], [], 0
-    for outcomes in predict_stream(classifiers, files.paths, device, batch_size=batch_size, workers=workers):
+    policy = FacePolicy(faces)
+    probs, labels, unreadable, no_face = [], [], 0, 0
+    stream = predict_stream(
+        classifiers, files.paths, device, batch_size, workers, faces=policy, whole_image_if_no_face=True
+    )
+    for outcomes in stream:
         for outcome in outcomes:
-            if outcome.probs is None:
+            if outcome.error is not None:
                 unreadable += 1
                 if on_skip:
                     on_skip(outcome.path, outcome.error)
                 continue
-            probs.append(outcome.probs)
+            largest = max(outcome.faces, key=lambda face: face.box[2] * face.box[3])
+            no_face += policy is FacePolicy.detect and largest.score is None
+            probs.append(largest.probs)
             labels.append(to_model_label[label_of[outcome.path]])
     if not probs:
         raise SourceError(f"no readable images in {folder}")
     report = evaluate_ensemble(np.stack(probs), np.array(labels), classifiers, class_names, weighted, folder)
     report["unreadable_images"] = unreadable
+    report["face_policy"] = policy.value
+    report["images_without_detected_face"] = no_face
+    if no_face:
+        report["notes"].append(f"{no_face:,} image(s) had no detected face and were classified whole")
     return report
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,15 +19,26 @@ from .checkpoint import Classifier
 from .data import READ_ERRORS, MissingInput, eval_transform, read_image
 from .device import autocast, prepare_model, to_device
 from .errors import ModelError
+from .faces import FaceFinder, FacePolicy
 from .results import Prediction
 
 
 @dataclass
+class FaceOutcome:
+    """One face of an input: where it is and its class probabilities from each model (M, C)."""
+
+    index: int
+    box: tuple[int, int, int, int]
+    score: float | None
+    probs: np.ndarray
+
+
+@dataclass
 class Outcome:
-    """One input: its class probabilities from each model (M, C), or the reason it failed."""
+    """One input: its faces (possibly none), or the reason it could not be read."""
 
     path: str
-    probs: np.ndarray | None = None
+    faces: list[FaceOutcome] = field(default_factory=list)
     error: str | None = None
 
 
@@ -51,12 +62,13 @@ def _preprocess_key(preprocess: dict) -> tuple:
 
 
 class _InputImages(torch.utils.data.Dataset):
-    """Reads each input once and applies every distinct preprocessing the models need."""
+    """Reads each input once, finds its faces, and applies every distinct preprocessing to each face."""
 
-    def __init__(self, items: list[str | MissingInput], preprocesses: list[dict]):
+    def __init__(self, items: list[str | MissingInput], preprocesses: list[dict], finder: FaceFinder):
         self.items = items
         self.preprocesses = preprocesses
         self.transforms = [eval_transform(p) for p in preprocesses]
+        self.finder = finder
 
     def __len__(self) -> int:
         return len(self.items)
@@ -64,13 +76,22 @@ class _InputImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         item = self.items[index]
         if isinstance(item, MissingInput):
-            return index, None, item.reason
+            return index, [], [], item.reason
         try:
-            # One read per colour mode, then each model's own resize and normalisation.
-            images = {channels: read_image(item, channels) for channels in {p["channels"] for p in self.preprocesses}}
-            return index, [t(images[p["channels"]]) for p, t in zip(self.preprocesses, self.transforms)], None
+            image = read_image(item, channels=3)
         except READ_ERRORS as error:
-            return index, None, _describe_read_error(item, error)
+            return index, [], [], _describe_read_error(item, error)
+        faces = self.finder.find(image)
+        places = [(face.index, face.box, face.score) for face in faces]
+        # Each face converted as training images were: 8-bit grayscale or RGB, then the model's transform.
+        tensors = [
+            [
+                t(face.crop.convert("L") if p["channels"] == 1 else face.crop)
+                for p, t in zip(self.preprocesses, self.transforms)
+            ]
+            for face in faces
+        ]
+        return index, places, tensors, None
 
 
 def _describe_read_error(path: str, error: Exception) -> str:
@@ -82,12 +103,12 @@ def _describe_read_error(path: str, error: Exception) -> str:
 
 
 def _collate(batch):
-    """Stack the readable images; pass failures through as (index, reason)."""
-    good = [(index, tensors) for index, tensors, error in batch if error is None]
-    failed = [(index, error) for index, _, error in batch if error is not None]
-    indices = [index for index, _ in good]
-    stacks = [torch.stack([tensors[k] for _, tensors in good]) for k in range(len(good[0][1]))] if good else []
-    return indices, stacks, failed
+    """Stack every face of the batch per preprocessing, remembering which input each came from."""
+    owners = [(index, place) for index, places, _, _ in batch for place in places]
+    faces = [tensors for _, _, face_tensors, _ in batch for tensors in face_tensors]
+    stacks = [torch.stack([tensors[k] for tensors in faces]) for k in range(len(faces[0]))] if faces else []
+    inputs = [(index, error) for index, _, _, error in batch]
+    return inputs, owners, stacks
 
 
 def predict_stream(
@@ -96,10 +117,14 @@ def predict_stream(
     device: torch.device,
     batch_size: int = 64,
     workers: int = 2,
+    faces: FacePolicy | str = FacePolicy.auto,
+    whole_image_if_no_face: bool = False,
 ) -> Iterator[list[Outcome]]:
-    """Yield, per batch and in input order, each input's probabilities from every model.
+    """Yield, per batch of inputs and in input order, each input's faces with every model's probabilities.
 
     Probabilities are temperature-scaled softmax outputs with columns in ``align_classes`` order.
+    Faces are found in the DataLoader workers, on the CPU beside decoding; with ``workers=0``
+    the detector runs in this process on ``device`` (CUDA included).
     """
     class_names = align_classes(classifiers)
     items = list(items)
@@ -113,9 +138,12 @@ def predict_stream(
     which_input = [keys.index(_preprocess_key(c.preprocess)) for c in classifiers]
     columns = [[c.class_names.index(name) for name in class_names] for c in classifiers]
     models = [prepare_model(c.model, device).eval() for c in classifiers]
+    finder = FaceFinder(
+        faces, device=str(device) if workers == 0 else "cpu", whole_image_if_none=whole_image_if_no_face
+    )
 
     loader = torch.utils.data.DataLoader(
-        _InputImages(items, preprocesses),
+        _InputImages(items, preprocesses, finder),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
@@ -123,35 +151,53 @@ def predict_stream(
         persistent_workers=False,
     )
     with torch.inference_mode():
-        for indices, stacks, failed in loader:
-            outcomes = {index: Outcome(_path(items[index]), error=error) for index, error in failed}
-            if indices:
-                inputs = [to_device(stack, device) for stack in stacks]
-                per_model = []
-                for model, classifier, k, order in zip(models, classifiers, which_input, columns):
-                    with autocast(device):
-                        logits = model(inputs[k]).float()
-                    probs = torch.softmax(logits / classifier.temperature, dim=1)[:, order]
-                    per_model.append(probs.cpu().numpy())
-                stacked = np.stack(per_model, axis=1)  # (B, M, C)
-                for row, index in enumerate(indices):
-                    outcomes[index] = Outcome(_path(items[index]), probs=stacked[row])
-            yield [outcomes[index] for index in sorted(outcomes)]
+        for inputs, owners, stacks in loader:
+            outcomes = {index: Outcome(_path(items[index]), error=error) for index, error in inputs}
+            if owners:
+                stacked = np.stack(
+                    [
+                        _probabilities(model, classifier, to_device(stacks[k], device), order)
+                        for model, classifier, k, order in zip(models, classifiers, which_input, columns)
+                    ],
+                    axis=1,
+                )  # (faces, M, C)
+                for row, (index, (face, box, score)) in enumerate(owners):
+                    outcomes[index].faces.append(FaceOutcome(face, box, score, stacked[row]))
+            yield [outcomes[index] for index, _ in inputs]
+
+
+def _probabilities(model, classifier: Classifier, inputs: torch.Tensor, order: list[int]) -> np.ndarray:
+    with autocast(inputs.device):
+        logits = model(inputs).float()
+    return torch.softmax(logits / classifier.temperature, dim=1)[:, order].cpu().numpy()
 
 
 def _path(item: str | MissingInput) -> str:
     return item.source if isinstance(item, MissingInput) else item
 
 
-def to_prediction(outcome: Outcome, probs: np.ndarray | None, class_names: list[str], model: str) -> Prediction:
-    """Render one outcome (with its final probability vector) as a Prediction."""
-    if outcome.error is not None or probs is None:
-        return Prediction(path=outcome.path, error=outcome.error, model=model)
-    best = int(np.argmax(probs))
-    return Prediction(
-        path=outcome.path,
-        label=class_names[best],
-        confidence=float(probs[best]),
-        probabilities={name: float(p) for name, p in zip(class_names, probs)},
-        model=model,
-    )
+def to_predictions(outcome: Outcome, vote, class_names: list[str], model: str) -> list[Prediction]:
+    """One Prediction per face of the outcome, with ``vote`` turning (N, M, C) into (N, C);
+    one row saying so for an input without a face or that could not be read."""
+    if outcome.error is not None:
+        return [Prediction(path=outcome.path, error=outcome.error, model=model)]
+    if not outcome.faces:
+        return [Prediction(path=outcome.path, faces=0, model=model)]
+    final = vote(np.stack([face.probs for face in outcome.faces]))
+    predictions = []
+    for face, probs in zip(outcome.faces, final):
+        best = int(np.argmax(probs))
+        predictions.append(
+            Prediction(
+                path=outcome.path,
+                face=face.index,
+                faces=len(outcome.faces),
+                box=face.box,
+                detector_score=face.score,
+                label=class_names[best],
+                confidence=float(probs[best]),
+                probabilities={name: float(p) for name, p in zip(class_names, probs)},
+                model=model,
+            )
+        )
+    return predictions

@@ -17,9 +17,19 @@ from rich.table import Table
 
 @dataclass(frozen=True)
 class Prediction:
-    """What fer_cli says about one input: a label with its probabilities, or why it could not."""
+    """What fer_cli says about one face of an input, about an input without a face, or why it failed.
+
+    ``face`` indexes the faces of the image left to right (0 first), ``faces`` counts them, ``box``
+    is (x, y, w, h) in the upright image's pixels and ``detector_score`` the face detector's
+    confidence (None when the whole image was taken as the face). An image without a face has
+    ``faces == 0`` and no label.
+    """
 
     path: str
+    face: int | None = None
+    faces: int | None = None
+    box: tuple[int, int, int, int] | None = None
+    detector_score: float | None = None
     label: str | None = None
     confidence: float | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
@@ -33,12 +43,20 @@ class Prediction:
     def to_dict(self) -> dict:
         return {
             "path": self.path,
+            "face": self.face,
+            "faces": self.faces,
+            "box": None if self.box is None else list(self.box),
+            "detector_score": _round(self.detector_score),
             "label": self.label,
-            "confidence": None if self.confidence is None else round(self.confidence, 6),
+            "confidence": _round(self.confidence),
             "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
             "model": self.model,
             "error": self.error,
         }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 class ResultWriter:
@@ -81,23 +99,37 @@ class JsonWriter(ResultWriter):
 
 
 class CsvWriter(ResultWriter):
-    """path, label, confidence, one column per class probability, model, error."""
+    """path, face, faces, x, y, w, h, detector_score, label, confidence, one column per class, model, error."""
 
     def __init__(self, stream, class_names):
         super().__init__(stream, class_names)
         self.writer = csv.writer(stream, lineterminator="\n")
-        self.writer.writerow(["path", "label", "confidence", *class_names, "model", "error"])
+        self.writer.writerow(
+            ["path", "face", "faces", "x", "y", "w", "h", "detector_score", "label", "confidence", *class_names]
+            + ["model", "error"]
+        )
 
     def write_batch(self, predictions):
         for p in predictions:
-            probs = [f"{p.probabilities[c]:.6f}" if c in p.probabilities else "" for c in self.class_names]
-            confidence = "" if p.confidence is None else f"{p.confidence:.6f}"
-            self.writer.writerow([p.path, p.label or "", confidence, *probs, p.model, p.error or ""])
+            probs = [_number(p.probabilities.get(c)) for c in self.class_names]
+            box = list(p.box) if p.box is not None else [""] * 4
+            self.writer.writerow(
+                [p.path, _blank(p.face), _blank(p.faces), *box, _number(p.detector_score), p.label or ""]
+                + [_number(p.confidence), *probs, p.model, p.error or ""]
+            )
         self.stream.flush()
 
 
+def _blank(value) -> str:
+    return "" if value is None else str(value)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
 class TableWriter(ResultWriter):
-    """A rich table for people: one row per image, the top label highlighted, failures in red."""
+    """A rich table for people: one row per face, the top label highlighted, failures in red."""
 
     def __init__(self, stream, class_names):
         super().__init__(stream, class_names)
@@ -110,19 +142,25 @@ class TableWriter(ResultWriter):
         console = Console(file=self.stream)
         table = Table(show_lines=False)
         table.add_column("image", overflow="fold")
+        table.add_column("face", justify="right")
+        table.add_column("box (x, y, w, h)", justify="right")
         table.add_column("label", style="bold")
         table.add_column("confidence", justify="right")
         for name in self.class_names:
             table.add_column(name, justify="right")
+        blank = [""] * len(self.class_names)
         for p in self.rows:
             if not p.ok:
-                table.add_row(p.path, f"[red]{p.error}[/]", "", *[""] * len(self.class_names))
-                continue
-            cells = [
-                f"[bold]{p.probabilities[c]:.2f}[/]" if c == p.label else f"{p.probabilities.get(c, 0.0):.2f}"
-                for c in self.class_names
-            ]
-            table.add_row(p.path, p.label, f"{p.confidence:.1%}", *cells)
+                table.add_row(p.path, "", "", f"[red]{p.error}[/]", "", *blank)
+            elif p.faces == 0:
+                table.add_row(p.path, "0 faces", "", "[dim]no face found[/]", "", *blank)
+            else:
+                cells = [
+                    f"[bold]{p.probabilities[c]:.2f}[/]" if c == p.label else f"{p.probabilities.get(c, 0.0):.2f}"
+                    for c in self.class_names
+                ]
+                face = f"{p.face + 1} of {p.faces}"
+                table.add_row(p.path, face, ", ".join(map(str, p.box)), p.label, f"{p.confidence:.1%}", *cells)
         console.print(table)
         super().close()
 

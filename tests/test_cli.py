@@ -43,7 +43,11 @@ def test_predict_json_csv_and_table(runner, image_folder, tiny_checkpoint):
 
     as_csv = invoke(runner, "predict", image_folder, "-m", tiny_checkpoint, "-f", "csv", "-j", 0)
     rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
-    assert list(rows[0]) == ["path", "label", "confidence", *CLASSES, "model", "error"]
+    assert list(rows[0]) == [
+        *["path", "face", "faces", "x", "y", "w", "h", "detector_score", "label", "confidence"],
+        *[*CLASSES, "model", "error"],
+    ]
+    assert [(row["face"], row["faces"], row["w"], row["detector_score"]) for row in rows] == [("0", "1", "48", "")] * 2
     assert [row["label"] for row in rows] == ["calm", "smile"]
 
     table = invoke(runner, "predict", image_folder, "-m", tiny_checkpoint, "-f", "table", "-j", 0)

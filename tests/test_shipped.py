@@ -47,7 +47,7 @@ def test_default_model_scores_at_least_55_percent_on_300_val_images():
     truth = [classifier.class_names.index(files.class_names[files.labels[i]]) for i in pick]
     predicted = []
     for outcomes in predict_stream([classifier], paths, torch.device("cpu"), batch_size=100, workers=0):
-        predicted += [int(o.probs[0].argmax()) for o in outcomes]
+        predicted += [int(o.faces[0].probs[0].argmax()) for o in outcomes]
     accuracy = float(np.mean(np.array(predicted) == np.array(truth)))
     print(f"shipped model {classifier.name}: {accuracy:.1%} on 300 val images")
     assert accuracy >= 0.55
