@@ -115,13 +115,13 @@ class FaceDetector:
 
     ``min_face`` is the smallest face side searched for, in pixels; the pyramid never looks for
     faces smaller than 2% of the image's shorter side either, which keeps large photos fast.
-    ``threshold`` is the minimum final score: 0.9 keeps the faces of crowded photos while
+    ``threshold`` is the minimum final score: 0.95 keeps the faces of crowded photos while
     rejecting hands, pets and texture in the photos tested (see tests/test_faces.py).
     """
 
     stage_thresholds = (0.6, 0.7)  # proposal and refine stages: permissive, the output stage decides
 
-    def __init__(self, device: torch.device | str = "cpu", threshold: float = 0.9, min_face: int = 20):
+    def __init__(self, device: torch.device | str = "cpu", threshold: float = 0.95, min_face: int = 20):
         self.device = torch.device(device)
         self.threshold = threshold
         self.min_face = min_face
