@@ -348,7 +348,8 @@ def _predict_and_write(
     seconds = time.perf_counter() - started
     rate = f", {done / seconds:,.0f} images/s" if done else ""
     err_console.print(
-        f"{done - failed:,} of {done:,} inputs predicted ({found:,} faces) in {seconds:.1f}s{rate}", highlight=False
+        f"{done - failed:,} of {done:,} inputs predicted ({found:,} face{'' if found == 1 else 's'}) in {seconds:.1f}s{rate}",
+        highlight=False,
     )
     if annotator:
         err_console.print(f"{annotator.written:,} annotated copies in {annotate}", highlight=False)

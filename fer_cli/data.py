@@ -37,7 +37,8 @@ FER2013_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neut
 
 
 def read_image(path: str | os.PathLike, channels: int) -> Image.Image:
-    """Open any still image as 8-bit grayscale (channels=1) or RGB (channels=3), upright.
+    """Open any still image as 8-bit grayscale (channels=1), RGB (channels=3) or, with channels=0,
+    whichever of the two the file holds (grayscale stays grayscale), upright.
 
     EXIF orientation is applied, transparency is composited on white, and 16/32-bit images are
     rescaled to 8 bits instead of clipped. Raises ``OSError``/``ValueError`` for unreadable files.
@@ -45,6 +46,8 @@ def read_image(path: str | os.PathLike, channels: int) -> Image.Image:
     with Image.open(path) as image:
         image.load()
         image = ImageOps.exif_transpose(image)
+    if channels == 0:
+        channels = 1 if image.mode in ("1", "L", "LA", "I", "F") or image.mode.startswith("I;") else 3
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         image = _rescale_to_8_bits(image)
     if image.mode == "P":

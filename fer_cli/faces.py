@@ -60,7 +60,7 @@ class Face:
 
 
 class FaceFinder:
-    """Applies a face policy to upright RGB images. The detector is built on first use."""
+    """Applies a face policy to upright images. The detector is built on first use."""
 
     def __init__(self, policy: FacePolicy | str = FacePolicy.auto, device: str = "cpu", whole_image_if_none=False):
         self.policy = FacePolicy(policy)
@@ -75,7 +75,7 @@ class FaceFinder:
         return self._detector
 
     def find(self, image: Image.Image) -> list[Face]:
-        """The faces of one upright RGB image, left to right."""
+        """The faces of one upright RGB or grayscale image, left to right."""
         whole = Face(0, (0, 0, image.width, image.height), None, image)
         if self.policy is FacePolicy.none or (self.policy is FacePolicy.auto and max(image.size) <= CROP_MAX_SIDE):
             return [whole]
@@ -97,7 +97,7 @@ class FaceFinder:
                 (round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR, reducing_gap=2.0
             )
         )
-        found = self.detector.detect(TF.pil_to_tensor(small))
+        found = self.detector.detect(TF.pil_to_tensor(small.convert("RGB")))
         if scale == 1.0:
             return found
         return [

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .checkpoint import Classifier
 from .data import READ_ERRORS, MissingInput, eval_transform, read_image
@@ -78,7 +78,7 @@ class _InputImages(torch.utils.data.Dataset):
         if isinstance(item, MissingInput):
             return index, [], [], item.reason
         try:
-            image = read_image(item, channels=3)
+            image = read_image(item, channels=0)  # grayscale files stay grayscale: no needless conversion
         except READ_ERRORS as error:
             return index, [], [], _describe_read_error(item, error)
         faces = self.finder.find(image)
@@ -92,6 +92,11 @@ class _InputImages(torch.utils.data.Dataset):
             for face in faces
         ]
         return index, places, tensors, None
+
+
+def _to_channels(image: Image.Image, channels: int) -> Image.Image:
+    mode = "L" if channels == 1 else "RGB"
+    return image if image.mode == mode else image.convert(mode)
 
 
 def _describe_read_error(path: str, error: Exception) -> str:
@@ -123,8 +128,8 @@ def predict_stream(
     """Yield, per batch of inputs and in input order, each input's faces with every model's probabilities.
 
     Probabilities are temperature-scaled softmax outputs with columns in ``align_classes`` order.
-    Faces are found in the DataLoader workers, on the CPU beside decoding; with ``workers=0``
-    the detector runs in this process on ``device`` (CUDA included).
+    Faces are found in the DataLoader workers, on the CPU beside decoding, which keeps memory flat
+    (only crops leave a worker); with ``workers=0`` on CUDA the detector runs on the GPU.
     """
     class_names = align_classes(classifiers)
     items = list(items)

@@ -37,6 +37,10 @@ def test_read_image_brings_every_mode_to_8_bit_gray_and_rgb(tmp_path, mode):
     rgb = read_image(path, channels=3)
     assert gray.mode == "L" and rgb.mode == "RGB"
     assert gray.size == rgb.size == (60, 60)
+    # channels=0 keeps what the file holds, and converting that later gives the very same pixels
+    stored = read_image(path, channels=0)
+    assert stored.mode == ("RGB" if mode in ("RGB", "RGBA", "P") else "L")
+    assert np.array_equal(np.asarray(stored.convert("L")), np.asarray(gray))
     tensor = eval_transform(PREPROCESS)(gray)
     assert tensor.shape == (1, 48, 48) and tensor.dtype == torch.float32
 

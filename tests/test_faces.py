@@ -219,3 +219,13 @@ def test_small_inputs_are_enlarged_when_annotated(tmp_path, image_folder, tiny_c
 def test_faces_option_is_validated(image_folder, tiny_checkpoint):
     result = invoke("predict", image_folder, "-m", tiny_checkpoint, "--faces", "sometimes")
     assert result.exit_code == 2 and "sometimes" in result.output
+
+
+def test_scoring_with_detect_classifies_faceless_images_whole_and_says_so(labelled_dir, tiny_checkpoint):
+    result = invoke("ensemble", labelled_dir, "-m", tiny_checkpoint, "--faces", "detect", "-f", "json", "-j", 0)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["face_policy"] == "detect"
+    assert report["images_without_detected_face"] == report["images"] > 0  # bars on noise are not faces
+    assert any("no detected face" in note for note in report["notes"])
+    assert report["models"][0]["metrics"]["accuracy"] > 0.9  # still scored, on the whole image
