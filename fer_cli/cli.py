@@ -341,15 +341,18 @@ def _predict_and_write(
                     failed += 1
                     _report_skipped(outcome.path, outcome.error)
                 elif annotator:
-                    annotator.annotate(outcome.path, rows)
+                    try:
+                        annotator.annotate(outcome.path, rows)
+                    except (OSError, ValueError) as error:  # a full disk, a file changed meanwhile
+                        _report_skipped(outcome.path, f"no annotated copy: {error}")
             done += len(outcomes)
             writer.write_batch(predictions)
         writer.close()
     seconds = time.perf_counter() - started
     rate = f", {done / seconds:,.0f} images/s" if done else ""
+    faces_found = f"{found:,} face" + ("" if found == 1 else "s")
     err_console.print(
-        f"{done - failed:,} of {done:,} inputs predicted ({found:,} face{'' if found == 1 else 's'}) in {seconds:.1f}s{rate}",
-        highlight=False,
+        f"{done - failed:,} of {done:,} inputs predicted ({faces_found}) in {seconds:.1f}s{rate}", highlight=False
     )
     if annotator:
         err_console.print(f"{annotator.written:,} annotated copies in {annotate}", highlight=False)

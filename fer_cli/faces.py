@@ -90,13 +90,10 @@ class FaceFinder:
     def detect(self, image: Image.Image) -> list[Detection]:
         """Detect on a copy no larger than DETECT_MAX_SIDE; boxes and landmarks in ``image``'s pixels."""
         scale = min(1.0, DETECT_MAX_SIDE / max(image.size))
-        small = (
-            image
-            if scale == 1.0
-            else image.resize(
-                (round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR, reducing_gap=2.0
-            )
-        )
+        small = image
+        if scale < 1.0:
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            small = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
         found = self.detector.detect(TF.pil_to_tensor(small.convert("RGB")))
         if scale == 1.0:
             return found

@@ -229,3 +229,15 @@ def test_scoring_with_detect_classifies_faceless_images_whole_and_says_so(labell
     assert report["images_without_detected_face"] == report["images"] > 0  # bars on noise are not faces
     assert any("no detected face" in note for note in report["notes"])
     assert report["models"][0]["metrics"]["accuracy"] > 0.9  # still scored, on the whole image
+
+
+def test_odd_shapes_and_broken_files_give_rows_not_crashes(tmp_path, tiny_checkpoint, bad_files):
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    Image.new("L", (4000, 3), 90).save(tmp_path / "line.png")
+    broken = [path for name, path in bad_files.items() if name != "good"]
+    sources = [tmp_path / "dot.png", tmp_path / "line.png", *broken]
+    result = invoke("predict", *sources, "-m", tiny_checkpoint, "--faces", "detect", "-f", "jsonl", "-j", 0)
+    assert result.exit_code == 1  # some inputs were unreadable; the others still have their rows
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["faces"] for row in rows[:2]] == [0, 0]
+    assert all(row["error"] for row in rows[2:]) and len(rows) == len(sources)
