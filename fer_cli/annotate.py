@@ -66,7 +66,8 @@ def _label(draw: ImageDraw.ImageDraw, corner: tuple[int, int], text: str, colour
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     pad = max(2, (bottom - top) // 5)
     width, height = right - left + 2 * pad, bottom - top + 2 * pad
-    x, y = corner[0], corner[1] - height if corner[1] >= height else corner[1]
+    x = max(0, min(corner[0], draw.im.size[0] - width - 1))  # kept inside the picture
+    y = corner[1] - height if corner[1] >= height else corner[1]
     draw.rectangle((x, y, x + width, y + height), fill=colour)
     draw.text((x + pad - left, y + pad - top), text, fill=(0, 0, 0), font=font)
 
