@@ -1,8 +1,9 @@
-"""The one prediction path: image paths in, class probabilities out, streamed batch by batch.
+"""The one prediction path: image paths in, faces with class probabilities out, streamed batch by batch.
 
-Images are read and transformed in DataLoader workers; each distinct preprocessing among the
-models is applied once per image, so an ensemble of models that share it decodes every image
-once. Unreadable inputs travel through the same stream as failures, in input order.
+Images are read, searched for faces (``faces.FaceFinder``) and transformed in DataLoader
+workers; each distinct preprocessing among the models is applied once per face, so an ensemble
+of models that share it decodes every image once. All faces of a batch go through each model
+together. Unreadable inputs travel through the same stream as failures, in input order.
 """
 
 from __future__ import annotations
