@@ -105,6 +105,14 @@ FacesOpt = Annotated[
         "photos are searched for faces; detect: always search; none: each image is one face.",
     ),
 ]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="Process only shard I of N (e.g. 2/8) of the inputs: contiguous blocks in input order, so the "
+        "outputs of 1/N..N/N concatenated are the unsharded output.",
+    ),
+]
 AnnotateOpt = Annotated[
     Path | None,
     typer.Option("--annotate", help="Write a copy of each input with boxes, labels and confidences into DIR."),
@@ -308,7 +316,7 @@ def _report_skipped(path: str, reason: str) -> None:
 
 
 def _predict_and_write(
-    classifiers, sources, vote, model_label, fmt, output, device, batch_size, workers, faces, annotate
+    classifiers, sources, vote, model_label, fmt, output, device, batch_size, workers, faces, annotate, shard=None
 ) -> None:
     """The shared body of `predict` and unlabelled `ensemble`: stream, vote, write, annotate, exit code."""
     from .data import iter_image_paths
@@ -319,6 +327,9 @@ def _predict_and_write(
     items = list(iter_image_paths(sources))
     if not items:
         raise SourceError("no input paths were given (standard input was empty)")
+    if shard is not None:
+        total, items = len(items), shard.select(items)
+        err_console.print(f"shard {shard.index}/{shard.count}: {len(items):,} of {total:,} inputs", highlight=False)
     done = failed = found = 0
     destination, chosen = _open_output(output, fmt)
     annotator = _open_annotator(annotate, class_names)
@@ -375,20 +386,27 @@ def predict(
     annotate: AnnotateOpt = None,
     fmt: FormatOpt = None,
     output: OutputOpt = None,
+    shard: ShardOpt = None,
     batch_size: BatchSizeOpt = 64,
     workers: WorkersOpt = DEFAULT_WORKERS,
     device: DeviceOpt = "auto",
 ) -> None:
     """Predict the expression of every face: label, confidence, all class probabilities and where the face is."""
+    from .data import Shard
     from .device import select_device
     from .zoo import resolve_model
+
+    try:
+        chosen_shard = Shard.parse(shard) if shard is not None else None
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--shard") from None
 
     torch_device = select_device(device)
     classifier = resolve_model(model)
     only_model = lambda probs: probs[:, 0]  # noqa: E731  (N, 1, C) -> (N, C)
     _predict_and_write(
         [classifier], sources, only_model, classifier.name, fmt, output, torch_device, batch_size, workers, faces,
-        annotate,
+        annotate, chosen_shard,
     )  # fmt: skip
 
 

@@ -183,6 +183,30 @@ def iter_image_paths(sources: Iterable[str], stdin=None) -> Iterator[str | Missi
             yield MissingInput(source, f"no such file or folder: {source}")
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (1-based): a contiguous, balanced block of the sorted inputs,
+    so the outputs of shards 1..count, concatenated in order, are exactly the unsharded output."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, spec: str) -> Shard:
+        index, sep, count = spec.partition("/")
+        if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+            raise ValueError(f"expected I/N, e.g. 1/4, got '{spec}'")
+        shard = cls(int(index), int(count))
+        if not 1 <= shard.index <= shard.count:
+            raise ValueError(f"shard {spec}: I must be between 1 and N (shards are numbered from 1)")
+        return shard
+
+    def select(self, items: list) -> list:
+        start = len(items) * (self.index - 1) // self.count
+        end = len(items) * self.index // self.count
+        return items[start:end]
+
+
 # --- labelled data -------------------------------------------------------------------------------
 
 

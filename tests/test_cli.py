@@ -226,3 +226,35 @@ def test_models_lists_architectures_and_weights(runner):
     assert result.exit_code == 0
     for name in ("vgg", "resnet18", "mini_xception"):
         assert name in result.stdout
+
+
+def test_shards_together_give_exactly_the_unsharded_run(runner, tmp_path, tiny_checkpoint):
+    folder = make_labelled_folder(tmp_path / "archive", per_class=5)  # 15 images, sorted by path
+    (folder / "broken.png").write_bytes(b"")
+
+    codes = []
+
+    def rows(*extra):
+        result = invoke(runner, "predict", folder, "-m", tiny_checkpoint, "-f", "jsonl", "-j", 0, *extra)
+        codes.append(result.exit_code)
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    whole = rows()
+    shards = [rows("--shard", f"{i}/4") for i in range(1, 5)]
+    assert [len(s) for s in shards] == [4, 4, 4, 4]
+    assert codes == [1, 1, 0, 0, 0]  # broken.png sorts first: only the first shard meets it
+    joined = [row for shard in shards for row in shard]
+    assert [(r["path"], r["label"], r["error"]) for r in joined] == [(r["path"], r["label"], r["error"]) for r in whole]
+    for a, b in zip(joined, whole):
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["0/4", "5/4", "2", "a/b", "1/0"])
+def test_bad_shard_specs_are_usage_errors(runner, image_folder, tiny_checkpoint, spec):
+    result = invoke(runner, "predict", image_folder, "-m", tiny_checkpoint, "--shard", spec)
+    assert result.exit_code == 2 and "--shard" in result.output
+
+
+def test_more_shards_than_inputs_leaves_some_empty_and_that_is_fine(runner, image_folder, tiny_checkpoint):
+    result = invoke(runner, "predict", image_folder, "-m", tiny_checkpoint, "-f", "json", "--shard", "1/5", "-j", 0)
+    assert result.exit_code == 0 and json.loads(result.stdout) == []
