@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from . import __version__
+from . import __version__, distributed
 from .checkpoint import now_iso, read_checkpoint, save_checkpoint
 from .data import (
     Augmentation,
@@ -34,7 +34,7 @@ from .data import (
     read_fer2013_csv,
 )
 from .device import autocast, grad_scaler, prepare_model, select_device, to_device
-from .errors import CheckpointError, SourceError
+from .errors import CheckpointError, FerError, SourceError
 from .metrics import summarize
 from .models import check_model_options, create_model
 
@@ -186,8 +186,17 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
             command=config.command,
         )
     config.validate()
-    device = select_device(config.device)
+    group, device = distributed.join(select_device(config.device))
+    # On an error this process just exits: torchrun then stops the others (a barrier here would hang).
+    best = _train(config, state, group, device, log if group.is_main else Console(stderr=True, quiet=True))
+    distributed.leave(group)
+    return best
 
+
+def _train(config: TrainConfig, state: dict | None, group: distributed.Group, device, log: Console) -> dict:
+    out = Path(config.out)
+    if group.active and config.balance == "sampler":
+        raise FerError("--balance sampler is not available under torchrun; use --balance loss")
     train_data, val_data, val_origin, val_path = load_training_data(config, log)
     class_names = train_data.class_names
     if state:
@@ -197,9 +206,10 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
     else:
         mean, std = normalisation(train_data.images)
         preprocess = {"size": config.size, "channels": config.channels, "mean": mean, "std": std}
+    processes = f" x {group.world} processes ({'nccl' if device.type == 'cuda' else 'gloo'})" if group.active else ""
     log.print(
         f"training {config.arch} on {len(train_data):,} images, validating on {len(val_data):,} ({val_origin}); "
-        f"{len(class_names)} classes; device {device}"
+        f"{len(class_names)} classes; device {device}{processes}"
     )
 
     torch.manual_seed(config.seed)  # the initial weights
@@ -207,8 +217,11 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
     if state:
         model.load_state_dict(state["state_dict"])
     model = prepare_model(model, device)
+    network_module = model  # what is saved: the bare model, never the DDP wrapper
+    if group.active:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = _make_optimizer(config, model)
-    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
+    steps_per_epoch = math.ceil(len(train_data) / group.world / config.batch_size)
     scheduler = _make_scheduler(config, optimizer, steps_per_epoch)
     per_batch_scheduler = scheduler if config.schedule in ("onecycle", "cosine") else None
     scaler = grad_scaler(device)
@@ -234,9 +247,10 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
         return best_metrics
 
     train_transform = augment_transform(preprocess, Augmentation.parse(config.augment))
-    val_loader = torch.utils.data.DataLoader(
-        AugmentedTensors(val_data, normalize_transform(preprocess)), batch_size=256, num_workers=0
-    )
+    val_set = AugmentedTensors(val_data, normalize_transform(preprocess))
+    if group.active:  # each rank validates every world-th image; the predictions are gathered
+        val_set = torch.utils.data.Subset(val_set, range(group.rank, len(val_set), group.world))
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=256, num_workers=0)
     provenance = {
         "train_data": str(config.data),
         "val_data": val_origin,
@@ -247,14 +261,15 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
         "fer_cli_version": __version__,
         "torch_version": str(torch.__version__),
         "device": str(device),
+        "processes": group.world,
     }
 
     with _progress(log) as progress:
         for epoch in range(start_epoch, config.epochs + 1):
             started = time.perf_counter()
-            # Everything random in an epoch derives from (seed, epoch), so a resumed run repeats it exactly.
-            torch.manual_seed(config.seed * 100_003 + epoch)
-            loader = _train_loader(config, train_data, train_transform, epoch, device)
+            # Everything random in an epoch derives from (seed, epoch, rank), so a resumed run repeats it exactly.
+            torch.manual_seed(_epoch_seed(config, epoch, group))
+            loader = _train_loader(config, train_data, train_transform, epoch, device, group)
             task = progress.add_task(f"epoch {epoch}/{config.epochs}", total=len(loader), stats="")
             train_loss, train_accuracy = train_one_epoch(
                 model,
@@ -267,7 +282,12 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
                 on_batch=lambda loss, acc: progress.update(task, advance=1, stats=f"loss {loss:.4f}  acc {acc:.4f}"),
             )
             progress.remove_task(task)
+            train_loss, train_accuracy = distributed.mean_over_ranks(group, [train_loss, train_accuracy], device)
             probs, labels, val_loss = predict_tensors(model, val_loader, device, criterion)
+            probs, labels, loss_sums = distributed.gather_arrays(
+                group, probs, labels, np.array([val_loss * len(labels)])
+            )
+            val_loss = float(loss_sums.sum() / max(len(labels), 1))
             metrics = summarize(labels, probs, class_names)
             metrics["loss"] = val_loss
             if scheduler is not None and config.schedule == "plateau":
@@ -290,10 +310,11 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
                 "model_config": dict(config.arch_options),
                 "class_names": class_names,
                 "preprocess": preprocess,
-                "state_dict": _state_dict(model),
+                "state_dict": _state_dict(network_module),
             }
             if improved:
                 best_accuracy, best_metrics = metrics["accuracy"], {**metrics, "epoch": epoch}
+            if improved and group.is_main:
                 save_checkpoint(
                     out,
                     {
@@ -304,29 +325,45 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
                     },
                     half=config.half,
                 )
-            _write_history(history_path(out), history)
-            save_checkpoint(
-                last_path(out),
-                {
-                    **network,
-                    "training": True,
-                    "epoch": epoch,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict(),
-                    "history": history,
-                    "best_accuracy": best_accuracy,
-                    "best_metrics": best_metrics,
-                    "config": _plain_config(config),
-                },
-            )
+            if group.is_main:
+                _write_history(history_path(out), history)
+                _save_resume_state(
+                    out, network, epoch, optimizer, scheduler, scaler, history, best_accuracy, best_metrics, config
+                )
             log.print(
                 f"epoch {epoch}/{config.epochs}  loss {train_loss:.4f}  acc {train_accuracy:.4f}  "
                 f"val_loss {val_loss:.4f}  val_acc {metrics['accuracy']:.4f}"
                 f"{'  [green]best, saved[/]' if improved else ''}  {record['seconds']:.0f}s"
             )
+    if group.active:
+        prints = distributed.fingerprints(group, network_module)
+        if len(set(prints)) > 1:
+            raise FerError(f"the {group.world} processes ended with different weights: {prints}")
+        log.print(f"all {group.world} processes hold the same weights (fingerprint {prints[0]})")
     log.print(f"best val accuracy {best_accuracy:.4f} (epoch {best_metrics.get('epoch')}) -> {out}")
     return best_metrics
+
+
+def _save_resume_state(out, network, epoch, optimizer, scheduler, scaler, history, best_accuracy, best_metrics, config):
+    save_checkpoint(
+        last_path(out),
+        {
+            **network,
+            "training": True,
+            "epoch": epoch,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict(),
+            "history": history,
+            "best_accuracy": best_accuracy,
+            "best_metrics": best_metrics,
+            "config": _plain_config(config),
+        },
+    )
+
+
+def _epoch_seed(config: TrainConfig, epoch: int, group: distributed.Group) -> int:
+    return config.seed * 100_003 + epoch + 7_919 * group.rank
 
 
 def train_one_epoch(
@@ -372,15 +409,21 @@ def predict_tensors(model, loader, device, criterion=None) -> tuple[np.ndarray, 
     return torch.cat(all_probs).numpy(), labels, total_loss / max(len(labels), 1)
 
 
-def _train_loader(config, data, transform, epoch, device):
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+def _train_loader(config, data, transform, epoch, device, group):
+    generator = torch.Generator().manual_seed(_epoch_seed(config, epoch, group))
     sampler = None
-    if config.balance == "sampler":
+    dataset = AugmentedTensors(data, transform)
+    if group.active:  # every rank a different, equal share of one seeded shuffle
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, num_replicas=group.world, rank=group.rank, shuffle=True, seed=config.seed, drop_last=True
+        )
+        sampler.set_epoch(epoch)
+    elif config.balance == "sampler":
         counts = torch.bincount(data.labels).double()
         weights = (1.0 / counts)[data.labels]
         sampler = torch.utils.data.WeightedRandomSampler(weights, len(weights), generator=generator)
     return torch.utils.data.DataLoader(
-        AugmentedTensors(data, transform),
+        dataset,
         batch_size=config.batch_size,
         shuffle=sampler is None,
         sampler=sampler,
