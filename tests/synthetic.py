@@ -37,3 +37,20 @@ def tiny_config(data, out, **overrides):
         optimizer="adamw", lr=0.01, augment="none", workers=0, device="cpu",
     )  # fmt: skip
     return TrainConfig(**{**settings, **overrides})
+
+
+def interrupt_in_epoch(monkeypatch, epoch: int) -> None:
+    """Make the next training run stop with Ctrl-C as epoch ``epoch`` begins, once."""
+    from fer_cli import train as train_module
+
+    real_epoch = train_module.train_one_epoch
+    calls = []
+
+    def crash(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == epoch:
+            monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", crash)

@@ -8,11 +8,10 @@ import sys
 import pytest
 import torch
 
-from fer_cli import train as train_module
 from fer_cli.checkpoint import load_classifier, read_checkpoint
 from fer_cli.train import last_path, train
 
-from .synthetic import CLASSES, tiny_config
+from .synthetic import CLASSES, interrupt_in_epoch, tiny_config
 
 TIMEOUT = 240
 
@@ -54,16 +53,7 @@ def test_two_gloo_processes_train_one_model_and_write_it_once(tiny_dataset, tmp_
 
 def test_a_run_interrupted_in_one_process_resumes_under_torchrun(tiny_dataset, tmp_path, monkeypatch):
     out = tmp_path / "resumed.pt"
-    real_epoch = train_module.train_one_epoch
-    calls = []
-
-    def crash_in_third_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", crash_in_third_epoch)
+    interrupt_in_epoch(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(tiny_dataset, out, epochs=3, schedule="none"))
     assert read_checkpoint(last_path(out))["epoch"] == 2

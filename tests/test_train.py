@@ -8,7 +8,7 @@ from fer_cli.checkpoint import load_classifier, read_checkpoint
 from fer_cli.errors import CheckpointError, SourceError
 from fer_cli.train import TrainConfig, history_path, last_path, train
 
-from .synthetic import CLASSES, make_labelled_folder, tiny_config
+from .synthetic import CLASSES, interrupt_in_epoch, make_labelled_folder, tiny_config
 
 _config = tiny_config
 
@@ -45,19 +45,10 @@ def test_resume_continues_where_an_interrupted_run_stopped(tiny_dataset, tmp_pat
     train(_config(tiny_dataset, reference, augment="flip,shift"))
 
     interrupted = tmp_path / "interrupted.pt"
-    real_epoch = train_module.train_one_epoch
-    calls = []
-
-    def crash_in_third_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", crash_in_third_epoch)
+    interrupt_in_epoch(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         train(_config(tiny_dataset, interrupted, augment="flip,shift"))
-    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    real_epoch = train_module.train_one_epoch
     assert read_checkpoint(last_path(interrupted))["epoch"] == 2
 
     started = []
