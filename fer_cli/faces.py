@@ -11,7 +11,7 @@ Policy (``--faces``):
 Each detected face is aligned to where faces sit in FER2013 crops: a similarity transform
 (rotation, scale, shift) takes its five landmarks onto ``FER2013_LANDMARKS``, the landmarks'
 mean positions measured by this detector on 1,288 FER2013 training faces (see
-``benchmarks/face_template.py``). The aligned crop is then converted exactly as training images
+``python benchmarks/faces.py --template``). The aligned crop is then converted exactly as training images
 were (8-bit grayscale or RGB, resized with antialiasing, normalised), by the same transforms.
 """
 
@@ -36,7 +36,7 @@ class FacePolicy(str, Enum):
 CROP_MAX_SIDE = 128  # auto: an image no larger than this is a face crop already
 FILLS_FRAME = 0.5  # auto: one face whose aligned crop covers this share of the image is the whole image
 DETECT_MAX_SIDE = 1280  # larger photos are searched at this size; crops come from full resolution
-CROP_MAX_PIXELS = 1024  # aligned crops are made at the face's own resolution, up to this side
+ALIGNED_MAX_SIDE = 1024  # aligned crops are made at the face's own resolution, up to this side
 
 # Landmarks (left eye, right eye, nose, left and right mouth corner) as fractions of a FER2013
 # crop's side: the detector's mean on training faces, made left-right symmetric.
@@ -106,7 +106,7 @@ class FaceFinder:
 def align_face(image: Image.Image, detection: Detection) -> Image.Image:
     """The face's crop, rotated and scaled so its landmarks sit where FER2013's do."""
     a, b, tx, ty = _crop_similarity(detection)
-    size = int(np.clip(round(np.hypot(a, b)), 8, CROP_MAX_PIXELS))  # about one crop pixel per image pixel
+    size = int(np.clip(round(np.hypot(a, b)), 8, ALIGNED_MAX_SIDE))  # about one crop pixel per image pixel
     # PIL maps each output pixel (x, y) back to the input point (a*u - b*v + tx, b*u + a*v + ty), u = x/size.
     k = 1.0 / size
     return image.transform(
