@@ -122,7 +122,7 @@ def score_folder(
     Class folders are matched to the models' classes by name; a folder class no model knows is
     an error. Unreadable images are skipped (reported through ``on_skip``) and counted. Each
     image has one label, so it is scored on its largest face, or on the whole image when the
-    detector finds none (counted in the report).
+    detector searched and found none (counted in the report, whatever the policy).
     """
     class_names = align_classes(classifiers)
     files = find_labelled_images(folder)
@@ -147,7 +147,7 @@ def score_folder(
                     on_skip(outcome.path, outcome.error)
                 continue
             largest = max(outcome.faces, key=lambda face: face.box[2] * face.box[3])
-            no_face += policy is FacePolicy.detect and largest.score is None
+            no_face += largest.fallback
             probs.append(largest.probs)
             labels.append(to_model_label[label_of[outcome.path]])
     if not probs:

@@ -51,12 +51,14 @@ class Face:
 
     ``box`` is (x, y, w, h) in the upright image's pixels (after EXIF rotation), ``score`` the
     detector's confidence, None when the whole image was taken as the face without detection.
+    ``fallback`` marks the whole image standing in for a face the detector did not find.
     """
 
     index: int
     box: tuple[int, int, int, int]
     score: float | None
     crop: Image.Image
+    fallback: bool = False
 
 
 class FaceFinder:
@@ -83,7 +85,7 @@ class FaceFinder:
         if self.policy is FacePolicy.auto and len(detections) == 1 and _fills_frame(detections[0], image):
             return [Face(0, whole.box, detections[0].score, image)]
         if not detections:
-            return [whole] if self.whole_image_if_none else []
+            return [Face(0, whole.box, None, image, fallback=True)] if self.whole_image_if_none else []
         detections.sort(key=lambda d: (d.box[0] + d.box[2]) / 2)
         return [Face(i, _xywh(d.box, image), d.score, align_face(image, d)) for i, d in enumerate(detections)]
 

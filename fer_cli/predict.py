@@ -32,6 +32,7 @@ class FaceOutcome:
     box: tuple[int, int, int, int]
     score: float | None
     probs: np.ndarray
+    fallback: bool = False  # the whole image, standing in because no face was found
 
 
 @dataclass
@@ -80,19 +81,15 @@ class _InputImages(torch.utils.data.Dataset):
             return index, [], [], item.reason
         try:
             image = read_image(item, channels=0)  # grayscale files stay grayscale: no needless conversion
+            faces = self.finder.find(image)
+            # Each face converted as training images were: 8-bit grayscale or RGB, then the model's transform.
+            tensors = [
+                [t(_to_channels(face.crop, p["channels"])) for p, t in zip(self.preprocesses, self.transforms)]
+                for face in faces
+            ]
         except READ_ERRORS as error:
             return index, [], [], _describe_read_error(item, error)
-        faces = self.finder.find(image)
-        places = [(face.index, face.box, face.score) for face in faces]
-        # Each face converted as training images were: 8-bit grayscale or RGB, then the model's transform.
-        tensors = [
-            [
-                t(face.crop.convert("L") if p["channels"] == 1 else face.crop)
-                for p, t in zip(self.preprocesses, self.transforms)
-            ]
-            for face in faces
-        ]
-        return index, places, tensors, None
+        return index, [(face.index, face.box, face.score, face.fallback) for face in faces], tensors, None
 
 
 def _to_channels(image: Image.Image, channels: int) -> Image.Image:
@@ -144,9 +141,8 @@ def predict_stream(
     which_input = [keys.index(_preprocess_key(c.preprocess)) for c in classifiers]
     columns = [[c.class_names.index(name) for name in class_names] for c in classifiers]
     models = [prepare_model(c.model, device).eval() for c in classifiers]
-    finder = FaceFinder(
-        faces, device=str(device) if workers == 0 else "cpu", whole_image_if_none=whole_image_if_no_face
-    )
+    detector_device = str(device) if workers == 0 and device.type == "cuda" else "cpu"
+    finder = FaceFinder(faces, device=detector_device, whole_image_if_none=whole_image_if_no_face)
 
     loader = torch.utils.data.DataLoader(
         _InputImages(items, preprocesses, finder),
@@ -167,8 +163,8 @@ def predict_stream(
                     ],
                     axis=1,
                 )  # (faces, M, C)
-                for row, (index, (face, box, score)) in enumerate(owners):
-                    outcomes[index].faces.append(FaceOutcome(face, box, score, stacked[row]))
+                for row, (index, (face, box, score, fallback)) in enumerate(owners):
+                    outcomes[index].faces.append(FaceOutcome(face, box, score, stacked[row], fallback))
             yield [outcomes[index] for index, _ in inputs]
 
 

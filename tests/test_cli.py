@@ -258,3 +258,15 @@ def test_bad_shard_specs_are_usage_errors(runner, image_folder, tiny_checkpoint,
 def test_more_shards_than_inputs_leaves_some_empty_and_that_is_fine(runner, image_folder, tiny_checkpoint):
     result = invoke(runner, "predict", image_folder, "-m", tiny_checkpoint, "-f", "json", "--shard", "1/5", "-j", 0)
     assert result.exit_code == 0 and json.loads(result.stdout) == []
+
+
+def test_an_rgb_model_reads_grayscale_files_as_rgb(runner, tiny_dataset, image_folder, tmp_path):
+    from fer_cli.train import train
+
+    from .synthetic import tiny_config
+
+    out = tmp_path / "rgb.pt"
+    train(tiny_config(tiny_dataset, out, channels=3, epochs=1))
+    result = invoke(runner, "predict", image_folder, "-m", out, "-f", "jsonl", "-j", 0)  # a.png is grayscale
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 2

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -123,8 +124,6 @@ def test_detector_finds_nothing_in_noise_and_uniform_images():
     detector = FaceDetector()
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (3, 300, 400), dtype=np.uint8)
-    import torch
-
     assert detector.detect(torch.from_numpy(noise)) == []
     assert detector.detect(torch.full((3, 64, 64), 128, dtype=torch.uint8)) == []
     assert detector.detect(torch.zeros((3, 8, 8), dtype=torch.uint8)) == []  # smaller than any face
@@ -241,3 +240,15 @@ def test_odd_shapes_and_broken_files_give_rows_not_crashes(tmp_path, tiny_checkp
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [row["faces"] for row in rows[:2]] == [0, 0]
     assert all(row["error"] for row in rows[2:]) and len(rows) == len(sources)
+
+
+@needs_photos
+def test_scoring_under_auto_counts_photos_without_a_face(tmp_path, tiny_checkpoint):
+    for name, photo in (("calm", "astronaut"), ("frown", "coffee"), ("smile", "chelsea")):
+        (tmp_path / name).mkdir()
+        read_image(PHOTOS / f"{photo}.png", 3).save(tmp_path / name / f"{photo}.png")
+    result = invoke("ensemble", tmp_path, "-m", tiny_checkpoint, "-f", "json", "-j", 0)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["face_policy"] == "auto" and report["images"] == 3
+    assert report["images_without_detected_face"] == 2  # coffee and chelsea, scored whole
