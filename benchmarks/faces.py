@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fer_cli.checkpoint import Classifier
-from fer_cli.data import eval_transform, find_labelled_images, read_image
+from fer_cli.classifier import Classifier
+from fer_cli.data import find_labelled_images
 from fer_cli.faces import FaceFinder
+from fer_cli.images import model_pixels, read_image
 from fer_cli.zoo import resolve_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -55,11 +56,8 @@ def detection_times(finder: FaceFinder) -> None:
 
 
 def classify(classifier: Classifier, crops: list[Image.Image]) -> np.ndarray:
-    transform = eval_transform(classifier.preprocess)
-    mode = "L" if classifier.preprocess["channels"] == 1 else "RGB"
-    with torch.inference_mode():
-        batch = torch.stack([transform(crop.convert(mode)) for crop in crops])
-        return classifier.model(batch).argmax(dim=1).numpy()
+    pixels = np.stack([model_pixels(crop, classifier.preprocess) for crop in crops])
+    return classifier.probabilities(pixels).argmax(axis=1)
 
 
 def box_crop(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:

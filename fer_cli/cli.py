@@ -105,6 +105,12 @@ FacesOpt = Annotated[
         "photos are searched for faces; detect: always search; none: each image is one face.",
     ),
 ]
+TtaOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tta", help="Test-time augmentation: average each face's probabilities with its mirror image's (2x the work)."
+    ),
+]
 ShardOpt = Annotated[
     str | None,
     typer.Option(
@@ -283,6 +289,43 @@ def models() -> None:
     out.print(table)
 
 
+@app.command()
+@handles_user_errors
+def export(
+    model: Annotated[str, typer.Argument(help="Shipped model name or checkpoint (.pt) path.")],
+    out: Annotated[Path, typer.Argument(help="Where to write the ONNX model (.onnx).")],
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Quantise to int8 (static, per-channel weights): smaller and faster on CPUs.")
+    ] = False,
+    calibration: Annotated[
+        str | None,
+        typer.Option("--calibration", help="Images (a folder, e.g. the training data) that set --int8's value ranges."),
+    ] = None,
+    calibration_size: Annotated[
+        int, typer.Option("--calibration-size", min=1, help="How many calibration images (a seeded sample).")
+    ] = 1000,
+) -> None:
+    """Export a model to ONNX, to run with onnxruntime (`pip install 'fer-cli[onnx]'`), without torch."""
+    from .exported import export_checkpoint
+    from .zoo import resolve_model
+
+    if out.suffix.lower() != ".onnx":
+        raise typer.BadParameter("the exported file's name must end in .onnx", param_hint="OUT")
+    source = resolve_model(model)
+    if not source.path.endswith(".pt"):
+        raise typer.BadParameter(f"{model} is already an exported model; export a checkpoint (.pt)", param_hint="MODEL")
+    summary = export_checkpoint(source.path, out, int8=int8, calibration=calibration, calibration_size=calibration_size)
+    kind = "int8" if int8 else "float32"
+    err_console.print(f"wrote {out} ({kind}, {summary['bytes'] / 1e6:.1f} MB)", highlight=False)
+    if "checked_on" in summary:
+        err_console.print(
+            f"on {summary['checked_on']:,} calibration images it picks the checkpoint's class for "
+            f"{summary['same_top_class']:.1%} of them (largest probability difference "
+            f"{summary['max_probability_difference']:.3f})",
+            highlight=False,
+        )
+
+
 def _open_output(output: Path | None, fmt: OutputFormat | None):
     """The results stream and its format: --format wins, then --output's extension, then the terminal."""
     if fmt is not None:
@@ -316,10 +359,10 @@ def _report_skipped(path: str, reason: str) -> None:
 
 
 def _predict_and_write(
-    classifiers, sources, vote, model_label, fmt, output, device, batch_size, workers, faces, annotate, shard=None
+    classifiers, sources, vote, model_label, fmt, output, device, batch_size, workers, faces, annotate, tta, shard=None
 ) -> None:
     """The shared body of `predict` and unlabelled `ensemble`: stream, vote, write, annotate, exit code."""
-    from .data import iter_image_paths
+    from .images import iter_image_paths
     from .predict import align_classes, predict_stream, to_predictions
 
     class_names = align_classes(classifiers)
@@ -340,7 +383,7 @@ def _predict_and_write(
     with destination as stream, progress:
         task = progress.add_task("predict", total=len(items))
         writer = WRITERS[chosen](stream, class_names)
-        batches = predict_stream(classifiers, items, device, batch_size, workers, faces=faces.value)
+        batches = predict_stream(classifiers, items, device, batch_size, workers, faces=faces.value, tta=tta)
         for outcomes in batches:
             progress.advance(task, len(outcomes))
             predictions = []
@@ -383,6 +426,7 @@ def predict(
         typer.Option("--model", "-m", help="Shipped model name or checkpoint path. Default: the best shipped model."),
     ] = None,
     faces: FacesOpt = Faces.auto,
+    tta: TtaOpt = False,
     annotate: AnnotateOpt = None,
     fmt: FormatOpt = None,
     output: OutputOpt = None,
@@ -392,8 +436,7 @@ def predict(
     device: DeviceOpt = "auto",
 ) -> None:
     """Predict the expression of every face: label, confidence, all class probabilities and where the face is."""
-    from .data import Shard
-    from .device import select_device
+    from .images import Shard
     from .zoo import resolve_model
 
     try:
@@ -401,12 +444,11 @@ def predict(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--shard") from None
 
-    torch_device = select_device(device)
     classifier = resolve_model(model)
     only_model = lambda probs: probs[:, 0]  # noqa: E731  (N, 1, C) -> (N, C)
     _predict_and_write(
-        [classifier], sources, only_model, classifier.name, fmt, output, torch_device, batch_size, workers, faces,
-        annotate, chosen_shard,
+        [classifier], sources, only_model, classifier.name, fmt, output, device, batch_size, workers, faces,
+        annotate, tta, chosen_shard,
     )  # fmt: skip
 
 
@@ -421,6 +463,7 @@ def ensemble(
         bool, typer.Option("--weighted", help="Add votes weighted by each model's stored validation metrics.")
     ] = False,
     faces: FacesOpt = Faces.auto,
+    tta: TtaOpt = False,
     annotate: AnnotateOpt = None,
     fmt: FormatOpt = None,
     output: OutputOpt = None,
@@ -430,19 +473,17 @@ def ensemble(
 ) -> None:
     """Score every model (and their votes) on a labelled folder; on unlabelled images, predict with the vote."""
     from .data import is_labelled_folder
-    from .device import select_device
     from .ensemble import default_vote, score_folder
     from .predict import align_classes
     from .zoo import resolve_models
 
-    torch_device = select_device(device)
-    classifiers = resolve_models(model)
+    classifiers = resolve_models(model, note=lambda message: err_console.print(message, highlight=False))
     if not is_labelled_folder(folder, align_classes(classifiers)):
         err_console.print(f"{folder} is not a labelled folder (class subfolders): predicting with the ensemble")
         name, vote = default_vote(classifiers, weighted)
         _predict_and_write(
-            classifiers, [folder], vote, f"ensemble: {name}", fmt, output, torch_device, batch_size, workers, faces,
-            annotate,
+            classifiers, [folder], vote, f"ensemble: {name}", fmt, output, device, batch_size, workers, faces,
+            annotate, tta,
         )  # fmt: skip
         return
     if annotate is not None:
@@ -452,7 +493,7 @@ def ensemble(
         raise typer.BadParameter("a labelled folder's report is a table or json", param_hint="--format")
     started = time.perf_counter()
     report = score_folder(
-        classifiers, folder, weighted, torch_device, batch_size, workers, on_skip=_report_skipped, faces=faces.value
+        classifiers, folder, weighted, device, batch_size, workers, on_skip=_report_skipped, faces=faces.value, tta=tta
     )
     destination, chosen = _open_output(output, fmt)
     with destination as stream:

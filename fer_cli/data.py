@@ -1,68 +1,28 @@
-"""Images in, tensors out: reading any image file, finding inputs, labelled datasets, transforms.
+"""Labelled datasets as tensors for training and scoring, and the training-time transforms.
 
-Preprocessing is described by a plain dict that travels inside every checkpoint
-(``{"size": 48, "channels": 1, "mean": [...], "std": [...]}``), and every tensor a model sees,
-in training or prediction, is made from it by the transforms built here.
+Images are read and converted to model pixels by ``images`` (the same two steps prediction
+uses); this module decodes whole labelled folders or FER2013 CSVs into memory once.
 """
 
 from __future__ import annotations
 
 import csv
-import glob
 import os
-import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torchvision.datasets.folder import find_classes, make_dataset
 from torchvision.transforms import v2
 
 from .errors import SourceError
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
-
-# What reading a broken or hostile file can raise (UnidentifiedImageError is an OSError;
-# PIL raises SyntaxError for some malformed chunks; DecompressionBombError for absurd sizes).
-READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+from .images import IMAGE_EXTENSIONS, READ_ERRORS, is_image_file, model_pixels, read_image
 
 # FER2013's CSV labels 0..6, in that order.
 FER2013_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
-
-
-# --- reading one image -------------------------------------------------------------------------
-
-
-def read_image(path: str | os.PathLike, channels: int) -> Image.Image:
-    """Open any still image as 8-bit grayscale (channels=1), RGB (channels=3) or, with channels=0,
-    whichever of the two the file holds (grayscale stays grayscale), upright.
-
-    EXIF orientation is applied, transparency is composited on white, and 16/32-bit images are
-    rescaled to 8 bits instead of clipped. Raises ``OSError``/``ValueError`` for unreadable files.
-    """
-    with Image.open(path) as image:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-    if channels == 0:
-        channels = 1 if image.mode in ("1", "L", "LA", "I", "F") or image.mode.startswith("I;") else 3
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        image = _rescale_to_8_bits(image)
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-    return image.convert("L" if channels == 1 else "RGB")
-
-
-def _rescale_to_8_bits(image: Image.Image) -> Image.Image:
-    pixels = np.asarray(image, dtype=np.float64)
-    low, high = float(pixels.min()), float(pixels.max())
-    scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
-    return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
 
 
 # --- transforms ----------------------------------------------------------------------------------
@@ -103,19 +63,14 @@ class Augmentation:
         return [n for n in ("flip", "crop", "shift", "rotate", "erase") if getattr(self, n)]
 
 
-def decode_transform(preprocess: dict) -> v2.Transform:
-    """PIL image -> uint8 tensor (C, size, size). The cheap-to-cache part of preprocessing."""
-    size = preprocess["size"]
-    return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
+def decode(image: Image.Image, preprocess: dict) -> torch.Tensor:
+    """PIL image -> uint8 tensor (C, size, size): ``images.model_pixels``, as prediction does it."""
+    return torch.from_numpy(np.array(model_pixels(image, preprocess)))  # a writable copy
 
 
 def normalize_transform(preprocess: dict) -> v2.Transform:
     """uint8 tensor -> normalised float tensor, exactly as the model was trained."""
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocess["mean"], preprocess["std"])])
-
-
-def eval_transform(preprocess: dict) -> v2.Transform:
-    return v2.Compose([decode_transform(preprocess), normalize_transform(preprocess)])
 
 
 def augment_transform(preprocess: dict, augmentation: Augmentation) -> v2.Transform:
@@ -137,74 +92,6 @@ def augment_transform(preprocess: dict, augmentation: Augmentation) -> v2.Transf
     if augmentation.erase:
         steps.append(v2.RandomErasing(p=0.5, scale=(0.02, 0.15)))
     return v2.Compose(steps)
-
-
-# --- finding inputs ------------------------------------------------------------------------------
-
-
-def is_image_file(path: str | os.PathLike) -> bool:
-    return str(path).lower().endswith(IMAGE_EXTENSIONS)
-
-
-@dataclass(frozen=True)
-class MissingInput:
-    """A source that named nothing usable: reported like an unreadable image, never fatal."""
-
-    source: str
-    reason: str
-
-
-def iter_image_paths(sources: Iterable[str], stdin=None) -> Iterator[str | MissingInput]:
-    """Expand files, folders (recursively), globs and '-' (one path per line on stdin).
-
-    Folders and globs keep only files with image extensions, in sorted order; a file named
-    directly is always tried, whatever its extension. A source that yields nothing comes out
-    as a ``MissingInput`` so the caller can report it and go on.
-    """
-    for source in sources:
-        if source == "-":
-            lines = (line.strip() for line in (stdin or sys.stdin))
-            yield from iter_image_paths((line for line in lines if line and line != "-"), stdin)
-            continue
-        path = Path(source)
-        if path.is_file():
-            yield str(path)
-        elif path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
-            if not found:
-                yield MissingInput(source, f"no images in folder {source}")
-            yield from found
-        elif glob.has_magic(source):
-            found = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p) and is_image_file(p))
-            if not found:
-                yield MissingInput(source, f"no images match {source}")
-            yield from found
-        else:
-            yield MissingInput(source, f"no such file or folder: {source}")
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard ``index`` of ``count`` (1-based): a contiguous, balanced block of the sorted inputs,
-    so the outputs of shards 1..count, concatenated in order, are exactly the unsharded output."""
-
-    index: int
-    count: int
-
-    @classmethod
-    def parse(cls, spec: str) -> Shard:
-        index, sep, count = spec.partition("/")
-        if not sep or not index.strip().isdigit() or not count.strip().isdigit():
-            raise ValueError(f"expected I/N, e.g. 1/4, got '{spec}'")
-        shard = cls(int(index), int(count))
-        if not 1 <= shard.index <= shard.count:
-            raise ValueError(f"shard {spec}: I must be between 1 and N (shards are numbered from 1)")
-        return shard
-
-    def select(self, items: list) -> list:
-        start = len(items) * (self.index - 1) // self.count
-        end = len(items) * self.index // self.count
-        return items[start:end]
 
 
 # --- labelled data -------------------------------------------------------------------------------
@@ -279,14 +166,14 @@ class _DecodeFiles(torch.utils.data.Dataset):
         self.paths = paths
         self.blank = torch.zeros((preprocess["channels"], preprocess["size"], preprocess["size"]), dtype=torch.uint8)
         self.channels = preprocess["channels"]
-        self.decode = decode_transform(preprocess)
+        self.preprocess = preprocess
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         try:
-            return self.decode(read_image(self.paths[index], self.channels)), index
+            return decode(read_image(self.paths[index], self.channels), self.preprocess), index
         except READ_ERRORS:
             return self.blank, -1 - index  # a negative index marks the failure
 
@@ -343,9 +230,7 @@ def read_fer2013_csv(path: str | os.PathLike, usage: Iterable[str], preprocess: 
         raise SourceError(f"cannot read {path}: {error}") from None
     if not images:
         raise SourceError(f"{path} has no rows with Usage {' or '.join(sorted(usage))}")
-    decode = decode_transform(preprocess)
-    channels = preprocess["channels"]
-    tensors = [decode(Image.fromarray(img, mode="L").convert("L" if channels == 1 else "RGB")) for img in images]
+    tensors = [decode(Image.fromarray(img, mode="L"), preprocess) for img in images]
     return LabelledTensors(torch.stack(tensors), torch.tensor(labels), list(FER2013_CLASSES), str(path))
 
 

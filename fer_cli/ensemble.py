@@ -17,9 +17,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
 
-from .checkpoint import Classifier
+from .classifier import Classifier
 from .data import find_labelled_images
 from .errors import ModelError, SourceError
 from .faces import FacePolicy
@@ -111,11 +110,12 @@ def score_folder(
     classifiers: list[Classifier],
     folder: str,
     weighted: bool,
-    device: torch.device,
+    device: str = "auto",
     batch_size: int = 64,
     workers: int = 0,
     on_skip=None,
     faces: FacePolicy | str = FacePolicy.auto,
+    tta: bool = False,
 ) -> dict:
     """Predict a labelled folder with every model and score the models and their votes.
 
@@ -137,7 +137,7 @@ def score_folder(
     policy = FacePolicy(faces)
     probs, labels, unreadable, no_face = [], [], 0, 0
     stream = predict_stream(
-        classifiers, files.paths, device, batch_size, workers, faces=policy, whole_image_if_no_face=True
+        classifiers, files.paths, device, batch_size, workers, faces=policy, whole_image_if_no_face=True, tta=tta
     )
     for outcomes in stream:
         for outcome in outcomes:
@@ -155,6 +155,7 @@ def score_folder(
     report = evaluate_ensemble(np.stack(probs), np.array(labels), classifiers, class_names, weighted, folder)
     report["unreadable_images"] = unreadable
     report["face_policy"] = policy.value
+    report["tta"] = tta
     report["images_without_detected_face"] = no_face
     if no_face:
         report["notes"].append(f"{no_face:,} image(s) had no detected face and were classified whole")

@@ -17,14 +17,16 @@ were (8-bit grayscale or RGB, resized with antialiasing, normalised), by the sam
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
-from .face_detector import Detection, FaceDetector
+if TYPE_CHECKING:  # the detector (and torch with it) is imported only when an image needs searching
+    from .face_detector import Detection, FaceDetector
 
 
 class FacePolicy(str, Enum):
@@ -73,6 +75,8 @@ class FaceFinder:
     @property
     def detector(self) -> FaceDetector:
         if self._detector is None:
+            from .face_detector import FaceDetector
+
             self._detector = FaceDetector(self.device)
         return self._detector
 
@@ -96,11 +100,16 @@ class FaceFinder:
         if scale < 1.0:
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
             small = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        found = self.detector.detect(TF.pil_to_tensor(small.convert("RGB")))
+        import torch
+
+        pixels = torch.from_numpy(np.array(small.convert("RGB"))).permute(2, 0, 1)
+        found = self.detector.detect(pixels)
         if scale == 1.0:
             return found
         return [
-            Detection(tuple(v / scale for v in d.box), d.score, tuple((x / scale, y / scale) for x, y in d.landmarks))
+            dataclasses.replace(
+                d, box=tuple(v / scale for v in d.box), landmarks=tuple((x / scale, y / scale) for x, y in d.landmarks)
+            )
             for d in found
         ]
 

@@ -1,26 +1,29 @@
 """The one prediction path: image paths in, faces with class probabilities out, streamed batch by batch.
 
-Images are read, searched for faces (``faces.FaceFinder``) and transformed in DataLoader
-workers; each distinct preprocessing among the models is applied once per face, so an ensemble
-of models that share it decodes every image once. All faces of a batch go through each model
-together. Unreadable inputs travel through the same stream as failures, in input order.
+Images are read, searched for faces (``faces.FaceFinder``) and turned into model pixels in worker
+processes, a bounded number of batches ahead, so memory stays flat however many inputs there are;
+each distinct preprocessing among the models is applied once per face, so an ensemble of models
+that share it decodes every image once. All faces of a batch go through each model together.
+Unreadable inputs travel through the same stream as failures, in input order. Nothing here imports
+torch: a checkpoint's runner brings it, an exported model's does not.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from .checkpoint import Classifier
-from .data import READ_ERRORS, MissingInput, eval_transform, read_image
-from .device import autocast, prepare_model, to_device
+from .classifier import Classifier
 from .errors import ModelError
 from .faces import FaceFinder, FacePolicy
+from .images import READ_ERRORS, MissingInput, model_pixels, read_image
 from .results import Prediction
 
 
@@ -63,38 +66,64 @@ def _preprocess_key(preprocess: dict) -> tuple:
     return (preprocess["size"], preprocess["channels"], tuple(preprocess["mean"]), tuple(preprocess["std"]))
 
 
-class _InputImages(torch.utils.data.Dataset):
+class _InputReader:
     """Reads each input once, finds its faces, and applies every distinct preprocessing to each face."""
 
-    def __init__(self, items: list[str | MissingInput], preprocesses: list[dict], finder: FaceFinder):
-        self.items = items
+    def __init__(self, preprocesses: list[dict], finder: FaceFinder):
         self.preprocesses = preprocesses
-        self.transforms = [eval_transform(p) for p in preprocesses]
         self.finder = finder
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int):
-        item = self.items[index]
+    def read(self, index: int, item: str | MissingInput):
         if isinstance(item, MissingInput):
             return index, [], [], item.reason
         try:
             image = read_image(item, channels=0)  # grayscale files stay grayscale: no needless conversion
             faces = self.finder.find(image)
-            # Each face converted as training images were: 8-bit grayscale or RGB, then the model's transform.
-            tensors = [
-                [t(_to_channels(face.crop, p["channels"])) for p, t in zip(self.preprocesses, self.transforms)]
-                for face in faces
-            ]
+            pixels = [[model_pixels(face.crop, p) for p in self.preprocesses] for face in faces]
         except READ_ERRORS as error:
             return index, [], [], _describe_read_error(item, error)
-        return index, [(face.index, face.box, face.score, face.fallback) for face in faces], tensors, None
+        return index, [(face.index, face.box, face.score, face.fallback) for face in faces], pixels, None
+
+    def read_batch(self, batch: list[tuple[int, str | MissingInput]]):
+        """Read a batch and stack every face's pixels per preprocessing, remembering which input each came from."""
+        read = [self.read(index, item) for index, item in batch]
+        owners = [(index, place) for index, places, _, _ in read for place in places]
+        faces = [pixels for _, _, face_pixels, _ in read for pixels in face_pixels]
+        stacks = [np.stack([pixels[k] for pixels in faces]) for k in range(len(self.preprocesses))] if faces else []
+        inputs = [(index, error) for index, _, _, error in read]
+        return inputs, owners, stacks
 
 
-def _to_channels(image: Image.Image, channels: int) -> Image.Image:
-    mode = "L" if channels == 1 else "RGB"
-    return image if image.mode == mode else image.convert(mode)
+_worker_reader: _InputReader | None = None
+
+
+def _start_worker(reader: _InputReader) -> None:
+    """Each worker reads with one thread (there are several workers), as DataLoader workers do;
+    a torch inherited from the parent must not reuse its thread pool after the fork."""
+    global _worker_reader
+    _worker_reader = reader
+    os.environ["OMP_NUM_THREADS"] = "1"  # for a torch first imported here (by the face detector)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _read_batch_in_worker(batch):
+    return _worker_reader.read_batch(batch)
+
+
+def in_order(
+    function: Callable, batches: Iterable, workers: int, initializer: Callable, state, ahead: int = 2
+) -> Iterator:
+    """``map(function, batches)`` in ``workers`` processes, results in order, at most ``ahead``
+    batches per worker in flight (so nothing piles up when the consumer is slower)."""
+    with ProcessPoolExecutor(workers, initializer=initializer, initargs=(state,)) as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(pool.submit(function, batch))
+            if len(pending) >= ahead * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _describe_read_error(path: str, error: Exception) -> str:
@@ -105,73 +134,59 @@ def _describe_read_error(path: str, error: Exception) -> str:
     return f"cannot read image: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
 
 
-def _collate(batch):
-    """Stack every face of the batch per preprocessing, remembering which input each came from."""
-    owners = [(index, place) for index, places, _, _ in batch for place in places]
-    faces = [tensors for _, _, face_tensors, _ in batch for tensors in face_tensors]
-    stacks = [torch.stack([tensors[k] for tensors in faces]) for k in range(len(faces[0]))] if faces else []
-    inputs = [(index, error) for index, _, _, error in batch]
-    return inputs, owners, stacks
-
-
 def predict_stream(
     classifiers: list[Classifier],
     items: Iterable[str | MissingInput],
-    device: torch.device,
+    device: str = "auto",
     batch_size: int = 64,
     workers: int = 2,
     faces: FacePolicy | str = FacePolicy.auto,
     whole_image_if_no_face: bool = False,
+    tta: bool = False,
 ) -> Iterator[list[Outcome]]:
     """Yield, per batch of inputs and in input order, each input's faces with every model's probabilities.
 
-    Probabilities are temperature-scaled softmax outputs with columns in ``align_classes`` order.
-    Faces are found in the DataLoader workers, on the CPU beside decoding, which keeps memory flat
-    (only crops leave a worker); with ``workers=0`` on CUDA the detector runs on the GPU.
+    Probabilities are temperature-scaled softmax outputs with columns in ``align_classes`` order;
+    ``tta`` averages each face with its mirror image. Faces are found in the worker processes, on
+    the CPU beside decoding (only crops leave a worker); with ``workers=0`` on CUDA the detector
+    runs on the GPU.
     """
     class_names = align_classes(classifiers)
     items = list(items)
     if not items:
         return
-    # Models that share a preprocessing share its input tensor.
+    # Models that share a preprocessing share its pixels.
     distinct: dict[tuple, dict] = {}
     for classifier in classifiers:
         distinct.setdefault(_preprocess_key(classifier.preprocess), classifier.preprocess)
     keys, preprocesses = list(distinct), list(distinct.values())
     which_input = [keys.index(_preprocess_key(c.preprocess)) for c in classifiers]
     columns = [[c.class_names.index(name) for name in class_names] for c in classifiers]
-    models = [prepare_model(c.model, device).eval() for c in classifiers]
-    detector_device = str(device) if workers == 0 and device.type == "cuda" else "cpu"
-    finder = FaceFinder(faces, device=detector_device, whole_image_if_none=whole_image_if_no_face)
-
-    loader = torch.utils.data.DataLoader(
-        _InputImages(items, preprocesses, finder),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
+    used = [classifier.runner.prepare(device) for classifier in classifiers]
+    detector_device = used[0] if workers == 0 and used[0].startswith("cuda") else "cpu"
+    reader = _InputReader(
+        preprocesses, FaceFinder(faces, device=detector_device, whole_image_if_none=whole_image_if_no_face)
     )
-    with torch.inference_mode():
-        for inputs, owners, stacks in loader:
-            outcomes = {index: Outcome(_path(items[index]), error=error) for index, error in inputs}
-            if owners:
-                stacked = np.stack(
-                    [
-                        _probabilities(model, classifier, to_device(stacks[k], device), order)
-                        for model, classifier, k, order in zip(models, classifiers, which_input, columns)
-                    ],
-                    axis=1,
-                )  # (faces, M, C)
-                for row, (index, (face, box, score, fallback)) in enumerate(owners):
-                    outcomes[index].faces.append(FaceOutcome(face, box, score, stacked[row], fallback))
-            yield [outcomes[index] for index, _ in inputs]
 
-
-def _probabilities(model, classifier: Classifier, inputs: torch.Tensor, order: list[int]) -> np.ndarray:
-    with autocast(inputs.device):
-        logits = model(inputs).float()
-    return torch.softmax(logits / classifier.temperature, dim=1)[:, order].cpu().numpy()
+    numbered = list(enumerate(items))
+    batches = (numbered[start : start + batch_size] for start in range(0, len(numbered), batch_size))
+    if workers > 0:
+        read = in_order(_read_batch_in_worker, batches, workers, _start_worker, reader)
+    else:
+        read = map(reader.read_batch, batches)
+    for inputs, owners, stacks in read:
+        outcomes = {index: Outcome(_path(items[index]), error=error) for index, error in inputs}
+        if owners:
+            stacked = np.stack(
+                [
+                    classifier.probabilities(stacks[k], tta=tta)[:, order]
+                    for classifier, k, order in zip(classifiers, which_input, columns)
+                ],
+                axis=1,
+            )  # (faces, M, C)
+            for row, (index, (face, box, score, fallback)) in enumerate(owners):
+                outcomes[index].faces.append(FaceOutcome(face, box, score, stacked[row], fallback))
+        yield [outcomes[index] for index, _ in inputs]
 
 
 def _path(item: str | MissingInput) -> str:

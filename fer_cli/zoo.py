@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import Classifier, load_classifier, read_checkpoint
+from .classifier import Classifier, load_classifier
 from .errors import ModelError
+from .exported import INSTALL_HINT, OnnxRunner
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -32,10 +35,14 @@ class ShippedModel:
     arch: str
     class_names: list[str]
     val_accuracy: float | None
+    exported_from_sha256: str | None = None  # an exported model: the checkpoint file it was made from
 
 
 def shipped_models() -> list[ShippedModel]:
-    """Every loadable ``*.pt`` in the weights folders, best validation accuracy first."""
+    """Every loadable checkpoint (``*.pt``) and exported model (``*.onnx``, where onnxruntime is
+    installed) in the weights folders, best validation accuracy first."""
+    from .checkpoint import read_checkpoint  # torch: only when checkpoints are listed
+
     found: dict[str, ShippedModel] = {}
     for folder in weights_dirs():
         for path in sorted(folder.glob("*.pt")):
@@ -43,36 +50,73 @@ def shipped_models() -> list[ShippedModel]:
                 continue
             checkpoint = read_checkpoint(path)
             found[path.stem] = ShippedModel(
-                name=path.stem,
-                path=str(path),
-                arch=checkpoint["arch"],
-                class_names=list(checkpoint["class_names"]),
-                val_accuracy=checkpoint.get("metrics", {}).get("accuracy"),
-            )
+                path.stem, str(path), checkpoint["arch"], list(checkpoint["class_names"]),
+                checkpoint.get("metrics", {}).get("accuracy"),
+            )  # fmt: skip
+        for path in sorted(folder.glob("*.onnx")) if exported_models_run_here() else []:
+            if path.stem in found:
+                continue
+            meta = OnnxRunner(path).metadata()
+            found[path.stem] = ShippedModel(
+                path.stem, str(path), meta["arch"] + (" int8" if meta.get("int8") else ""), list(meta["class_names"]),
+                meta.get("metrics", {}).get("accuracy"), meta.get("provenance", {}).get("exported_from_sha256"),
+            )  # fmt: skip
     return sorted(found.values(), key=lambda m: -(m.val_accuracy or 0.0))
 
 
+def exported_models_run_here() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def _find_shipped_file(name: str) -> Path | None:
+    """A shipped model by name, found by its file alone (reading no other model)."""
+    for folder in weights_dirs():
+        for suffix in (".pt", ".onnx"):
+            if (folder / (name + suffix)).is_file():
+                return folder / (name + suffix)
+    return None
+
+
 def resolve_model(name_or_path: str | None) -> Classifier:
-    """A shipped model's name, a checkpoint path, or None for the best shipped model."""
+    """A shipped model's name, a model file (.pt or .onnx), or None for the default: the shipped
+    checkpoint with the best validation accuracy (never an exported model, so the default does not
+    depend on which extras are installed)."""
     if name_or_path is None:
-        available = shipped_models()
-        if not available:
+        checkpoints = [m for m in shipped_models() if m.path.endswith(".pt")]
+        if not checkpoints:
             raise ModelError("no shipped weights found; train one with `fer train` and pass --model PATH")
-        return load_classifier(available[0].path)
-    if Path(name_or_path).is_file() or name_or_path.endswith(".pt") or os.sep in name_or_path:
+        return load_classifier(checkpoints[0].path)
+    looks_like_path = name_or_path.endswith((".pt", ".onnx")) or os.sep in name_or_path
+    if Path(name_or_path).is_file() or looks_like_path:
         return load_classifier(name_or_path)
-    for entry in shipped_models():
-        if entry.name == name_or_path:
-            return load_classifier(entry.path)
+    shipped = _find_shipped_file(name_or_path)
+    if shipped is not None:
+        return load_classifier(shipped)
     names = ", ".join(m.name for m in shipped_models()) or "none"
-    raise ModelError(f"no shipped model named '{name_or_path}' (shipped: {names}); or pass a checkpoint path")
+    raise ModelError(f"no shipped model named '{name_or_path}' (shipped: {names}); or pass a model file")
 
 
-def resolve_models(names_or_paths: list[str] | None) -> list[Classifier]:
-    """The given models, or every shipped one."""
+def resolve_models(names_or_paths: list[str] | None, note=None) -> list[Classifier]:
+    """The given models, or every shipped one except exported copies of a shipped checkpoint
+    (they would vote twice); ``note`` hears about models left out."""
     if names_or_paths:
         return [resolve_model(n) for n in names_or_paths]
     available = shipped_models()
     if not available:
         raise ModelError("no shipped weights found; pass --model PATH")
-    return [load_classifier(m.path) for m in available]
+    checkpoint_hashes = {file_sha256(m.path): m.name for m in available if m.path.endswith(".pt")}
+    chosen = []
+    for entry in available:
+        twin = checkpoint_hashes.get(entry.exported_from_sha256 or "")
+        if twin:
+            if note:
+                note(f"{entry.name} is an export of {twin} and would vote twice: left out of the ensemble")
+            continue
+        chosen.append(load_classifier(entry.path))
+    if note and not exported_models_run_here() and any(f.glob("*.onnx") for f in map(Path, weights_dirs())):
+        note(f"exported models (.onnx) left out: onnxruntime is not installed ({INSTALL_HINT})")
+    return chosen
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

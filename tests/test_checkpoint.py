@@ -1,9 +1,11 @@
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
-from fer_cli.checkpoint import build_model, clean_state_dict, load_classifier, read_checkpoint, save_checkpoint
+from fer_cli.checkpoint import build_model, clean_state_dict, read_checkpoint, save_checkpoint
+from fer_cli.classifier import load_classifier
 from fer_cli.errors import CheckpointError
 from fer_cli.models import create_model
 
@@ -27,9 +29,11 @@ def test_round_trip_restores_the_same_predictions(tmp_path):
     path = tmp_path / "m.pt"
     save_checkpoint(path, _checkpoint(model))
     classifier = load_classifier(path)
-    x = torch.randn(4, 1, 48, 48)
+    pixels = torch.randint(0, 256, (4, 1, 48, 48), dtype=torch.uint8)
     with torch.no_grad():
-        assert torch.equal(model(x), classifier.model(x))
+        expected = model((pixels.float() / 255 - 0.5) / 0.25)  # the checkpoint's mean and std
+    classifier.runner.prepare("cpu")
+    assert np.allclose(classifier.runner.logits(pixels.numpy()), expected.numpy(), atol=1e-5)
     assert classifier.class_names == ["a", "b", "c"] and classifier.arch == "vgg"
     assert classifier.metrics["accuracy"] == 0.5 and classifier.provenance["seed"] == 3
     # plain types only: loadable with weights_only=True

@@ -8,16 +8,13 @@ from PIL import Image
 from fer_cli.data import (
     FER2013_CLASSES,
     Augmentation,
-    MissingInput,
     augment_transform,
-    eval_transform,
     find_labelled_images,
     is_labelled_folder,
-    iter_image_paths,
     read_fer2013_csv,
-    read_image,
 )
 from fer_cli.errors import SourceError
+from fer_cli.images import MissingInput, iter_image_paths, model_pixels, normalise, read_image
 
 from .synthetic import CLASSES, SHARED, make_labelled_folder, synthetic_face
 
@@ -41,8 +38,10 @@ def test_read_image_brings_every_mode_to_8_bit_gray_and_rgb(tmp_path, mode):
     stored = read_image(path, channels=0)
     assert stored.mode == ("RGB" if mode in ("RGB", "RGBA", "P") else "L")
     assert np.array_equal(np.asarray(stored.convert("L")), np.asarray(gray))
-    tensor = eval_transform(PREPROCESS)(gray)
-    assert tensor.shape == (1, 48, 48) and tensor.dtype == torch.float32
+    pixels = model_pixels(gray, PREPROCESS)
+    assert pixels.shape == (1, 48, 48) and pixels.dtype == np.uint8
+    assert model_pixels(rgb, {**PREPROCESS, "channels": 3}).shape == (3, 48, 48)
+    assert normalise(pixels, PREPROCESS).dtype == np.float32
 
 
 def test_sixteen_bit_images_are_rescaled_not_clipped(tmp_path):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fer_cli import train as train_module
-from fer_cli.checkpoint import load_classifier, read_checkpoint
+from fer_cli.checkpoint import read_checkpoint
+from fer_cli.classifier import load_classifier
 from fer_cli.errors import CheckpointError, SourceError
 from fer_cli.train import TrainConfig, history_path, last_path, train
 

@@ -1,0 +1,75 @@
+"""A ready-to-run model, whatever engine runs it: what it predicts, how it is fed, its probabilities.
+
+Checkpoints (``.pt``, run by torch) and exported models (``.onnx``, run by onnxruntime) load into
+the same ``Classifier``; prediction, ensembles and every output format see nothing else. Nothing
+here imports torch: an exported model predicts without it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+class Runner(Protocol):
+    """An engine holding one network."""
+
+    def prepare(self, device: str) -> str:
+        """Get ready on ``device`` ('auto', 'cpu', 'cuda', ...); return the device actually used."""
+
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 model pixels (N, C, H, W) -> float32 logits (N, classes)."""
+
+
+@dataclass
+class Classifier:
+    name: str
+    arch: str
+    runner: Runner
+    class_names: list[str]
+    preprocess: dict
+    temperature: float = 1.0  # logits are divided by it before the softmax (fitted on val: calibration)
+    metrics: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def val_accuracy(self) -> float | None:
+        return self.metrics.get("accuracy")
+
+    def probabilities(self, pixels: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Calibrated class probabilities (N, classes) in ``class_names`` order.
+
+        With ``tta`` the mirror image is classified too and the two probabilities averaged
+        (faces are near-symmetric; training flips them).
+        """
+        probs = softmax(self.runner.logits(pixels) / self.temperature)
+        if tta:
+            mirrored = np.ascontiguousarray(pixels[..., ::-1])
+            probs = (probs + softmax(self.runner.logits(mirrored) / self.temperature)) / 2
+        return probs
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def is_exported(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    """A checkpoint (.pt) or an exported model (.onnx)."""
+    if is_exported(path):
+        from .exported import load_exported
+
+        return load_exported(path)
+    from .checkpoint import load_checkpoint_classifier
+
+    return load_checkpoint_classifier(path)

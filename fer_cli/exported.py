@@ -1,0 +1,233 @@
+"""Exported models: a checkpoint written as ONNX (optionally int8), and run with onnxruntime.
+
+    fer export vgg fast.onnx --int8 --calibration ../shared/data/fer2013/train
+
+The ONNX graph takes the model's uint8 pixels (N, C, H, W) and does the scaling and normalisation
+itself, so feeding it needs nothing but ``images.model_pixels``; everything else a ``Classifier``
+carries (classes, preprocessing, temperature, metrics, provenance) is stored as JSON in the file's
+metadata under ``fer_cli``. Running one imports onnxruntime and never torch: the optional extra
+``pip install 'fer-cli[onnx]'`` provides it (plus onnx and onnxscript, which exporting needs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+
+from .classifier import Classifier
+from .errors import CheckpointError, DeviceError, FerError
+from .images import READ_ERRORS, iter_image_paths, model_pixels, read_image
+
+METADATA_KEY = "fer_cli"
+FORMAT = "fer_cli.onnx"
+INSTALL_HINT = "pip install 'fer-cli[onnx]'"
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise FerError(
+            f"exported (.onnx) models run with onnxruntime, which is not installed: {INSTALL_HINT}"
+        ) from None
+    return onnxruntime
+
+
+class OnnxRunner:
+    """Runs an exported model with onnxruntime: the CPU, or CUDA where onnxruntime-gpu provides it."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        self.session = self._session(["CPUExecutionProvider"])
+
+    def _session(self, providers: list[str]):
+        ort = _onnxruntime()
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        try:
+            return ort.InferenceSession(self.path, options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own exception types for bad files
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"{self.path} is not a readable ONNX model: {reason}") from None
+
+    def prepare(self, device: str = "auto") -> str:
+        device = str(device).strip().lower()
+        cuda_here = "CUDAExecutionProvider" in _onnxruntime().get_available_providers()
+        if device.startswith("cuda") and not cuda_here:
+            raise DeviceError(f"device '{device}' requested but this onnxruntime has no CUDA (onnxruntime-gpu does)")
+        if device not in ("auto", "cpu") and not device.startswith("cuda"):
+            raise DeviceError(f"exported models run on cpu or cuda, not '{device}'")
+        if cuda_here and device != "cpu":
+            index = int(device.partition(":")[2] or 0)
+            self.session = self._session([("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"])
+            return f"cuda:{index}"
+        return "cpu"
+
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.uint8)})[0].astype(np.float32)
+
+    def metadata(self) -> dict:
+        stored = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if not stored:
+            raise CheckpointError(f"{self.path} is an ONNX model but not one exported by `fer export`")
+        return json.loads(stored)
+
+
+def load_exported(path: str | os.PathLike) -> Classifier:
+    if not Path(path).is_file():
+        raise CheckpointError(f"no such model file: {path}")
+    runner = OnnxRunner(path)
+    meta = runner.metadata()
+    return Classifier(
+        name=Path(path).stem,
+        arch=meta["arch"] + (" int8" if meta.get("int8") else ""),
+        runner=runner,
+        class_names=list(meta["class_names"]),
+        preprocess=dict(meta["preprocess"]),
+        temperature=float(meta.get("temperature", 1.0)),
+        metrics=dict(meta.get("metrics", {})),
+        provenance=dict(meta.get("provenance", {})),
+        path=str(path),
+    )
+
+
+# --- exporting (needs torch, onnx, onnxscript) ---------------------------------------------------
+
+
+def export_checkpoint(
+    checkpoint_path: str | os.PathLike,
+    out: str | os.PathLike,
+    int8: bool = False,
+    calibration: str | None = None,
+    calibration_size: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Write ``checkpoint_path`` as ONNX at ``out``; with ``int8``, statically quantised (weights
+    per channel) on up to ``calibration_size`` images drawn (seeded) from ``calibration``.
+
+    Returns a summary: the file's size and, on the calibration images, how often the exported
+    model's top class equals the checkpoint's and the largest probability difference.
+    """
+    import torch
+
+    from .checkpoint import PixelsIn, build_model, read_checkpoint
+
+    try:
+        import onnx
+    except ImportError:
+        raise FerError(f"exporting needs onnx and onnxscript: {INSTALL_HINT}") from None
+    if int8 and not calibration:
+        raise FerError("--int8 needs --calibration DIR: images (e.g. the training folder) to set the int8 ranges")
+    checkpoint = read_checkpoint(checkpoint_path)
+    preprocess = checkpoint["preprocess"]
+    samples = _calibration_pixels(calibration, preprocess, calibration_size, seed) if calibration else None
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    float_path = out.with_name(out.stem + ".float32.tmp.onnx")
+    network = PixelsIn(build_model(checkpoint), preprocess).eval()
+    side, channels = preprocess["size"], preprocess["channels"]
+    example = torch.zeros((2, channels, side, side), dtype=torch.uint8)
+    try:
+        torch.onnx.export(
+            network,
+            (example,),
+            str(float_path),
+            input_names=["pixels"],
+            output_names=["logits"],
+            dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}},
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+            report=False,
+        )
+        if int8:
+            _quantize(float_path, out, samples)
+        else:
+            float_path.replace(out)
+    finally:
+        float_path.unlink(missing_ok=True)
+
+    model = onnx.load(str(out))
+    meta = {
+        "format": FORMAT,
+        "arch": checkpoint["arch"],
+        "model_config": checkpoint["model_config"],
+        "class_names": checkpoint["class_names"],
+        "preprocess": preprocess,
+        "temperature": float(checkpoint.get("temperature", 1.0)),
+        "metrics": checkpoint.get("metrics", {}),
+        "provenance": {
+            **checkpoint.get("provenance", {}),
+            "exported_from": str(checkpoint_path),
+            "exported_from_sha256": hashlib.sha256(Path(checkpoint_path).read_bytes()).hexdigest(),
+        },
+        "int8": int8,
+        "calibration": {"images": calibration, "count": 0 if samples is None else len(samples)} if int8 else None,
+    }
+    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
+    onnx.save(model, str(out))
+
+    summary = {"path": str(out), "bytes": out.stat().st_size, "int8": int8}
+    if samples is not None:
+        with torch.inference_mode():
+            reference = torch.softmax(network(torch.from_numpy(samples)), dim=1).numpy()
+        exported = load_exported(out)
+        exported.temperature = 1.0
+        probs = exported.probabilities(samples)
+        summary.update(
+            checked_on=len(samples),
+            same_top_class=float(np.mean(probs.argmax(1) == reference.argmax(1))),
+            max_probability_difference=float(np.abs(probs - reference).max()),
+        )
+    return summary
+
+
+def _calibration_pixels(source: str, preprocess: dict, count: int, seed: int) -> np.ndarray:
+    paths = [p for p in iter_image_paths([source]) if isinstance(p, str)]
+    if not paths:
+        raise FerError(f"--calibration {source}: no images found")
+    random.Random(seed).shuffle(paths)
+    pixels = []
+    for path in paths:
+        if len(pixels) == count:
+            break
+        try:
+            pixels.append(model_pixels(read_image(path, preprocess["channels"]), preprocess))
+        except READ_ERRORS:
+            continue
+    if not pixels:
+        raise FerError(f"--calibration {source}: no readable images")
+    return np.stack(pixels)
+
+
+def _quantize(float_path: Path, out: Path, samples: np.ndarray) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(np.array_split(samples, max(1, len(samples) // 100)))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"pixels": batch}
+
+    prepared = out.with_name(out.stem + ".prepared.tmp.onnx")
+    try:
+        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(out),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    finally:
+        prepared.unlink(missing_ok=True)
