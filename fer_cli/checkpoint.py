@@ -65,6 +65,14 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict, half: bool = Fals
         raise
 
 
+def store_calibration(path: str | os.PathLike, calibration: dict) -> None:
+    """Set a checkpoint's temperature from a ``calibration.calibrate`` report (kept in its metrics)."""
+    checkpoint = read_checkpoint(path)
+    checkpoint["temperature"] = float(calibration["temperature"])
+    checkpoint["metrics"] = {**checkpoint.get("metrics", {}), "calibration": calibration}
+    save_checkpoint(path, checkpoint)
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load and validate a checkpoint dict (no code runs: ``weights_only=True``)."""
     path = Path(path)

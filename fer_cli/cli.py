@@ -291,6 +291,42 @@ def models() -> None:
 
 @app.command()
 @handles_user_errors
+def calibrate(
+    model: Annotated[str, typer.Argument(help="Shipped model name or checkpoint (.pt) path; updated in place.")],
+    folder: Annotated[str, typer.Argument(help="Labelled validation images (one subfolder per class).")],
+    faces: FacesOpt = Faces.auto,
+    batch_size: BatchSizeOpt = 64,
+    workers: WorkersOpt = DEFAULT_WORKERS,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Fit the model's softmax temperature on labelled validation images, so confidences match accuracy.
+
+    `fer train` already does this on its validation data; use this for other data or older checkpoints.
+    """
+    from .calibration import calibrate as fit
+    from .checkpoint import store_calibration
+    from .ensemble import predict_labelled
+    from .zoo import resolve_model
+
+    classifier = resolve_model(model)
+    if not classifier.path.endswith(".pt"):
+        raise typer.BadParameter("calibrate the checkpoint (.pt), then export it again", param_hint="MODEL")
+    labelled = predict_labelled(
+        [classifier], folder, device, batch_size, workers, on_skip=_report_skipped, faces=faces.value
+    )
+    report = fit(labelled.probs[:, 0], labelled.labels, classifier.temperature, fitted_on=folder)
+    store_calibration(classifier.path, report)
+    err_console.print(
+        f"{classifier.name}: temperature {classifier.temperature:.3f} -> {report['temperature']:.3f} on "
+        f"{report['images']:,} images; expected calibration error {report['ece_before']:.4f} -> "
+        f"{report['ece_after']:.4f}, NLL {report['nll_before']:.4f} -> {report['nll_after']:.4f} "
+        f"(written to {classifier.path})",
+        highlight=False,
+    )
+
+
+@app.command()
+@handles_user_errors
 def export(
     model: Annotated[str, typer.Argument(help="Shipped model name or checkpoint (.pt) path.")],
     out: Annotated[Path, typer.Argument(help="Where to write the ONNX model (.onnx).")],

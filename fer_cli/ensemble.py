@@ -15,6 +15,7 @@ stored in each checkpoint, measured on that run's validation data.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -117,12 +118,44 @@ def score_folder(
     faces: FacePolicy | str = FacePolicy.auto,
     tta: bool = False,
 ) -> dict:
-    """Predict a labelled folder with every model and score the models and their votes.
+    """Predict a labelled folder with every model and score the models and their votes."""
+    policy = FacePolicy(faces)
+    labelled = predict_labelled(classifiers, folder, device, batch_size, workers, on_skip, policy, tta)
+    class_names = align_classes(classifiers)
+    report = evaluate_ensemble(labelled.probs, labelled.labels, classifiers, class_names, weighted, folder)
+    report["unreadable_images"] = labelled.unreadable
+    report["face_policy"] = policy.value
+    report["tta"] = tta
+    report["images_without_detected_face"] = labelled.without_face
+    if labelled.without_face:
+        report["notes"].append(f"{labelled.without_face:,} image(s) had no detected face and were classified whole")
+    return report
+
+
+@dataclass
+class LabelledPredictions:
+    probs: np.ndarray  # (N, M, C): every model's probabilities, columns in align_classes order
+    labels: np.ndarray  # (N,) indices into the same classes
+    unreadable: int
+    without_face: int  # images classified whole because the detector found no face
+
+
+def predict_labelled(
+    classifiers: list[Classifier],
+    folder: str,
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int = 0,
+    on_skip=None,
+    faces: FacePolicy | str = FacePolicy.auto,
+    tta: bool = False,
+) -> LabelledPredictions:
+    """Every model's probabilities for every readable image of a labelled folder, with its label.
 
     Class folders are matched to the models' classes by name; a folder class no model knows is
     an error. Unreadable images are skipped (reported through ``on_skip``) and counted. Each
     image has one label, so it is scored on its largest face, or on the whole image when the
-    detector searched and found none (counted in the report, whatever the policy).
+    detector searched and found none (counted, whatever the policy).
     """
     class_names = align_classes(classifiers)
     files = find_labelled_images(folder)
@@ -134,10 +167,9 @@ def score_folder(
         )
     to_model_label = [class_names.index(name) for name in files.class_names]
     label_of = dict(zip(files.paths, files.labels))
-    policy = FacePolicy(faces)
     probs, labels, unreadable, no_face = [], [], 0, 0
     stream = predict_stream(
-        classifiers, files.paths, device, batch_size, workers, faces=policy, whole_image_if_no_face=True, tta=tta
+        classifiers, files.paths, device, batch_size, workers, faces=faces, whole_image_if_no_face=True, tta=tta
     )
     for outcomes in stream:
         for outcome in outcomes:
@@ -152,14 +184,7 @@ def score_folder(
             labels.append(to_model_label[label_of[outcome.path]])
     if not probs:
         raise SourceError(f"no readable images in {folder}")
-    report = evaluate_ensemble(np.stack(probs), np.array(labels), classifiers, class_names, weighted, folder)
-    report["unreadable_images"] = unreadable
-    report["face_policy"] = policy.value
-    report["tta"] = tta
-    report["images_without_detected_face"] = no_face
-    if no_face:
-        report["notes"].append(f"{no_face:,} image(s) had no detected face and were classified whole")
-    return report
+    return LabelledPredictions(np.stack(probs), np.array(labels), unreadable, no_face)
 
 
 def evaluate_ensemble(

@@ -22,7 +22,8 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from . import __version__, distributed
-from .checkpoint import now_iso, read_checkpoint, save_checkpoint
+from .calibration import calibrate
+from .checkpoint import build_model, now_iso, read_checkpoint, save_checkpoint, store_calibration
 from .data import (
     Augmentation,
     AugmentedTensors,
@@ -340,8 +341,27 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
         if len(set(prints)) > 1:
             raise FerError(f"the {group.world} processes ended with different weights: {prints}")
         log.print(f"all {group.world} processes hold the same weights (fingerprint {prints[0]})")
+    if group.is_main:
+        calibration = _calibrate_best(out, val_data, val_origin, device)
+        log.print(
+            f"temperature {calibration['temperature']:.3f} fitted on the validation data: expected calibration "
+            f"error {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}"
+        )
     log.print(f"best val accuracy {best_accuracy:.4f} (epoch {best_metrics.get('epoch')}) -> {out}")
     return best_metrics
+
+
+def _calibrate_best(out: Path, val_data: LabelledTensors, val_origin: str, device) -> dict:
+    """Fit the best checkpoint's temperature on the validation data, as stored (float16 or not)."""
+    checkpoint = read_checkpoint(out)
+    model = prepare_model(build_model(checkpoint), device)
+    loader = torch.utils.data.DataLoader(
+        AugmentedTensors(val_data, normalize_transform(checkpoint["preprocess"])), batch_size=256
+    )
+    probs, labels, _ = predict_tensors(model, loader, device)
+    calibration = calibrate(probs, labels, fitted_on=val_origin)
+    store_calibration(out, calibration)
+    return calibration
 
 
 def _save_resume_state(out, network, epoch, optimizer, scheduler, scaler, history, best_accuracy, best_metrics, config):

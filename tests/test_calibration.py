@@ -1,0 +1,59 @@
+"""Temperature scaling: the fit recovers a known temperature, training stores one, `fer calibrate` refits."""
+
+import shutil
+
+import numpy as np
+from typer.testing import CliRunner
+
+from fer_cli.calibration import calibrate, fit_temperature
+from fer_cli.checkpoint import read_checkpoint
+from fer_cli.classifier import softmax
+from fer_cli.cli import app
+
+
+def _overconfident(temperature: float, count: int = 20000, seed: int = 0):
+    """Logits whose labels were drawn from softmax(logits / temperature): T is the right answer."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, (count, 7))
+    probs = softmax(logits / temperature)
+    labels = np.array([rng.choice(7, p=p) for p in probs])
+    return logits, labels
+
+
+def test_the_fit_recovers_the_temperature_the_labels_were_drawn_with():
+    for temperature in (0.5, 1.0, 2.5):
+        logits, labels = _overconfident(temperature)
+        assert abs(fit_temperature(logits, labels) / temperature - 1) < 0.05
+
+
+def test_calibrating_an_overconfident_model_lowers_its_error_and_keeps_its_answers():
+    logits, labels = _overconfident(2.5)
+    probs = softmax(logits)  # the model reports T = 1: far too sure
+    report = calibrate(probs, labels, current_temperature=1.0, fitted_on="synthetic")
+    assert report["nll_after"] < report["nll_before"]
+    assert report["ece_after"] < 0.02 < 0.1 < report["ece_before"]
+    assert abs(report["temperature"] / 2.5 - 1) < 0.05
+    assert (softmax(logits / report["temperature"]).argmax(1) == probs.argmax(1)).all()
+    # calibrating probabilities that were already scaled composes the temperatures
+    again = calibrate(softmax(logits / 2.0), labels, current_temperature=2.0)
+    assert abs(again["temperature"] / report["temperature"] - 1) < 0.01
+
+
+def test_training_fits_and_stores_a_temperature(tiny_checkpoint):
+    checkpoint = read_checkpoint(tiny_checkpoint)
+    calibration = checkpoint["metrics"]["calibration"]
+    assert checkpoint["temperature"] == calibration["temperature"] > 0
+    assert calibration["images"] == 24 and calibration["nll_after"] <= calibration["nll_before"] + 1e-9
+
+
+def test_calibrate_command_updates_the_checkpoint_in_place(tiny_checkpoint, tiny_dataset, tmp_path):
+    model = tmp_path / "model.pt"
+    shutil.copyfile(tiny_checkpoint, model)
+    done = CliRunner().invoke(app, ["calibrate", str(model), str(tiny_dataset / "val"), "--workers", "0"])
+    assert done.exit_code == 0, done.output
+    assert "expected calibration error" in done.output
+    stored = read_checkpoint(model)
+    assert stored["metrics"]["calibration"]["fitted_on"] == str(tiny_dataset / "val")
+    # the same data again: the temperature is already right
+    CliRunner().invoke(app, ["calibrate", str(model), str(tiny_dataset / "val"), "--workers", "0"])
+    assert abs(read_checkpoint(model)["temperature"] / stored["temperature"] - 1) < 0.02

@@ -1,0 +1,111 @@
+"""Exported (ONNX) models: the export keeps the checkpoint's predictions, int8 stays close, running
+one never imports torch, and the zoo does not let an export vote twice beside its checkpoint."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fer_cli.classifier import load_classifier
+from fer_cli.errors import FerError
+from fer_cli.images import model_pixels, read_image
+
+from .synthetic import CLASSES
+
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tiny_dataset, tmp_path_factory):
+    from fer_cli.exported import export_checkpoint
+
+    folder = tmp_path_factory.mktemp("exported")
+    float32 = export_checkpoint(tiny_checkpoint, folder / "tiny.onnx")
+    int8 = export_checkpoint(tiny_checkpoint, folder / "tiny8.onnx", int8=True, calibration=str(tiny_dataset / "train"))
+    return Path(float32["path"]), Path(int8["path"]), int8
+
+
+def _val_pixels(tiny_dataset, preprocess):
+    paths = sorted((tiny_dataset / "val").rglob("*.png"))
+    return np.stack([model_pixels(read_image(p, 1), preprocess) for p in paths])
+
+
+def test_float32_export_gives_the_checkpoints_probabilities(exported, tiny_checkpoint, tiny_dataset):
+    checkpoint, onnx_model = load_classifier(tiny_checkpoint), load_classifier(exported[0])
+    assert onnx_model.class_names == checkpoint.class_names == CLASSES
+    assert onnx_model.preprocess == checkpoint.preprocess and onnx_model.metrics == checkpoint.metrics
+    assert onnx_model.provenance["exported_from"] == str(tiny_checkpoint)
+    checkpoint.runner.prepare("cpu")
+    assert onnx_model.runner.prepare("cpu") == "cpu"
+    pixels = _val_pixels(tiny_dataset, checkpoint.preprocess)
+    np.testing.assert_allclose(onnx_model.probabilities(pixels), checkpoint.probabilities(pixels), atol=1e-5)
+
+
+def test_int8_export_is_smaller_and_agrees_with_the_checkpoint(exported, tiny_checkpoint, tiny_dataset):
+    float32, int8, summary = exported
+    assert int8.stat().st_size < float32.stat().st_size
+    assert summary["checked_on"] == 72 and summary["same_top_class"] >= 0.95
+    checkpoint, quantised = load_classifier(tiny_checkpoint), load_classifier(int8)
+    assert quantised.arch == "vgg int8"
+    checkpoint.runner.prepare("cpu")
+    pixels = _val_pixels(tiny_dataset, checkpoint.preprocess)
+    same = quantised.probabilities(pixels).argmax(1) == checkpoint.probabilities(pixels).argmax(1)
+    assert same.mean() >= 0.95
+
+
+def test_predicting_with_an_exported_model_never_imports_torch(exported, tiny_dataset, tmp_path):
+    script = (
+        "import sys\n"
+        "from fer_cli.cli import main\n"
+        f"sys.argv = ['fer', 'predict', {str(tiny_dataset / 'val')!r}, '--model', {str(exported[1])!r}, '-f', 'jsonl']\n"
+        "try:\n    main()\nexcept SystemExit as end:\n    assert not end.code, end.code\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "NO TORCH" in done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(rows) == 24 and {row["model"] for row in rows} == {"tiny8"}
+    assert np.mean([row["label"] == Path(row["path"]).parent.name for row in rows]) >= 0.9
+
+
+def test_without_onnxruntime_an_exported_model_is_a_clear_error(exported, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(FerError, match=r"pip install 'fer-cli\[onnx\]'"):
+        load_classifier(exported[0])
+
+
+def test_an_export_of_a_shipped_checkpoint_is_left_out_of_the_default_ensemble(
+    exported, tiny_checkpoint, second_checkpoint, tmp_path, monkeypatch
+):
+    from fer_cli.zoo import resolve_model, resolve_models
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for source, name in ((tiny_checkpoint, "tiny.pt"), (second_checkpoint, "other.pt"), (exported[1], "fast.onnx")):
+        (weights / name).write_bytes(Path(source).read_bytes())
+    monkeypatch.setenv("FER_WEIGHTS_DIR", str(weights))
+    notes = []
+    chosen = resolve_models(None, note=notes.append)
+    names = {c.name for c in chosen}  # (the repository's own weights/ are found too)
+    assert {"other", "tiny"} <= names and "fast" not in names
+    assert "fast is an export of tiny and would vote twice: left out of the ensemble" in notes
+    assert resolve_model("fast").runner.__class__.__name__ == "OnnxRunner"
+    assert resolve_model(None).path.endswith(".pt")  # the default never depends on installed extras
+
+
+def test_export_command_reports_agreement_and_refuses_bad_requests(tiny_checkpoint, tiny_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from fer_cli.cli import app
+
+    runner = CliRunner()
+    done = runner.invoke(app, ["export", str(tiny_checkpoint), str(tmp_path / "m.txt")])
+    assert done.exit_code == 2 and ".onnx" in done.output
+    done = runner.invoke(app, ["export", str(tiny_checkpoint), str(tmp_path / "m.onnx"), "--int8"])
+    assert done.exit_code == 2 and "--calibration" in done.output
+    assert not (tmp_path / "m.onnx").exists()
