@@ -340,6 +340,11 @@ def export(
     calibration_size: Annotated[
         int, typer.Option("--calibration-size", min=1, help="How many calibration images (a seeded sample).")
     ] = 1000,
+    val: Annotated[
+        str | None,
+        typer.Option("--val", help="Labelled folder to score the exported model on; its own metrics are stored."),
+    ] = None,
+    workers: WorkersOpt = DEFAULT_WORKERS,
 ) -> None:
     """Export a model to ONNX, to run with onnxruntime (`pip install 'fer-cli[onnx]'`), without torch."""
     from .exported import export_checkpoint
@@ -350,9 +355,19 @@ def export(
     source = resolve_model(model)
     if not source.path.endswith(".pt"):
         raise typer.BadParameter(f"{model} is already an exported model; export a checkpoint (.pt)", param_hint="MODEL")
-    summary = export_checkpoint(source.path, out, int8=int8, calibration=calibration, calibration_size=calibration_size)
+    summary = export_checkpoint(
+        source.path,
+        out,
+        int8=int8,
+        calibration=calibration,
+        calibration_size=calibration_size,
+        val=val,
+        workers=workers,
+    )
     kind = "int8" if int8 else "float32"
     err_console.print(f"wrote {out} ({kind}, {summary['bytes'] / 1e6:.1f} MB)", highlight=False)
+    if "val_accuracy" in summary:
+        err_console.print(f"accuracy on {val}: {summary['val_accuracy']:.2%} (stored in the file)", highlight=False)
     if "checked_on" in summary:
         err_console.print(
             f"on {summary['checked_on']:,} calibration images it picks the checkpoint's class for "

@@ -106,10 +106,14 @@ def export_checkpoint(
     calibration: str | None = None,
     calibration_size: int = 1000,
     seed: int = 0,
+    val: str | None = None,
+    workers: int = 0,
 ) -> dict:
     """Write ``checkpoint_path`` as ONNX at ``out``; with ``int8``, statically quantised (weights
     per channel) on up to ``calibration_size`` images drawn (seeded) from ``calibration``.
 
+    With ``val`` (a labelled folder) the exported model is scored there and stores its own
+    validation metrics; otherwise it carries the checkpoint's (``metrics_source`` says which).
     Returns a summary: the file's size and, on the calibration images, how often the exported
     model's top class equals the checkpoint's and the largest probability difference.
     """
@@ -161,6 +165,7 @@ def export_checkpoint(
         "preprocess": preprocess,
         "temperature": float(checkpoint.get("temperature", 1.0)),
         "metrics": checkpoint.get("metrics", {}),
+        "metrics_source": "the checkpoint it was exported from",
         "provenance": {
             **checkpoint.get("provenance", {}),
             "exported_from": str(checkpoint_path),
@@ -169,10 +174,24 @@ def export_checkpoint(
         "int8": int8,
         "calibration": {"images": calibration, "count": 0 if samples is None else len(samples)} if int8 else None,
     }
+    if val:
+        from .ensemble import predict_labelled
+        from .metrics import summarize
+
+        onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
+        onnx.save(model, str(out))
+        scored = predict_labelled([load_exported(out)], val, "cpu", 256, workers)
+        calibration = meta["metrics"].get("calibration")
+        meta["metrics"] = summarize(scored.labels, scored.probs[:, 0], meta["class_names"])
+        meta["metrics"].update({"calibration": calibration} if calibration else {})
+        meta["metrics_source"] = f"this exported model, scored on {val}"
+        meta["provenance"]["val_path"] = val
     onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
     onnx.save(model, str(out))
 
     summary = {"path": str(out), "bytes": out.stat().st_size, "int8": int8}
+    if val:
+        summary["val_accuracy"] = meta["metrics"]["accuracy"]
     if samples is not None:
         with torch.inference_mode():
             reference = torch.softmax(network(torch.from_numpy(samples)), dim=1).numpy()

@@ -25,7 +25,10 @@ def exported(tiny_checkpoint, tiny_dataset, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("exported")
     float32 = export_checkpoint(tiny_checkpoint, folder / "tiny.onnx")
-    int8 = export_checkpoint(tiny_checkpoint, folder / "tiny8.onnx", int8=True, calibration=str(tiny_dataset / "train"))
+    int8 = export_checkpoint(
+        tiny_checkpoint, folder / "tiny8.onnx", int8=True, calibration=str(tiny_dataset / "train"),
+        val=str(tiny_dataset / "val"),
+    )  # fmt: skip
     return Path(float32["path"]), Path(int8["path"]), int8
 
 
@@ -51,6 +54,10 @@ def test_int8_export_is_smaller_and_agrees_with_the_checkpoint(exported, tiny_ch
     assert summary["checked_on"] == 72 and summary["same_top_class"] >= 0.95
     checkpoint, quantised = load_classifier(tiny_checkpoint), load_classifier(int8)
     assert quantised.arch == "vgg int8"
+    # scored on val itself, not the checkpoint's numbers passed on
+    assert summary["val_accuracy"] == quantised.metrics["accuracy"] >= 0.9
+    assert quantised.metrics["count"] == 24 and quantised.provenance["val_path"] == str(tiny_dataset / "val")
+    assert load_classifier(float32).metrics == checkpoint.metrics
     checkpoint.runner.prepare("cpu")
     pixels = _val_pixels(tiny_dataset, checkpoint.preprocess)
     same = quantised.probabilities(pixels).argmax(1) == checkpoint.probabilities(pixels).argmax(1)
