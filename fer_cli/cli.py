@@ -198,6 +198,12 @@ def train(
         Schedule, typer.Option(case_sensitive=False, help="Learning-rate schedule (plateau watches val accuracy).")
     ] = Schedule.onecycle,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.1,
+    mixup: Annotated[
+        float, typer.Option(min=0.0, help="MixUp: blend pairs of images and labels, Beta(a, a) weights; 0 = off.")
+    ] = 0.0,
+    cutmix: Annotated[
+        float, typer.Option(min=0.0, help="CutMix: paste a patch of one image into another, Beta(a, a); 0 = off.")
+    ] = 0.0,
     augment: Annotated[
         str, typer.Option(help="'default', 'none', or a comma list of flip,crop,shift,rotate,erase.")
     ] = "default",
@@ -240,6 +246,8 @@ def train(
             weight_decay=weight_decay,
             schedule=schedule.value,
             label_smoothing=label_smoothing,
+            mixup=mixup,
+            cutmix=cutmix,
             augment=augment,
             balance=balance.value,
             size=size,

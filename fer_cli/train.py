@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from sklearn.model_selection import train_test_split
 from torch import nn
+from torchvision.transforms import v2
 
 from . import __version__, distributed
 from .calibration import calibrate
@@ -58,6 +59,8 @@ class TrainConfig:
     weight_decay: float | None = None  # default: 5e-4 for sgd, 0.05 for adamw (decoupled)
     schedule: str = "onecycle"  # onecycle | cosine | plateau (on val accuracy) | none
     label_smoothing: float = 0.1
+    mixup: float = 0.0  # MixUp's Beta(a, a) parameter; 0 = off (with cutmix too, each batch picks one)
+    cutmix: float = 0.0  # CutMix's Beta(a, a) parameter; 0 = off
     augment: str = "default"  # 'default', 'none' or a comma list of flip,crop,shift,rotate,erase
     balance: str = "none"  # class imbalance: none | sampler (weighted sampling) | loss (weighted loss)
     size: int = 48  # square input side in pixels
@@ -93,6 +96,8 @@ class TrainConfig:
             raise ValueError("--channels must be 1 (grayscale) or 3 (RGB)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("--label-smoothing must be in [0, 1)")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ValueError("--mixup and --cutmix must be 0 (off) or positive")
         Augmentation.parse(self.augment)
         check_model_options(self.arch, self.arch_options)  # fail before decoding any data
 
@@ -281,6 +286,7 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
                 scaler,
                 device,
                 on_batch=lambda loss, acc: progress.update(task, advance=1, stats=f"loss {loss:.4f}  acc {acc:.4f}"),
+                mix=batch_mixing(config, len(class_names)),
             )
             progress.remove_task(task)
             train_loss, train_accuracy = distributed.mean_over_ranks(group, [train_loss, train_accuracy], device)
@@ -386,17 +392,33 @@ def _epoch_seed(config: TrainConfig, epoch: int, group: distributed.Group) -> in
     return config.seed * 100_003 + epoch + 7_919 * group.rank
 
 
+def batch_mixing(config: TrainConfig, num_classes: int):
+    """MixUp and/or CutMix on whole batches (torchvision v2), or None; labels become class probabilities."""
+    mixers = []
+    if config.mixup > 0:
+        mixers.append(v2.MixUp(alpha=config.mixup, num_classes=num_classes))
+    if config.cutmix > 0:
+        mixers.append(v2.CutMix(alpha=config.cutmix, num_classes=num_classes))
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
 def train_one_epoch(
-    model, loader, criterion, optimizer, scheduler, scaler, device, on_batch=None
+    model, loader, criterion, optimizer, scheduler, scaler, device, on_batch=None, mix=None
 ) -> tuple[float, float]:
-    """One pass over ``loader``; ``scheduler`` (if given) steps every batch. Returns mean loss and accuracy."""
+    """One pass over ``loader``; ``scheduler`` (if given) steps every batch; ``mix`` (MixUp/CutMix)
+    blends each batch on the device. Returns mean loss and accuracy (against the unmixed labels)."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     for images, labels in loader:
         images, labels = to_device(images, device), labels.to(device, non_blocking=True)
+        targets = labels
+        if mix is not None:
+            images, targets = mix(images, labels)
         with autocast(device):
             logits = model(images)
-            loss = criterion(logits, labels)
+            loss = criterion(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

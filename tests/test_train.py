@@ -99,3 +99,21 @@ def test_validation_classes_must_match(tmp_path):
     make_labelled_folder(tmp_path / "val", per_class=2, classes=["calm", "frown", "other"])
     with pytest.raises(SourceError, match="has classes calm, frown, other"):
         train(_config(tmp_path / "train", tmp_path / "m.pt", val=str(tmp_path / "val")))
+
+
+def test_mixup_and_cutmix_blend_batches_into_soft_labels_and_still_learn(tiny_dataset, tmp_path):
+    from fer_cli.train import batch_mixing
+
+    mix = batch_mixing(_config(tiny_dataset, tmp_path / "x.pt", mixup=0.4, cutmix=1.0), num_classes=3)
+    images, labels = torch.rand(8, 1, 48, 48), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    torch.manual_seed(0)
+    mixed, targets = mix(images, labels)
+    assert mixed.shape == images.shape and targets.shape == (8, 3)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(8)) and (targets.max(dim=1).values < 1).any()
+    assert batch_mixing(_config(tiny_dataset, tmp_path / "x.pt"), 3) is None  # off by default
+
+    out = tmp_path / "mixed.pt"
+    best = train(_config(tiny_dataset, out, epochs=6, mixup=0.2, cutmix=1.0))
+    assert best["accuracy"] >= 0.8
+    config = read_checkpoint(out)["provenance"]["config"]
+    assert config["mixup"] == 0.2 and config["cutmix"] == 1.0
