@@ -15,13 +15,14 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import UnidentifiedImageError
 
 from .classifier import Classifier
-from .errors import ModelError
+from .errors import FerError, ModelError
 from .faces import FaceFinder, FacePolicy
 from .images import READ_ERRORS, MissingInput, model_pixels, read_image
 from .results import Prediction
@@ -118,12 +119,18 @@ def in_order(
     batches per worker in flight (so nothing piles up when the consumer is slower)."""
     with ProcessPoolExecutor(workers, initializer=initializer, initargs=(state,)) as pool:
         pending: deque = deque()
-        for batch in batches:
-            pending.append(pool.submit(function, batch))
-            if len(pending) >= ahead * workers:
+        try:
+            for batch in batches:
+                pending.append(pool.submit(function, batch))
+                if len(pending) >= ahead * workers:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise FerError(
+                "a reading worker process died (out of memory, or a crash in an image decoder); "
+                "--workers 0 reads in the main process and shows which input it was"
+            ) from None
 
 
 def _describe_read_error(path: str, error: Exception) -> str:

@@ -270,3 +270,13 @@ def test_an_rgb_model_reads_grayscale_files_as_rgb(runner, tiny_dataset, image_f
     result = invoke(runner, "predict", image_folder, "-m", out, "-f", "jsonl", "-j", 0)  # a.png is grayscale
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 2
+
+
+def test_a_reading_worker_that_dies_is_a_clear_error_not_a_traceback():
+    import os
+
+    from fer_cli.errors import FerError
+    from fer_cli.predict import in_order
+
+    with pytest.raises(FerError, match="--workers 0"):  # each "batch" makes its worker exit at once
+        list(in_order(os._exit, [1, 2, 3], 1, id, None))
