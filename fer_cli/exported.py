@@ -172,7 +172,7 @@ def export_checkpoint(
             "exported_from_sha256": hashlib.sha256(Path(checkpoint_path).read_bytes()).hexdigest(),
         },
         "int8": int8,
-        "calibration": {"images": calibration, "count": 0 if samples is None else len(samples)} if int8 else None,
+        "int8_calibration": {"images": calibration, "count": 0 if samples is None else len(samples)} if int8 else None,
     }
     if val:
         from .ensemble import predict_labelled
