@@ -30,9 +30,20 @@ def test_every_shipped_model_loads_and_describes_itself(entry):
 
 
 @needs_weights
-def test_the_default_model_is_the_best_shipped_one():
-    assert resolve_model(None).path == SHIPPED[0].path
-    assert SHIPPED[0].val_accuracy == max(m.val_accuracy for m in SHIPPED)
+def test_the_default_model_is_the_best_shipped_checkpoint():
+    checkpoints = [m for m in SHIPPED if m.path.endswith(".pt")]
+    assert resolve_model(None).path == checkpoints[0].path
+    assert checkpoints[0].val_accuracy == max(m.val_accuracy for m in checkpoints)
+
+
+@needs_weights
+def test_the_shipped_fast_model_is_an_int8_export_that_scored_itself():
+    fast = [m for m in SHIPPED if m.name == "fast"]
+    if not fast or not fast[0].path.endswith(".onnx"):
+        pytest.skip("no fast.onnx here, or onnxruntime is not installed")
+    classifier = load_classifier(fast[0].path)
+    assert classifier.arch.endswith("int8") and classifier.metrics["count"] == 3589
+    assert classifier.metrics["accuracy"] > 0.6
 
 
 @needs_weights
