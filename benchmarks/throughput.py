@@ -47,6 +47,7 @@ def main() -> None:
     )
     runs = [
         ("`fer predict --model fast`", ["predict", args.images, "--model", "fast"]),
+        ("`fer predict --model fast --tta`", ["predict", args.images, "--model", "fast", "--tta"]),
         ("`fer predict` (default model)", ["predict", args.images]),
         ("`fer ensemble` (every shipped model)", ["ensemble", args.images]),
     ]
