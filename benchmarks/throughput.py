@@ -12,6 +12,7 @@ process" adds the reading workers (from wait4). Prints markdown tables for the R
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -39,11 +40,12 @@ def main() -> None:
     images = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     print(machine())
     print(f"\ninput: {args.images} ({len(images):,} images), {args.workers} reading workers\n")
-    print("| what | images/s | seconds | peak RSS, main process | largest process |")
-    print("|---|---|---|---|---|")
+    print("| what | images/s | seconds | peak RSS, main process | largest process | accuracy |")
+    print("|---|---|---|---|---|---|")
     seconds = decode_only(images, args.workers)
     print(
-        f"| decode only (read, find faces, model pixels; no model) | {len(images) / seconds:,.0f} | {seconds:.2f} | | |"
+        f"| decode only (read, find faces, model pixels; no model) | {len(images) / seconds:,.0f} | {seconds:.2f} "
+        "| | | |"
     )
     runs = [
         ("`fer predict --model fast`", ["predict", args.images, "--model", "fast"]),
@@ -53,9 +55,10 @@ def main() -> None:
     ]
     for label, command in runs:
         run = median_run([*command, "--workers", str(args.workers)], args.repeat)
+        accuracy = f"{run.accuracy:.1%}" if run.accuracy is not None else ""
         print(
             f"| {label} | {len(images) / run.seconds:,.0f} | {run.seconds:.2f} | {run.peak_rss_mb:,.0f} MB "
-            f"| {run.largest_mb:,.0f} MB |"
+            f"| {run.largest_mb:,.0f} MB | {accuracy} |"
         )
     if args.copies:
         many(images, args.copies, args.workers)
@@ -69,6 +72,7 @@ class Run:
     peak_rss_mb: float  # the main process
     largest_mb: float  # the largest process of the run, reading workers included
     rss_over_time: list[tuple[float, float]]  # (seconds since start, main-process RSS in MB)
+    accuracy: float | None = None  # label == the image's folder name (FER2013's layout), when it is one
 
 
 def fer(arguments: list[str]) -> Run:
@@ -87,8 +91,22 @@ def fer(arguments: list[str]) -> Run:
         errors = process.stderr.read().decode()
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"{' '.join(command)} failed:\n{errors}")
+        accuracy = read_accuracy(Path(f"{scratch}/out.{fmt}"))
     peak = max((rss for _, rss in samples), default=0.0)
-    return Run(seconds, peak, usage.ru_maxrss / 1024, samples)
+    return Run(seconds, peak, usage.ru_maxrss / 1024, samples, accuracy)
+
+
+def read_accuracy(results: Path) -> float | None:
+    """Accuracy against folder names (predict's JSONL), or the mean-probability vote's (ensemble's report)."""
+    if results.suffix == ".json":
+        report = json.loads(results.read_text())
+        votes = {vote["name"]: vote["metrics"]["accuracy"] for vote in report.get("ensembles", [])}
+        return votes.get("mean probability")
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    labelled = [row for row in rows if row.get("label") and Path(row["path"]).parent.name in row["probabilities"]]
+    if not labelled:
+        return None
+    return sum(row["label"] == Path(row["path"]).parent.name for row in labelled) / len(labelled)
 
 
 def sample_rss(pid: int, started: float, samples: list) -> None:
