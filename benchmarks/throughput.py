@@ -130,19 +130,12 @@ def decode_only(images: list[Path], workers: int) -> float:
     """What `fer predict` does before any model runs, in the same worker processes, for the
     default model's preprocessing: the most any model could go at."""
     from fer_cli.faces import FaceFinder
-    from fer_cli.predict import _InputReader, _read_batch_in_worker, _start_worker, in_order
+    from fer_cli.predict import read_batches
 
     preprocess = {"size": 48, "channels": 1, "mean": [0.5], "std": [0.25]}
-    reader = _InputReader([preprocess], FaceFinder("auto"))
-    numbered = list(enumerate(map(str, images)))
-    batches = [numbered[i : i + 64] for i in range(0, len(numbered), 64)]
     started = time.perf_counter()
-    if workers:
-        for _ in in_order(_read_batch_in_worker, batches, workers, _start_worker, reader):
-            pass
-    else:
-        for batch in batches:
-            reader.read_batch(batch)
+    for _ in read_batches(list(map(str, images)), [preprocess], FaceFinder("auto"), 64, workers):
+        pass
     return time.perf_counter() - started
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .classifier import Classifier
+from .classifier import Classifier, described_by
 from .device import autocast, prepare_model, select_device
 from .errors import CheckpointError
 from .models import create_model
@@ -160,17 +160,7 @@ class TorchRunner:
 
 def load_checkpoint_classifier(path: str | os.PathLike) -> Classifier:
     checkpoint = read_checkpoint(path)
-    return Classifier(
-        name=Path(path).stem,
-        arch=checkpoint["arch"],
-        runner=TorchRunner(build_model(checkpoint), checkpoint["preprocess"]),
-        class_names=list(checkpoint["class_names"]),
-        preprocess=dict(checkpoint["preprocess"]),
-        temperature=float(checkpoint.get("temperature", 1.0)),
-        metrics=dict(checkpoint.get("metrics", {})),
-        provenance=dict(checkpoint.get("provenance", {})),
-        path=str(path),
-    )
+    return described_by(path, checkpoint, TorchRunner(build_model(checkpoint), checkpoint["preprocess"]))
 
 
 def now_iso() -> str:

@@ -54,6 +54,21 @@ class Classifier:
         return probs
 
 
+def described_by(path: str | os.PathLike, description: dict, runner: Runner, arch: str = "") -> Classifier:
+    """A Classifier from the dict a checkpoint, or an exported model's metadata, describes itself with."""
+    return Classifier(
+        name=Path(path).stem,
+        arch=arch or description["arch"],
+        runner=runner,
+        class_names=list(description["class_names"]),
+        preprocess=dict(description["preprocess"]),
+        temperature=float(description.get("temperature", 1.0)),
+        metrics=dict(description.get("metrics", {})),
+        provenance=dict(description.get("provenance", {})),
+        path=str(path),
+    )
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)

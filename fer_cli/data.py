@@ -165,7 +165,6 @@ class _DecodeFiles(torch.utils.data.Dataset):
     def __init__(self, paths: list[str], preprocess: dict):
         self.paths = paths
         self.blank = torch.zeros((preprocess["channels"], preprocess["size"], preprocess["size"]), dtype=torch.uint8)
-        self.channels = preprocess["channels"]
         self.preprocess = preprocess
 
     def __len__(self) -> int:
@@ -173,7 +172,7 @@ class _DecodeFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         try:
-            return decode(read_image(self.paths[index], self.channels), self.preprocess), index
+            return decode(read_image(self.paths[index], self.preprocess["channels"]), self.preprocess), index
         except READ_ERRORS:
             return self.blank, -1 - index  # a negative index marks the failure
 

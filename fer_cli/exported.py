@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .classifier import Classifier
+from .classifier import Classifier, described_by
 from .errors import CheckpointError, DeviceError, FerError
 from .images import READ_ERRORS, iter_image_paths, model_pixels, read_image
 
@@ -83,17 +83,7 @@ def load_exported(path: str | os.PathLike) -> Classifier:
         raise CheckpointError(f"no such model file: {path}")
     runner = OnnxRunner(path)
     meta = runner.metadata()
-    return Classifier(
-        name=Path(path).stem,
-        arch=meta["arch"] + (" int8" if meta.get("int8") else ""),
-        runner=runner,
-        class_names=list(meta["class_names"]),
-        preprocess=dict(meta["preprocess"]),
-        temperature=float(meta.get("temperature", 1.0)),
-        metrics=dict(meta.get("metrics", {})),
-        provenance=dict(meta.get("provenance", {})),
-        path=str(path),
-    )
+    return described_by(path, meta, runner, arch=meta["arch"] + (" int8" if meta.get("int8") else ""))
 
 
 # --- exporting (needs torch, onnx, onnxscript) ---------------------------------------------------

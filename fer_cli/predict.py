@@ -133,6 +133,19 @@ def in_order(
             ) from None
 
 
+def read_batches(
+    items: list[str | MissingInput], preprocesses: list[dict], finder: FaceFinder, batch_size: int, workers: int
+) -> Iterator[tuple[list, list, list[np.ndarray]]]:
+    """Every input read, searched for faces and made into model pixels, batch by batch in input
+    order, in ``workers`` processes (0: here): (inputs with their errors, face owners, pixel stacks)."""
+    reader = _InputReader(preprocesses, finder)
+    numbered = list(enumerate(items))
+    batches = (numbered[start : start + batch_size] for start in range(0, len(numbered), batch_size))
+    if workers > 0:
+        return in_order(_read_batch_in_worker, batches, workers, _start_worker, reader)
+    return map(reader.read_batch, batches)
+
+
 def _describe_read_error(path: str, error: Exception) -> str:
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         return "empty file"
@@ -171,17 +184,8 @@ def predict_stream(
     columns = [[c.class_names.index(name) for name in class_names] for c in classifiers]
     used = [classifier.runner.prepare(device) for classifier in classifiers]
     detector_device = used[0] if workers == 0 and used[0].startswith("cuda") else "cpu"
-    reader = _InputReader(
-        preprocesses, FaceFinder(faces, device=detector_device, whole_image_if_none=whole_image_if_no_face)
-    )
-
-    numbered = list(enumerate(items))
-    batches = (numbered[start : start + batch_size] for start in range(0, len(numbered), batch_size))
-    if workers > 0:
-        read = in_order(_read_batch_in_worker, batches, workers, _start_worker, reader)
-    else:
-        read = map(reader.read_batch, batches)
-    for inputs, owners, stacks in read:
+    finder = FaceFinder(faces, device=detector_device, whole_image_if_none=whole_image_if_no_face)
+    for inputs, owners, stacks in read_batches(items, preprocesses, finder, batch_size, workers):
         outcomes = {index: Outcome(_path(items[index]), error=error) for index, error in inputs}
         if owners:
             stacked = np.stack(

@@ -253,9 +253,10 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
         return best_metrics
 
     train_transform = augment_transform(preprocess, Augmentation.parse(config.augment))
-    val_set = AugmentedTensors(val_data, normalize_transform(preprocess))
+    all_val = AugmentedTensors(val_data, normalize_transform(preprocess))
+    val_set = all_val
     if group.active:  # each rank validates every world-th image; the predictions are gathered
-        val_set = torch.utils.data.Subset(val_set, range(group.rank, len(val_set), group.world))
+        val_set = torch.utils.data.Subset(all_val, range(group.rank, len(all_val), group.world))
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=256, num_workers=0)
     provenance = {
         "train_data": str(config.data),
@@ -348,7 +349,7 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
             raise FerError(f"the {group.world} processes ended with different weights: {prints}")
         log.print(f"all {group.world} processes hold the same weights (fingerprint {prints[0]})")
     if group.is_main:
-        calibration = _calibrate_best(out, val_data, val_origin, device)
+        calibration = _calibrate_best(out, torch.utils.data.DataLoader(all_val, batch_size=256), val_origin, device)
         log.print(
             f"temperature {calibration['temperature']:.3f} fitted on the validation data: expected calibration "
             f"error {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}"
@@ -357,14 +358,10 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
     return best_metrics
 
 
-def _calibrate_best(out: Path, val_data: LabelledTensors, val_origin: str, device) -> dict:
-    """Fit the best checkpoint's temperature on the validation data, as stored (float16 or not)."""
-    checkpoint = read_checkpoint(out)
-    model = prepare_model(build_model(checkpoint), device)
-    loader = torch.utils.data.DataLoader(
-        AugmentedTensors(val_data, normalize_transform(checkpoint["preprocess"])), batch_size=256
-    )
-    probs, labels, _ = predict_tensors(model, loader, device)
+def _calibrate_best(out: Path, val_loader, val_origin: str, device) -> dict:
+    """Fit the best checkpoint's temperature on all the validation data, its weights as stored (float16 or not)."""
+    model = prepare_model(build_model(read_checkpoint(out)), device)
+    probs, labels, _ = predict_tensors(model, val_loader, device)
     calibration = calibrate(probs, labels, fitted_on=val_origin)
     store_calibration(out, calibration)
     return calibration

@@ -104,7 +104,10 @@ def resolve_models(names_or_paths: list[str] | None, note=None) -> list[Classifi
     available = shipped_models()
     if not available:
         raise ModelError("no shipped weights found; pass --model PATH")
-    checkpoint_hashes = {file_sha256(m.path): m.name for m in available if m.path.endswith(".pt")}
+    exports_name_a_source = any(m.exported_from_sha256 for m in available)
+    checkpoint_hashes = {  # read only when some export names the checkpoint it came from
+        file_sha256(m.path): m.name for m in available if exports_name_a_source and m.path.endswith(".pt")
+    }
     chosen = []
     for entry in available:
         twin = checkpoint_hashes.get(entry.exported_from_sha256 or "")
