@@ -70,7 +70,10 @@ class Balance(str, Enum):
 
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", "-j", min=0, help="DataLoader worker processes for decoding.")]
+WorkersOpt = Annotated[
+    int,
+    typer.Option("--workers", "-j", min=0, help="Processes reading and decoding images (0 = none, read in this one)."),
+]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
 ModelOpt = Annotated[
     list[str] | None,

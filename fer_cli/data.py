@@ -1,4 +1,4 @@
-"""Labelled datasets as tensors for training and scoring, and the training-time transforms.
+"""Labelled datasets decoded into memory as uint8 tensors, for training and scoring.
 
 Images are read and converted to model pixels by ``images`` (the same two steps prediction
 uses); this module decodes whole labelled folders or FER2013 CSVs into memory once.
@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.datasets.folder import find_classes, make_dataset
-from torchvision.transforms import v2
 
 from .errors import SourceError
 from .images import IMAGE_EXTENSIONS, READ_ERRORS, is_image_file, model_pixels, read_image
@@ -25,73 +24,9 @@ from .images import IMAGE_EXTENSIONS, READ_ERRORS, is_image_file, model_pixels, 
 FER2013_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
 
-# --- transforms ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Training-time augmentations; each one can be switched off on the command line."""
-
-    flip: bool = True  # horizontal flip: faces are roughly symmetric
-    crop: bool = True  # random resized crop, scale 0.8-1
-    shift: bool = True  # translate up to 10% of the size
-    rotate: float = 10.0  # degrees, either way; 0 = off
-    erase: bool = True  # random erasing of a patch (after normalisation)
-
-    @classmethod
-    def parse(cls, spec: str) -> Augmentation:
-        """'default', 'none', or a comma list of flip,crop,shift,rotate,erase."""
-        spec = spec.strip().lower()
-        if spec == "default":
-            return cls()
-        chosen = set() if spec == "none" else {part.strip() for part in spec.split(",") if part.strip()}
-        valid = {"flip", "crop", "shift", "rotate", "erase"}
-        if chosen - valid:
-            raise ValueError(
-                f"unknown augmentation {', '.join(sorted(chosen - valid))}; "
-                f"use 'default', 'none' or a comma list of {', '.join(sorted(valid))}"
-            )
-        return cls(
-            flip="flip" in chosen,
-            crop="crop" in chosen,
-            shift="shift" in chosen,
-            rotate=10.0 if "rotate" in chosen else 0.0,
-            erase="erase" in chosen,
-        )
-
-    def names(self) -> list[str]:
-        return [n for n in ("flip", "crop", "shift", "rotate", "erase") if getattr(self, n)]
-
-
 def decode(image: Image.Image, preprocess: dict) -> torch.Tensor:
     """PIL image -> uint8 tensor (C, size, size): ``images.model_pixels``, as prediction does it."""
     return torch.from_numpy(np.array(model_pixels(image, preprocess)))  # a writable copy
-
-
-def normalize_transform(preprocess: dict) -> v2.Transform:
-    """uint8 tensor -> normalised float tensor, exactly as the model was trained."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocess["mean"], preprocess["std"])])
-
-
-def augment_transform(preprocess: dict, augmentation: Augmentation) -> v2.Transform:
-    """uint8 tensor at model size -> augmented, normalised float tensor."""
-    size = preprocess["size"]
-    steps: list[v2.Transform] = []
-    if augmentation.crop:
-        steps.append(v2.RandomResizedCrop((size, size), scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True))
-    if augmentation.shift or augmentation.rotate:
-        steps.append(
-            v2.RandomAffine(
-                degrees=augmentation.rotate,
-                translate=(0.1, 0.1) if augmentation.shift else None,
-            )
-        )
-    if augmentation.flip:
-        steps.append(v2.RandomHorizontalFlip())
-    steps.append(normalize_transform(preprocess))
-    if augmentation.erase:
-        steps.append(v2.RandomErasing(p=0.5, scale=(0.02, 0.15)))
-    return v2.Compose(steps)
 
 
 # --- labelled data -------------------------------------------------------------------------------
@@ -231,17 +166,3 @@ def read_fer2013_csv(path: str | os.PathLike, usage: Iterable[str], preprocess: 
         raise SourceError(f"{path} has no rows with Usage {' or '.join(sorted(usage))}")
     tensors = [decode(Image.fromarray(img, mode="L"), preprocess) for img in images]
     return LabelledTensors(torch.stack(tensors), torch.tensor(labels), list(FER2013_CLASSES), str(path))
-
-
-class AugmentedTensors(torch.utils.data.Dataset):
-    """Serves decoded images through a (random) transform, one sample at a time."""
-
-    def __init__(self, data: LabelledTensors, transform: v2.Transform):
-        self.data = data
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int):
-        return self.transform(self.data.images[index]), self.data.labels[index]

@@ -23,18 +23,11 @@ from torch import nn
 from torchvision.transforms import v2
 
 from . import __version__, distributed
+from .augment import Augmentation, BatchAugment
+from .batches import InMemoryBatches, share_of, shuffled_order
 from .calibration import calibrate
 from .checkpoint import build_model, now_iso, read_checkpoint, save_checkpoint, store_calibration
-from .data import (
-    Augmentation,
-    AugmentedTensors,
-    LabelledTensors,
-    augment_transform,
-    decode_labelled_files,
-    find_labelled_images,
-    normalize_transform,
-    read_fer2013_csv,
-)
+from .data import LabelledTensors, decode_labelled_files, find_labelled_images, read_fer2013_csv
 from .device import autocast, grad_scaler, prepare_model, select_device, to_device
 from .errors import CheckpointError, FerError, SourceError
 from .metrics import summarize
@@ -67,7 +60,7 @@ class TrainConfig:
     channels: int = 1  # 1 = grayscale, 3 = RGB
     seed: int = 0
     device: str = "auto"
-    workers: int = 2  # DataLoader workers for augmentation
+    workers: int = 2  # processes decoding the images (once, before the first epoch)
     half: bool = False  # store the best checkpoint's weights as float16 (half the size)
     resume: bool = False
     command: str = ""  # the command line, recorded for provenance
@@ -252,12 +245,12 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
         log.print(f"{out}: all {config.epochs} epochs already done")
         return best_metrics
 
-    train_transform = augment_transform(preprocess, Augmentation.parse(config.augment))
-    all_val = AugmentedTensors(val_data, normalize_transform(preprocess))
-    val_set = all_val
-    if group.active:  # each rank validates every world-th image; the predictions are gathered
-        val_set = torch.utils.data.Subset(all_val, range(group.rank, len(all_val), group.world))
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=256, num_workers=0)
+    # The data stays in memory (on the GPU when it fits), augmented a whole batch at a time there.
+    augment = BatchAugment(preprocess, Augmentation.parse(config.augment))
+    train_batches = InMemoryBatches(train_data, device, augment, config.batch_size)
+    val_batches = InMemoryBatches(val_data, device, augment, batch_size=256)
+    # Each rank validates every world-th image; the predictions are gathered.
+    val_loader = val_batches.epoch(share_of(torch.arange(len(val_data)), group.rank, group.world, equal=False))
     provenance = {
         "train_data": str(config.data),
         "val_data": val_origin,
@@ -275,8 +268,8 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
         for epoch in range(start_epoch, config.epochs + 1):
             started = time.perf_counter()
             # Everything random in an epoch derives from (seed, epoch, rank), so a resumed run repeats it exactly.
-            torch.manual_seed(_epoch_seed(config, epoch, group))
-            loader = _train_loader(config, train_data, train_transform, epoch, device, group)
+            torch.manual_seed(_epoch_seed(config, epoch, group.rank))
+            loader = _epoch_batches(config, train_batches, epoch, group)
             task = progress.add_task(f"epoch {epoch}/{config.epochs}", total=len(loader), stats="")
             train_loss, train_accuracy = train_one_epoch(
                 model,
@@ -349,7 +342,7 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
             raise FerError(f"the {group.world} processes ended with different weights: {prints}")
         log.print(f"all {group.world} processes hold the same weights (fingerprint {prints[0]})")
     if group.is_main:
-        calibration = _calibrate_best(out, torch.utils.data.DataLoader(all_val, batch_size=256), val_origin, device)
+        calibration = _calibrate_best(out, val_batches.epoch(torch.arange(len(val_data))), val_origin, device)
         log.print(
             f"temperature {calibration['temperature']:.3f} fitted on the validation data: expected calibration "
             f"error {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}"
@@ -385,8 +378,13 @@ def _save_resume_state(out, network, epoch, optimizer, scheduler, scaler, histor
     )
 
 
-def _epoch_seed(config: TrainConfig, epoch: int, group: distributed.Group) -> int:
-    return config.seed * 100_003 + epoch + 7_919 * group.rank
+GLOBAL_STREAM, AUGMENT_STREAM, ORDER_STREAM = 0, 1, 2
+
+
+def _epoch_seed(config: TrainConfig, epoch: int, rank: int, stream: int = GLOBAL_STREAM) -> int:
+    """The seed of one of an epoch's random streams: torch's global one (dropout, mixup), the
+    augmentations', or the order's (asked for with rank 0: every rank shares one shuffle)."""
+    return config.seed * 100_003 + epoch + 7_919 * rank + 1_000_003 * stream
 
 
 def batch_mixing(config: TrainConfig, num_classes: int):
@@ -448,30 +446,17 @@ def predict_tensors(model, loader, device, criterion=None) -> tuple[np.ndarray, 
     return torch.cat(all_probs).numpy(), labels, total_loss / max(len(labels), 1)
 
 
-def _train_loader(config, data, transform, epoch, device, group):
-    generator = torch.Generator().manual_seed(_epoch_seed(config, epoch, group))
-    sampler = None
-    dataset = AugmentedTensors(data, transform)
-    if group.active:  # every rank a different, equal share of one seeded shuffle
-        sampler = torch.utils.data.DistributedSampler(
-            dataset, num_replicas=group.world, rank=group.rank, shuffle=True, seed=config.seed, drop_last=True
-        )
-        sampler.set_epoch(epoch)
-    elif config.balance == "sampler":
-        counts = torch.bincount(data.labels).double()
-        weights = (1.0 / counts)[data.labels]
-        sampler = torch.utils.data.WeightedRandomSampler(weights, len(weights), generator=generator)
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        generator=generator,
-        num_workers=config.workers,
-        pin_memory=device.type == "cuda",
-        drop_last=len(data) > config.batch_size,
-        persistent_workers=False,
-    )
+def _epoch_batches(config: TrainConfig, batches: InMemoryBatches, epoch: int, group: distributed.Group):
+    """This rank's augmented batches for one epoch.
+
+    The order depends on (seed, epoch) alone, so every rank shares one shuffle and takes an
+    equal part of it; the augmentations also depend on the rank.
+    """
+    shuffle = torch.Generator().manual_seed(_epoch_seed(config, epoch, rank=0, stream=ORDER_STREAM))
+    order = shuffled_order(batches.labels, shuffle, balanced=config.balance == "sampler")
+    order = share_of(order, group.rank, group.world, equal=True)
+    augmentations = torch.Generator().manual_seed(_epoch_seed(config, epoch, group.rank, AUGMENT_STREAM))
+    return batches.epoch(order, augmentations, drop_last=len(order) > config.batch_size)
 
 
 def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:

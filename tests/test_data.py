@@ -2,13 +2,10 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fer_cli.data import (
     FER2013_CLASSES,
-    Augmentation,
-    augment_transform,
     find_labelled_images,
     is_labelled_folder,
     read_fer2013_csv,
@@ -140,14 +137,3 @@ def test_bad_csv_is_a_clear_error(tmp_path):
 def test_the_shared_sample_csv_reads():
     data = read_fer2013_csv(SHARED / "data" / "fer2013-sample.csv", ["training"], PREPROCESS)
     assert len(data) == 280 and np.bincount(data.labels.numpy()).tolist() == [40] * 7
-
-
-def test_augmentation_parsing_and_output():
-    assert Augmentation.parse("none").names() == []
-    assert Augmentation.parse("flip,erase").names() == ["flip", "erase"]
-    assert Augmentation.parse("default").names() == ["flip", "crop", "shift", "rotate", "erase"]
-    with pytest.raises(ValueError, match="unknown augmentation blur"):
-        Augmentation.parse("flip,blur")
-    image = torch.from_numpy(synthetic_face(0, 0))[None]
-    out = augment_transform(PREPROCESS, Augmentation())(image)
-    assert out.shape == (1, 48, 48) and out.dtype == torch.float32

@@ -1,0 +1,160 @@
+"""Training speed: how fast batches are augmented, and images/s and epoch time of `fer train`'s loop.
+
+    python benchmarks/training.py                      # this machine's default device
+    python benchmarks/training.py --device cuda --arch vgg:width=64 --arch resnet18
+    PYTHONPATH=. python benchmarks/training.py --full-epoch   # time whole epochs, not a sample of steps
+
+1. Augmentation alone, images/s: torchvision v2 transforms one image at a time (how `fer train`
+   augmented before, in DataLoader workers) against ``BatchAugment`` on whole batches on the device.
+2. Per architecture, the training loop itself (``train.train_one_epoch`` over ``InMemoryBatches``,
+   AMP and channels_last on CUDA): images/s over ``--steps`` batches after a warm-up, the epoch
+   time that gives for the training set, and the time to validate it; ``--full-epoch`` times one
+   whole epoch instead.
+
+Uses FER2013 from ../shared when present, otherwise random 48x48 images of the same count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torchvision.transforms import v2
+
+from fer_cli.augment import Augmentation, BatchAugment
+from fer_cli.batches import InMemoryBatches, shuffled_order
+from fer_cli.data import LabelledTensors, decode_labelled_files, find_labelled_images
+from fer_cli.device import grad_scaler, prepare_model, select_device
+from fer_cli.models import create_model
+from fer_cli.train import predict_tensors, train_one_epoch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fer2013"
+PREPROCESS = {"size": 48, "channels": 1, "mean": [0.508], "std": [0.255]}
+
+
+def load(split: str, count: int) -> LabelledTensors:
+    folder = SHARED / split
+    if folder.is_dir():
+        return decode_labelled_files(find_labelled_images(folder), PREPROCESS, workers=2)
+    print(f"{folder} not found: random images instead")
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (count, 1, 48, 48), dtype=torch.uint8, generator=generator)
+    return LabelledTensors(images, torch.randint(0, 7, (count,), generator=generator), list("abcdefg"), "random")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def per_image_pipeline() -> v2.Transform:
+    """The per-image transforms `fer train` used before batches were augmented on the device."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop((48, 48), scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
+            v2.RandomAffine(degrees=10, translate=(0.1, 0.1)),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(PREPROCESS["mean"], PREPROCESS["std"]),
+            v2.RandomErasing(p=0.5, scale=(0.02, 0.15)),
+        ]
+    )
+
+
+def augmentation_speed(images: torch.Tensor, device: torch.device, batch_size: int) -> None:
+    pipeline = per_image_pipeline()
+    sample = images[:2000]
+    started = time.perf_counter()
+    for image in sample:
+        pipeline(image)
+    per_image = len(sample) / (time.perf_counter() - started)
+
+    augment = BatchAugment(PREPROCESS, Augmentation())
+    on_device = images[: batch_size * 40].to(device)
+    generator = torch.Generator().manual_seed(0)
+    augment(on_device[:batch_size], generator)  # warm-up
+    synchronize(device)
+    started = time.perf_counter()
+    for start in range(0, len(on_device), batch_size):
+        augment(on_device[start : start + batch_size], generator)
+    synchronize(device)
+    batched = len(on_device) / (time.perf_counter() - started)
+    print(f"augmentation, per image (torchvision v2, 1 process): {per_image:,.0f} images/s")
+    print(f"augmentation, batches of {batch_size} on {device}: {batched:,.0f} images/s ({batched / per_image:.0f}x)")
+
+
+def training_speed(arch: str, options: dict, train, val, device, batch_size: int, steps: int, full_epoch: bool):
+    torch.manual_seed(0)
+    model = prepare_model(create_model(arch, len(train.class_names), 1, **options), device)
+    parameters = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    scaler = grad_scaler(device)
+    augment = BatchAugment(PREPROCESS, Augmentation())
+    batches = InMemoryBatches(train, device, augment, batch_size)
+    order = shuffled_order(batches.labels, torch.Generator().manual_seed(0))
+
+    def run(count: int) -> float:
+        epoch = batches.epoch(order[: count * batch_size], torch.Generator().manual_seed(1), drop_last=True)
+        synchronize(device)
+        started = time.perf_counter()
+        train_one_epoch(model, epoch, criterion, optimizer, None, scaler, device)
+        synchronize(device)
+        return time.perf_counter() - started
+
+    run(min(5, steps))  # warm-up: kernels chosen, memory allocated
+    count = len(train) // batch_size if full_epoch else steps
+    seconds = run(count)
+    rate = count * batch_size / seconds
+    epoch_seconds = seconds if full_epoch else len(train) / rate
+
+    val_batches = InMemoryBatches(val, device, augment, batch_size=256)
+    synchronize(device)
+    started = time.perf_counter()
+    predict_tensors(model, val_batches.epoch(torch.arange(len(val))), device)
+    synchronize(device)
+    val_seconds = time.perf_counter() - started
+    name = arch + "".join(f" {k}={v}" for k, v in options.items())
+    how = "measured" if full_epoch else f"from {count} batches"
+    print(
+        f"{name:<24} {parameters / 1e6:5.2f} M params  {rate:9,.0f} images/s  "
+        f"epoch {epoch_seconds:6.1f} s ({how}) + validation {val_seconds:4.1f} s"
+    )
+
+
+def parse_arch(spec: str) -> tuple[str, dict]:
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        options[key] = float(value) if "." in value else int(value)
+    return name, options
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=40, help="batches timed per architecture")
+    parser.add_argument("--full-epoch", action="store_true", help="time one whole epoch per architecture")
+    parser.add_argument(
+        "--arch",
+        action="append",
+        help="NAME[:option=value,...]; repeatable (default: the shipped architectures)",
+    )
+    args = parser.parse_args()
+    device = select_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"device {device} ({name}), torch {torch.__version__}, batch {args.batch_size}")
+    train, val = load("train", 28_709), load("val", 3_589)
+    augmentation_speed(train.images, device, args.batch_size)
+    archs = args.arch or ["vgg:width=32", "vgg:width=24", "resnet18:width=16", "mini_xception:width=32"]
+    for spec in archs:
+        arch, options = parse_arch(spec)
+        training_speed(arch, options, train, val, device, args.batch_size, args.steps, args.full_epoch)
+
+
+if __name__ == "__main__":
+    main()
