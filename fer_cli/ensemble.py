@@ -232,7 +232,16 @@ def evaluate_ensemble(
         "ensembles": ensembles,
         "oracle_accuracy": float(correct.any(axis=1).mean()) if len(labels) else 0.0,
         "all_wrong_rate": float((~correct).all(axis=1).mean()) if len(labels) else 0.0,
+        "errors_fixed_by": errors_fixed_by(correct).tolist(),
     }
+
+
+def errors_fixed_by(correct: np.ndarray) -> np.ndarray:
+    """(N, M) right/wrong -> (M, M): row i, column j is the share of model i's errors that model j
+    gets right, the room an ensemble of the two has to improve on i (diagonal 0)."""
+    wrong = ~correct
+    fixed = wrong.T.astype(float) @ correct.astype(float)  # (i, j): i wrong and j right
+    return fixed / np.maximum(wrong.sum(axis=0), 1)[:, None]
 
 
 def _validation_path(classifier: Classifier) -> str:

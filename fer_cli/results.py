@@ -241,6 +241,15 @@ def print_ensemble_report(report: dict, console: Console) -> None:
     console.print(matrix)
 
     if len(report["models"]) > 1:
+        names = [m["name"] for m in report["models"]]
+        console.print("Share of the row model's errors that the column model gets right:")
+        fixed = Table()
+        fixed.add_column("errors of")
+        for name in names:
+            fixed.add_column(name, justify="right")
+        for name, row in zip(names, report["errors_fixed_by"]):
+            fixed.add_row(name, *["-" if other == name else _pct(share) for other, share in zip(names, row)])
+        console.print(fixed)
         console.print(
             f"Diversity: at least one model right on {_pct(report['oracle_accuracy'])} of images; "
             f"all models wrong on {_pct(report['all_wrong_rate'])}."

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -144,6 +145,8 @@ def test_ensemble_scores_models_and_votes_as_json(runner, labelled_dir, tiny_che
     assert sum(map(sum, tiny["confusion_matrix"])) == 24
     assert 0 <= tiny["mean_confidence_correct"] <= 1
     assert "never fitted on the images scored here" in report["weights_source"]
+    fixed = np.array(report["errors_fixed_by"])
+    assert fixed.shape == (2, 2) and fixed[0, 0] == fixed[1, 1] == 0 and fixed.max() <= 1
 
 
 def test_ensemble_tables(runner, labelled_dir, tiny_checkpoint, second_checkpoint):
@@ -157,6 +160,7 @@ def test_ensemble_tables(runner, labelled_dir, tiny_checkpoint, second_checkpoin
         "Per-class results of",
         "Confusion matrix of",
         "conf. when wrong",
+        "errors that the column model gets right",
     ):
         assert title in result.stdout
     assert "weighted per class (val F1)" in result.stdout

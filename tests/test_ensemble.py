@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fer_cli.ensemble import majority_vote, mean_vote, validation_weights, weighted_vote
+from fer_cli.ensemble import errors_fixed_by, majority_vote, mean_vote, validation_weights, weighted_vote
 
 
 class _Model:
@@ -35,3 +35,20 @@ def test_validation_weights_come_from_the_checkpoints():
     np.testing.assert_allclose(accuracy, [0.7, 0.5, 0.6])  # z gets the mean
     np.testing.assert_allclose(per_class, [[0.6, 0.8], [0.2, 0.4], [0.4, 0.6]])
     assert notes == ["z has no stored validation metrics; it gets the average weight"]
+
+
+def test_errors_fixed_by_counts_the_other_models_rescues():
+    correct = np.array(
+        [  # models a, b, c on five images
+            [True, True, False],
+            [False, True, False],
+            [False, False, True],
+            [False, True, True],
+            [True, False, False],
+        ]
+    )
+    fixed = errors_fixed_by(correct)
+    # a is wrong on images 1, 2, 3: b is right on 1 and 3, c on 2 and 3.
+    assert fixed[0].tolist() == [0.0, 2 / 3, 2 / 3]
+    # c is wrong on 0, 1, 4: a is right on 0 and 4, b on 0 and 1.
+    assert fixed[2].tolist() == [2 / 3, 2 / 3, 0.0]
