@@ -49,7 +49,8 @@ def main() -> None:
     )
     runs = [
         ("`fer predict --model fast`", ["predict", args.images, "--model", "fast"]),
-        ("`fer predict --model fast --tta`", ["predict", args.images, "--model", "fast", "--tta"]),
+        ("`fer predict --model fast --tta flip`", ["predict", args.images, "--model", "fast", "--tta", "flip"]),
+        ("`fer predict --model fast --tta crops`", ["predict", args.images, "--model", "fast", "--tta", "crops"]),
         ("`fer predict` (default model)", ["predict", args.images]),
         ("`fer ensemble` (every shipped model)", ["ensemble", args.images]),
     ]

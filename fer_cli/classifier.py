@@ -14,6 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
+from .tta import TTA, views
+
 
 class Runner(Protocol):
     """An engine holding one network."""
@@ -41,17 +43,17 @@ class Classifier:
     def val_accuracy(self) -> float | None:
         return self.metrics.get("accuracy")
 
-    def probabilities(self, pixels: np.ndarray, tta: bool = False) -> np.ndarray:
+    def probabilities(self, pixels: np.ndarray, tta: TTA | str = TTA.none) -> np.ndarray:
         """Calibrated class probabilities (N, classes) in ``class_names`` order.
 
-        With ``tta`` the mirror image is classified too and the two probabilities averaged
-        (faces are near-symmetric; training flips them).
+        With test-time augmentation (``tta``: flip or crops) the probabilities of each view of
+        the faces are averaged.
         """
-        probs = softmax(self.runner.logits(pixels) / self.temperature)
-        if tta:
-            mirrored = np.ascontiguousarray(pixels[..., ::-1])
-            probs = (probs + softmax(self.runner.logits(mirrored) / self.temperature)) / 2
-        return probs
+        total = None
+        for view in views(pixels, tta):
+            probs = softmax(self.runner.logits(view) / self.temperature)
+            total = probs if total is None else total + probs
+        return total / TTA(tta).view_count
 
 
 def described_by(path: str | os.PathLike, description: dict, runner: Runner, arch: str = "") -> Classifier:

@@ -30,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .errors import FerError, SourceError
 from .results import WRITERS, format_from_path, print_ensemble_report
+from .tta import TTA
 
 app = typer.Typer(
     help="Facial-expression recognition for image files and folders.",
@@ -109,9 +110,12 @@ FacesOpt = Annotated[
     ),
 ]
 TtaOpt = Annotated[
-    bool,
+    TTA,
     typer.Option(
-        "--tta", help="Test-time augmentation: average each face's probabilities with its mirror image's (2x the work)."
+        "--tta",
+        case_sensitive=False,
+        help="Test-time augmentation, probabilities averaged over views of each face: flip = the face and its "
+        "mirror image (2x the work); crops = the face, its centre and 4 corner crops, and their mirrors (12x).",
     ),
 ]
 ShardOpt = Annotated[
@@ -488,7 +492,7 @@ def predict(
         typer.Option("--model", "-m", help="Shipped model name or checkpoint path. Default: the best shipped model."),
     ] = None,
     faces: FacesOpt = Faces.auto,
-    tta: TtaOpt = False,
+    tta: TtaOpt = TTA.none,
     annotate: AnnotateOpt = None,
     fmt: FormatOpt = None,
     output: OutputOpt = None,
@@ -525,7 +529,7 @@ def ensemble(
         bool, typer.Option("--weighted", help="Add votes weighted by each model's stored validation metrics.")
     ] = False,
     faces: FacesOpt = Faces.auto,
-    tta: TtaOpt = False,
+    tta: TtaOpt = TTA.none,
     annotate: AnnotateOpt = None,
     fmt: FormatOpt = None,
     output: OutputOpt = None,

@@ -25,6 +25,7 @@ from .errors import ModelError, SourceError
 from .faces import FacePolicy
 from .metrics import summarize
 from .predict import align_classes, predict_stream
+from .tta import TTA
 
 WEIGHTS_SOURCE = (
     "validation metrics stored in each checkpoint by `fer train` "
@@ -116,7 +117,7 @@ def score_folder(
     workers: int = 0,
     on_skip=None,
     faces: FacePolicy | str = FacePolicy.auto,
-    tta: bool = False,
+    tta: TTA | str = TTA.none,
 ) -> dict:
     """Predict a labelled folder with every model and score the models and their votes."""
     policy = FacePolicy(faces)
@@ -125,7 +126,7 @@ def score_folder(
     report = evaluate_ensemble(labelled.probs, labelled.labels, classifiers, class_names, weighted, folder)
     report["unreadable_images"] = labelled.unreadable
     report["face_policy"] = policy.value
-    report["tta"] = tta
+    report["tta"] = TTA(tta).value
     report["images_without_detected_face"] = labelled.without_face
     if labelled.without_face:
         report["notes"].append(f"{labelled.without_face:,} image(s) had no detected face and were classified whole")
@@ -148,7 +149,7 @@ def predict_labelled(
     workers: int = 0,
     on_skip=None,
     faces: FacePolicy | str = FacePolicy.auto,
-    tta: bool = False,
+    tta: TTA | str = TTA.none,
 ) -> LabelledPredictions:
     """Every model's probabilities for every readable image of a labelled folder, with its label.
 

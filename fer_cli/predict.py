@@ -26,6 +26,7 @@ from .errors import FerError, ModelError
 from .faces import FaceFinder, FacePolicy
 from .images import READ_ERRORS, MissingInput, model_pixels, read_image
 from .results import Prediction
+from .tta import TTA
 
 
 @dataclass
@@ -162,12 +163,12 @@ def predict_stream(
     workers: int = 2,
     faces: FacePolicy | str = FacePolicy.auto,
     whole_image_if_no_face: bool = False,
-    tta: bool = False,
+    tta: TTA | str = TTA.none,
 ) -> Iterator[list[Outcome]]:
     """Yield, per batch of inputs and in input order, each input's faces with every model's probabilities.
 
     Probabilities are temperature-scaled softmax outputs with columns in ``align_classes`` order;
-    ``tta`` averages each face with its mirror image. Faces are found in the worker processes, on
+    ``tta`` averages each face's views (see ``tta``). Faces are found in the worker processes, on
     the CPU beside decoding (only crops leave a worker); with ``workers=0`` on CUDA the detector
     runs on the GPU.
     """

@@ -254,6 +254,8 @@ def print_ensemble_report(report: dict, console: Console) -> None:
             f"Diversity: at least one model right on {_pct(report['oracle_accuracy'])} of images; "
             f"all models wrong on {_pct(report['all_wrong_rate'])}."
         )
+    if report.get("tta", "none") != "none":
+        console.print(f"Test-time augmentation: {report['tta']} (each face's probabilities averaged over its views).")
     if report.get("weights_source"):
         console.print(f"Weights: {report['weights_source']}.")
     for note in report.get("notes", []):

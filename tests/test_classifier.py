@@ -3,6 +3,7 @@
 import numpy as np
 
 from fer_cli.classifier import Classifier, softmax
+from fer_cli.tta import views
 
 
 class LinearRunner:
@@ -36,7 +37,16 @@ def test_tta_averages_each_face_with_its_mirror_image():
     pixels = np.random.default_rng(2).integers(0, 256, (6, 1, 4, 4), dtype=np.uint8)
     mirrored = pixels[..., ::-1]
     expected = (classifier.probabilities(pixels) + classifier.probabilities(mirrored)) / 2
-    np.testing.assert_allclose(classifier.probabilities(pixels, tta=True), expected, rtol=1e-6)
+    np.testing.assert_allclose(classifier.probabilities(pixels, tta="flip"), expected, rtol=1e-6)
     assert not np.allclose(expected, classifier.probabilities(pixels))  # the mirror image does count
     symmetric = np.concatenate([pixels[..., :2], pixels[..., :2][..., ::-1]], axis=-1)
-    np.testing.assert_allclose(classifier.probabilities(symmetric, tta=True), classifier.probabilities(symmetric))
+    np.testing.assert_allclose(classifier.probabilities(symmetric, tta="flip"), classifier.probabilities(symmetric))
+
+
+def test_crops_tta_averages_twelve_views():
+    classifier = _classifier()
+    pixels = np.random.default_rng(3).integers(0, 256, (4, 1, 4, 4), dtype=np.uint8)
+    shown = list(views(pixels, "crops"))
+    expected = np.mean([classifier.probabilities(view) for view in shown], axis=0)
+    np.testing.assert_allclose(classifier.probabilities(pixels, tta="crops"), expected, rtol=1e-6)
+    assert len(shown) == 12

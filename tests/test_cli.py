@@ -37,6 +37,20 @@ def test_predict_jsonl_has_every_probability(runner, image_folder, tiny_checkpoi
     assert "2 of 2 inputs predicted" in result.stderr
 
 
+def test_predict_with_test_time_augmentation(runner, image_folder, tiny_checkpoint):
+    def rows(*tta):
+        result = invoke(runner, "predict", image_folder, "--model", tiny_checkpoint, "-f", "jsonl", "-j", 0, *tta)
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    plain, flipped, cropped = rows(), rows("--tta", "flip"), rows("--tta", "crops")
+    for row in flipped + cropped:
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert [r["probabilities"] for r in cropped] != [r["probabilities"] for r in plain]
+    result = invoke(runner, "predict", image_folder, "--model", tiny_checkpoint, "--tta", "tencrop")
+    assert result.exit_code == 2 and "tencrop" in result.stderr
+
+
 def test_predict_json_csv_and_table(runner, image_folder, tiny_checkpoint):
     as_json = invoke(runner, "predict", image_folder / "a.png", "-m", tiny_checkpoint, "-f", "json", "-j", 0)
     assert as_json.exit_code == 0
