@@ -61,8 +61,8 @@ class _Epoch:
 def shuffled_order(labels: torch.Tensor, generator: torch.Generator, balanced: bool = False) -> torch.Tensor:
     """A random permutation; ``balanced``: as many draws, with replacement, each class equally likely."""
     if balanced:
-        counts = torch.bincount(labels).double()
-        weights = (1.0 / counts)[labels.cpu()]
+        labels = labels.cpu()  # the generator draws on the CPU, wherever the data lives
+        weights = (1.0 / torch.bincount(labels).double())[labels]
         return torch.multinomial(weights, len(weights), replacement=True, generator=generator)
     return torch.randperm(len(labels), generator=generator)
 
