@@ -71,7 +71,7 @@ def augmentation_speed(images: torch.Tensor, device: torch.device, batch_size: i
         pipeline(image)
     per_image = len(sample) / (time.perf_counter() - started)
 
-    augment = BatchAugment(PREPROCESS, Augmentation())
+    augment = BatchAugment(PREPROCESS, Augmentation(), device)
     on_device = images[: batch_size * 40].to(device)
     generator = torch.Generator().manual_seed(0)
     augment(on_device[:batch_size], generator)  # warm-up
@@ -92,7 +92,7 @@ def training_speed(arch: str, options: dict, train, val, device, batch_size: int
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     scaler = grad_scaler(device)
-    augment = BatchAugment(PREPROCESS, Augmentation())
+    augment = BatchAugment(PREPROCESS, Augmentation(), device)
     batches = InMemoryBatches(train, device, augment, batch_size)
     order = shuffled_order(batches.labels, torch.Generator().manual_seed(0))
 

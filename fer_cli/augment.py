@@ -68,14 +68,14 @@ class Augmentation:
 class BatchAugment:
     """uint8 batches (B, C, H, W) -> normalised float32 batches, augmented or not."""
 
-    def __init__(self, preprocess: dict, augmentation: Augmentation | None = None):
-        self.mean = torch.tensor(preprocess["mean"], dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(preprocess["std"], dtype=torch.float32).view(1, -1, 1, 1)
+    def __init__(self, preprocess: dict, augmentation: Augmentation | None = None, device: str | torch.device = "cpu"):
+        self.mean = torch.tensor(preprocess["mean"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(preprocess["std"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.augmentation = augmentation or Augmentation.parse("none")
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
-        return (images.float() / 255 - mean) / std
+        """uint8 images on the augmenter's device -> normalised float32."""
+        return (images.float() / 255 - self.mean) / self.std
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         images = images.float() / 255
@@ -83,9 +83,9 @@ class BatchAugment:
             matrices = self.affine_matrices(len(images), generator).to(images.device)
             grid = F.affine_grid(matrices, list(images.shape), align_corners=False)
             images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        images = (images - self.mean.to(images.device)) / self.std.to(images.device)
+        images = (images - self.mean) / self.std
         if self.augmentation.erase:
-            mask = self.erase_masks(len(images), images.shape[-2], images.shape[-1], generator).to(images.device)
+            mask = self.erase_masks(len(images), images.shape[-2], images.shape[-1], generator, images.device)
             images = images.masked_fill(mask, 0.0)  # 0 = the training mean after normalisation
         return images
 
@@ -113,17 +113,19 @@ class BatchAugment:
         offset = centre - (half[:, :, None] * rotation @ shift[:, :, None]).squeeze(2)
         return torch.cat([linear, offset[:, :, None]], dim=2)
 
-    def erase_masks(self, count: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
-        """(count, 1, height, width) booleans: a random rectangle in about half the images."""
-        u = torch.rand(count, 5, generator=generator)
+    def erase_masks(
+        self, count: int, height: int, width: int, generator: torch.Generator, device: str | torch.device = "cpu"
+    ) -> torch.Tensor:
+        """(count, 1, height, width) booleans on ``device``: a random rectangle in about half the images."""
+        u = torch.rand(count, 5, generator=generator).to(device)  # drawn on the CPU, the mask made on the device
         area = (ERASE_AREA[0] + u[:, 1] * (ERASE_AREA[1] - ERASE_AREA[0])) * height * width
         ratio = torch.exp(math.log(ERASE_RATIO[0]) + u[:, 2] * math.log(ERASE_RATIO[1] / ERASE_RATIO[0]))
         h = (area * ratio).sqrt().round().clamp(1, height - 1)
         w = (area / ratio).sqrt().round().clamp(1, width - 1)
         top = (u[:, 3] * (height - h + 1)).floor()
         left = (u[:, 4] * (width - w + 1)).floor()
-        rows = torch.arange(height).view(1, height, 1)
-        cols = torch.arange(width).view(1, 1, width)
+        rows = torch.arange(height, device=device).view(1, height, 1)
+        cols = torch.arange(width, device=device).view(1, 1, width)
         inside = (
             (rows >= top.view(-1, 1, 1))
             & (rows < (top + h).view(-1, 1, 1))

@@ -246,7 +246,7 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
         return best_metrics
 
     # The data stays in memory (on the GPU when it fits), augmented a whole batch at a time there.
-    augment = BatchAugment(preprocess, Augmentation.parse(config.augment))
+    augment = BatchAugment(preprocess, Augmentation.parse(config.augment), device)
     train_batches = InMemoryBatches(train_data, device, augment, config.batch_size)
     val_batches = InMemoryBatches(val_data, device, augment, batch_size=256)
     # Each rank validates every world-th image; the predictions are gathered.
