@@ -28,9 +28,6 @@ class InMemoryBatches:
         self.augment = augment
         self.batch_size = batch_size
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
     def epoch(self, order: torch.Tensor, generator: torch.Generator | None = None, drop_last: bool = False):
         """An iterable over one pass in ``order``; ``len()`` gives its number of batches."""
         return _Epoch(self, order, generator, drop_last)

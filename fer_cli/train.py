@@ -251,6 +251,7 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
     val_batches = InMemoryBatches(val_data, device, augment, batch_size=256)
     # Each rank validates every world-th image; the predictions are gathered.
     val_loader = val_batches.epoch(share_of(torch.arange(len(val_data)), group.rank, group.world, equal=False))
+    mix = batch_mixing(config, len(class_names))
     provenance = {
         "train_data": str(config.data),
         "val_data": val_origin,
@@ -280,7 +281,7 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
                 scaler,
                 device,
                 on_batch=lambda loss, acc: progress.update(task, advance=1, stats=f"loss {loss:.4f}  acc {acc:.4f}"),
-                mix=batch_mixing(config, len(class_names)),
+                mix=mix,
             )
             progress.remove_task(task)
             train_loss, train_accuracy = distributed.mean_over_ranks(group, [train_loss, train_accuracy], device)
