@@ -11,12 +11,14 @@
    time that gives for the training set, and the time to validate it; ``--full-epoch`` times one
    whole epoch instead.
 
-Uses FER2013 from ../shared when present, otherwise random 48x48 images of the same count.
+Uses FER2013 from ``--data`` (default ../shared/data/fer2013: train/ and val/ class folders) when
+present, otherwise random 48x48 images of the same count.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -34,10 +36,10 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fer20
 PREPROCESS = {"size": 48, "channels": 1, "mean": [0.508], "std": [0.255]}
 
 
-def load(split: str, count: int) -> LabelledTensors:
-    folder = SHARED / split
+def load(root: Path, split: str, count: int) -> LabelledTensors:
+    folder = root / split
     if folder.is_dir():
-        return decode_labelled_files(find_labelled_images(folder), PREPROCESS, workers=2)
+        return decode_labelled_files(find_labelled_images(folder), PREPROCESS, workers=min(8, os.cpu_count() or 1))
     print(f"{folder} not found: random images instead")
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (count, 1, 48, 48), dtype=torch.uint8, generator=generator)
@@ -136,7 +138,8 @@ def parse_arch(spec: str) -> tuple[str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--data", type=Path, default=SHARED, help="a folder with train/ and val/ class folders")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[64], help="one or more batch sizes")
     parser.add_argument("--steps", type=int, default=40, help="batches timed per architecture")
     parser.add_argument("--full-epoch", action="store_true", help="time one whole epoch per architecture")
     parser.add_argument(
@@ -147,13 +150,15 @@ def main() -> None:
     args = parser.parse_args()
     device = select_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    print(f"device {device} ({name}), torch {torch.__version__}, batch {args.batch_size}")
-    train, val = load("train", 28_709), load("val", 3_589)
-    augmentation_speed(train.images, device, args.batch_size)
+    print(f"device {device} ({name}), torch {torch.__version__}")
+    train, val = load(args.data, "train", 28_709), load(args.data, "val", 3_589)
     archs = args.arch or ["vgg:width=32", "vgg:width=24", "resnet18:width=16", "mini_xception:width=32"]
-    for spec in archs:
-        arch, options = parse_arch(spec)
-        training_speed(arch, options, train, val, device, args.batch_size, args.steps, args.full_epoch)
+    for batch_size in args.batch_size:
+        print(f"batch {batch_size}")
+        augmentation_speed(train.images, device, batch_size)
+        for spec in archs:
+            arch, options = parse_arch(spec)
+            training_speed(arch, options, train, val, device, batch_size, args.steps, args.full_epoch)
 
 
 if __name__ == "__main__":

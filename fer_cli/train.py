@@ -148,7 +148,7 @@ def load_training_data(config: TrainConfig, log: Console) -> tuple[LabelledTenso
 
 def _hold_out(data: LabelledTensors, fraction: float, seed: int) -> tuple[LabelledTensors, LabelledTensors]:
     """A stratified validation split: ``fraction`` of the images, at least one per class."""
-    labels = data.labels.numpy()
+    labels = data.labels.cpu().numpy()
     classes = len(data.class_names)
     held_count = max(int(round(fraction * len(labels))), classes)
     if np.bincount(labels, minlength=classes).min() < 2 or len(labels) - held_count < classes:
@@ -235,12 +235,14 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        restore_scaler(scaler, state["scaler"])
         start_epoch = state["epoch"] + 1
         history = state["history"]
         best_accuracy = state["best_accuracy"]
         best_metrics = state["best_metrics"]
-        log.print(f"resuming {out} at epoch {start_epoch} of {config.epochs}")
+        ran_on = state.get("device", "an unrecorded device")
+        moved = "" if ran_on == str(device) else f" (it ran on {ran_on} until now)"
+        log.print(f"resuming {out} at epoch {start_epoch} of {config.epochs} on {device}{moved}")
     if start_epoch > config.epochs:
         log.print(f"{out}: all {config.epochs} epochs already done")
         return best_metrics
@@ -280,7 +282,9 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
                 per_batch_scheduler,
                 scaler,
                 device,
-                on_batch=lambda loss, acc: progress.update(task, advance=1, stats=f"loss {loss:.4f}  acc {acc:.4f}"),
+                on_batch=lambda loss, acc: progress.update(
+                    task, advance=1, **({} if loss is None else {"stats": f"loss {loss:.4f}  acc {acc:.4f}"})
+                ),
                 mix=mix,
             )
             progress.remove_task(task)
@@ -305,6 +309,7 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(time.perf_counter() - started, 2),
                 "best": improved,
+                "device": str(device),
             }
             history.append(record)
             network = {  # what any checkpoint needs to rebuild and feed the model
@@ -352,6 +357,13 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
     return best_metrics
 
 
+def restore_scaler(scaler: torch.amp.GradScaler, saved: dict) -> None:
+    """Continue a run's loss scaling where it can: a run that ran without scaling (on a CPU) and
+    resumes on a GPU starts a fresh scale; one that resumes on a CPU drops the GPU's scale."""
+    if scaler.is_enabled() and saved:
+        scaler.load_state_dict(saved)
+
+
 def _calibrate_best(out: Path, val_loader, val_origin: str, device) -> dict:
     """Fit the best checkpoint's temperature on all the validation data, its weights as stored (float16 or not)."""
     model = prepare_model(build_model(read_checkpoint(out)), device)
@@ -375,6 +387,7 @@ def _save_resume_state(out, network, epoch, optimizer, scheduler, scaler, histor
             "best_accuracy": best_accuracy,
             "best_metrics": best_metrics,
             "config": _plain_config(config),
+            "device": history[-1]["device"],  # where the last epoch ran; a resumed run may move
         },
     )
 
@@ -401,13 +414,20 @@ def batch_mixing(config: TrainConfig, num_classes: int):
 
 
 def train_one_epoch(
-    model, loader, criterion, optimizer, scheduler, scaler, device, on_batch=None, mix=None
+    model, loader, criterion, optimizer, scheduler, scaler, device, on_batch=None, mix=None, report_every: int = 25
 ) -> tuple[float, float]:
     """One pass over ``loader``; ``scheduler`` (if given) steps every batch; ``mix`` (MixUp/CutMix)
-    blends each batch on the device. Returns mean loss and accuracy (against the unmixed labels)."""
+    blends each batch on the device. Returns mean loss and accuracy (against the unmixed labels).
+
+    The running sums stay on the device, so the host never waits for the GPU inside the loop:
+    ``on_batch(loss, accuracy)`` is called every batch, with figures refreshed (one wait) every
+    ``report_every`` batches and at the end, and ``None`` for both in between.
+    """
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
-    for images, labels in loader:
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for step, (images, labels) in enumerate(loader, start=1):
         images, labels = to_device(images, device), labels.to(device, non_blocking=True)
         targets = labels
         if mix is not None:
@@ -422,12 +442,17 @@ def train_one_epoch(
         if scheduler is not None:
             scheduler.step()
         batch = len(labels)
-        total_loss += loss.item() * batch
-        correct += (logits.argmax(dim=1) == labels).sum().item()
+        total_loss += loss.detach().float() * batch
+        correct += (logits.detach().argmax(dim=1) == labels).sum()
         seen += batch
         if on_batch:
-            on_batch(total_loss / seen, correct / seen)
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+            if step % report_every == 0 or step == len(loader):
+                on_batch(total_loss.item() / seen, correct.item() / seen)
+            else:
+                on_batch(None, None)
+    if seen == 0:
+        return 0.0, 0.0
+    return total_loss.item() / seen, correct.item() / seen
 
 
 @torch.no_grad()
@@ -442,7 +467,7 @@ def predict_tensors(model, loader, device, criterion=None) -> tuple[np.ndarray, 
         if criterion is not None:
             total_loss += criterion(logits, labels.to(device)).item() * len(labels)
         all_probs.append(torch.softmax(logits, dim=1).cpu())
-        all_labels.append(labels)
+        all_labels.append(labels.cpu())  # the labels live wherever the data does, the GPU included
     labels = torch.cat(all_labels).numpy()
     return torch.cat(all_probs).numpy(), labels, total_loss / max(len(labels), 1)
 
@@ -501,8 +526,9 @@ def _read_resume_state(out: Path) -> dict | None:
 
 def _write_history(path: Path, history: list[dict]) -> None:
     temporary = path.with_name(path.name + ".tmp")
+    columns = list(dict.fromkeys(key for record in history for key in record))  # older runs lack newer columns
     with open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(history)
     temporary.replace(path)

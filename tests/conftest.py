@@ -18,6 +18,12 @@ os.environ["NO_COLOR"] = "1"
 os.environ["TERM"] = "dumb"
 
 
+@pytest.fixture(autouse=True)
+def caller_environment_ignored(monkeypatch):
+    """The suite tests fer, not the caller's shell: FER_DEBUG (re-raise user errors) is unset."""
+    monkeypatch.delenv("FER_DEBUG", raising=False)
+
+
 @pytest.fixture
 def labelled_dir(tmp_path) -> Path:
     return make_labelled_folder(tmp_path / "labelled", per_class=8)
