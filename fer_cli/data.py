@@ -61,6 +61,19 @@ def find_labelled_images(root: str | os.PathLike) -> LabelledFiles:
     return LabelledFiles([p for p, _ in samples], [label for _, label in samples], class_names, str(root))
 
 
+def labelled_digest(root: str | os.PathLike) -> str:
+    """A fingerprint of a labelled folder's contents by name: sha256 of its sorted 'class/file' entries,
+    extensions dropped. The same images moved to another machine or re-encoded (PNG, WebP) keep it."""
+    import hashlib
+
+    files = find_labelled_images(root)
+    entries = sorted(
+        f"{files.class_names[label]}/{Path(path).relative_to(Path(root) / files.class_names[label]).with_suffix('')}"
+        for path, label in zip(files.paths, files.labels)
+    )
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
 def is_labelled_folder(root: str | os.PathLike, class_names: list[str]) -> bool:
     """True when ``root``'s image-holding subfolders are named after (some of) ``class_names``.
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .classifier import Classifier
-from .data import find_labelled_images
+from .data import find_labelled_images, labelled_digest
 from .errors import ModelError, SourceError
 from .faces import FacePolicy
 from .metrics import summarize
@@ -212,10 +212,8 @@ def evaluate_ensemble(
     if weighted:
         accuracy, per_class, notes = validation_weights(classifiers, class_names)
         weights = (accuracy, per_class)
-        here = os.path.realpath(folder)
-        for classifier in classifiers:
-            if os.path.realpath(_validation_path(classifier)) == here:
-                notes.append(
+        for classifier in validated_on(classifiers, folder):
+            notes.append(
                     f"{classifier.name} was validated on this same folder, so weighted-vote scores here are optimistic"
                 )
     ensembles = []
@@ -245,11 +243,20 @@ def errors_fixed_by(correct: np.ndarray) -> np.ndarray:
     return fixed / np.maximum(wrong.sum(axis=0), 1)[:, None]
 
 
-def _validation_path(classifier: Classifier) -> str:
-    """The file or folder a model was validated on ("" if held out of its training data).
-
-    Checkpoints written before ``val_path`` existed only have ``val_data``, which was then a plain path.
-    """
-    provenance = classifier.provenance
-    path = provenance["val_path"] if "val_path" in provenance else provenance.get("val_data")
-    return path or ""
+def validated_on(classifiers: list[Classifier], folder: str) -> list[Classifier]:
+    """The models whose stored validation data is ``folder``: the same path, or the same images by
+    name wherever they are (``val_digest``; a model trained on another machine)."""
+    here = os.path.realpath(folder)
+    digest = None
+    found = []
+    for classifier in classifiers:
+        provenance = classifier.provenance
+        # Checkpoints written before ``val_path`` existed only have ``val_data``, which was then a plain path.
+        path = provenance["val_path"] if "val_path" in provenance else provenance.get("val_data")
+        if path and os.path.realpath(path) == here:
+            found.append(classifier)
+        elif provenance.get("val_digest"):
+            digest = digest or labelled_digest(folder)
+            if provenance["val_digest"] == digest:
+                found.append(classifier)
+    return found

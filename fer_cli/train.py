@@ -27,7 +27,7 @@ from .augment import Augmentation, BatchAugment
 from .batches import InMemoryBatches, share_of, shuffled_order
 from .calibration import calibrate
 from .checkpoint import build_model, now_iso, read_checkpoint, save_checkpoint, store_calibration
-from .data import LabelledTensors, decode_labelled_files, find_labelled_images, read_fer2013_csv
+from .data import LabelledTensors, decode_labelled_files, find_labelled_images, labelled_digest, read_fer2013_csv
 from .device import autocast, grad_scaler, prepare_model, select_device, to_device
 from .errors import CheckpointError, FerError, SourceError
 from .metrics import summarize
@@ -257,7 +257,8 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
     provenance = {
         "train_data": str(config.data),
         "val_data": val_origin,
-        "val_path": val_path,  # lets `fer ensemble` notice it is scoring a model on its own validation data
+        "val_path": val_path,  # lets `fer ensemble` notice it is scoring a model on its own validation data,
+        "val_digest": labelled_digest(val_path) if val_path and Path(val_path).is_dir() else None,  # ... anywhere
         "command": config.command,
         "seed": config.seed,
         "config": _plain_config(config),

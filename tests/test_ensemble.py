@@ -1,7 +1,17 @@
+import shutil
+
 import numpy as np
 import pytest
 
-from fer_cli.ensemble import errors_fixed_by, majority_vote, mean_vote, validation_weights, weighted_vote
+from fer_cli.classifier import load_classifier
+from fer_cli.ensemble import (
+    errors_fixed_by,
+    majority_vote,
+    mean_vote,
+    validated_on,
+    validation_weights,
+    weighted_vote,
+)
 
 
 class _Model:
@@ -52,3 +62,13 @@ def test_errors_fixed_by_counts_the_other_models_rescues():
     assert fixed[0].tolist() == [0.0, 2 / 3, 2 / 3]
     # c is wrong on 0, 1, 4: a is right on 0 and 4, b on 0 and 1.
     assert fixed[2].tolist() == [2 / 3, 2 / 3, 0.0]
+
+
+def test_a_models_validation_folder_is_recognised_wherever_it_is(tiny_dataset, tiny_checkpoint, tmp_path):
+    model = load_classifier(tiny_checkpoint)
+    assert validated_on([model], str(tiny_dataset / "val")) == [model]
+    moved = tmp_path / "elsewhere" / "val"
+    shutil.copytree(tiny_dataset / "val", moved)  # the same images on another machine
+    assert validated_on([model], str(moved)) == [model]
+    next(moved.glob("*/*.png")).unlink()  # not the same images any more
+    assert validated_on([model], str(moved)) == []
