@@ -28,9 +28,7 @@ from fer_cli.zoo import resolve_models
 
 def probabilities(args: argparse.Namespace) -> None:
     classifiers = resolve_models(args.model)
-    predictions = predict_labelled(
-        classifiers, args.folder, args.device, args.batch_size, args.workers, tta=args.tta
-    )
+    predictions = predict_labelled(classifiers, args.folder, args.device, args.batch_size, args.workers, tta=args.tta)
     names = [c.name for c in classifiers]
     accuracy, per_class, _ = validation_weights(classifiers, classifiers[0].class_names)
     np.savez_compressed(

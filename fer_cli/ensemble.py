@@ -214,8 +214,8 @@ def evaluate_ensemble(
         weights = (accuracy, per_class)
         for classifier in validated_on(classifiers, folder):
             notes.append(
-                    f"{classifier.name} was validated on this same folder, so weighted-vote scores here are optimistic"
-                )
+                f"{classifier.name} was validated on this same folder, so weighted-vote scores here are optimistic"
+            )
     ensembles = []
     if len(classifiers) > 1:
         for name, scores in combine(probs, weights).items():

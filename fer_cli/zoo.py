@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from pathlib import Path
 
 from .classifier import Classifier, load_classifier
 from .errors import ModelError
-from .exported import INSTALL_HINT, OnnxRunner
+from .exported import OnnxRunner
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -35,7 +34,6 @@ class ShippedModel:
     arch: str
     class_names: list[str]
     val_accuracy: float | None
-    exported_from_sha256: str | None = None  # an exported model: the checkpoint file it was made from
 
 
 def shipped_models() -> list[ShippedModel]:
@@ -59,7 +57,7 @@ def shipped_models() -> list[ShippedModel]:
             meta = OnnxRunner(path).metadata()
             found[path.stem] = ShippedModel(
                 path.stem, str(path), meta["arch"] + (" int8" if meta.get("int8") else ""), list(meta["class_names"]),
-                meta.get("metrics", {}).get("accuracy"), meta.get("provenance", {}).get("exported_from_sha256"),
+                meta.get("metrics", {}).get("accuracy"),
             )  # fmt: skip
     return sorted(found.values(), key=lambda m: -(m.val_accuracy or 0.0))
 
@@ -97,29 +95,16 @@ def resolve_model(name_or_path: str | None) -> Classifier:
 
 
 def resolve_models(names_or_paths: list[str] | None, note=None) -> list[Classifier]:
-    """The given models, or every shipped one except exported copies of a shipped checkpoint
-    (they would vote twice); ``note`` hears about models left out."""
+    """The given models, or the default ensemble: every shipped checkpoint. Exported models (.onnx)
+    are faster copies of a checkpoint, not members of their own; they vote only when named, and
+    ``note`` hears that they were left out."""
     if names_or_paths:
         return [resolve_model(n) for n in names_or_paths]
     available = shipped_models()
-    if not available:
+    checkpoints = [m for m in available if m.path.endswith(".pt")]
+    if not checkpoints:
         raise ModelError("no shipped weights found; pass --model PATH")
-    exports_name_a_source = any(m.exported_from_sha256 for m in available)
-    checkpoint_hashes = {  # read only when some export names the checkpoint it came from
-        file_sha256(m.path): m.name for m in available if exports_name_a_source and m.path.endswith(".pt")
-    }
-    chosen = []
-    for entry in available:
-        twin = checkpoint_hashes.get(entry.exported_from_sha256 or "")
-        if twin:
-            if note:
-                note(f"{entry.name} is an export of {twin} and would vote twice: left out of the ensemble")
-            continue
-        chosen.append(load_classifier(entry.path))
-    if note and not exported_models_run_here() and any(f.glob("*.onnx") for f in map(Path, weights_dirs())):
-        note(f"exported models (.onnx) left out: onnxruntime is not installed ({INSTALL_HINT})")
-    return chosen
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    exports = [m.name for m in available if not m.path.endswith(".pt")]
+    if note and exports:
+        note(f"exported model(s) {', '.join(exports)} left out of the default ensemble (add one with -m NAME)")
+    return [load_classifier(m.path) for m in checkpoints]

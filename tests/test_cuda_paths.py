@@ -57,7 +57,9 @@ def test_training_with_data_and_labels_held_on_the_device(tiny_dataset, tmp_path
 
 def test_holding_out_validation_from_labels_on_the_device():
     labels = torch.arange(40) % 4
-    data = LabelledTensors(torch.zeros(40, 1, 8, 8, dtype=torch.uint8), labels.as_subclass(OnAccelerator), list("abcd"), "x")
+    data = LabelledTensors(
+        torch.zeros(40, 1, 8, 8, dtype=torch.uint8), labels.as_subclass(OnAccelerator), list("abcd"), "x"
+    )
     train_part, held = _hold_out(data, fraction=0.2, seed=0)
     assert len(held) == 8 and len(train_part) == 32
 
