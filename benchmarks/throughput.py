@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                       # FER2013 val: 3,589 PNGs
     python benchmarks/throughput.py --copies 100000       # also 100,000 images (hard links), memory over time
     python benchmarks/throughput.py --engines             # also model-only images/s per engine and precision
+    python benchmarks/throughput.py --model m.pt          # also `fer predict --model m.pt` (repeatable)
 
 Every `fer` figure is a whole process, start-up included, run the way a user runs it (results as
 JSONL to a file). Peak RSS is the main process's, sampled every 50 ms from /proc (Linux); "largest
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per command; the median is shown")
     parser.add_argument("--copies", type=int, default=0, help="also predict this many copies of the images")
     parser.add_argument("--engines", action="store_true", help="also time the models alone, per engine")
+    parser.add_argument("--model", action="append", default=[], help="also time `fer predict --model M`; repeatable")
     args = parser.parse_args()
 
     images = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
@@ -53,7 +55,7 @@ def main() -> None:
         ("`fer predict --model fast --tta crops`", ["predict", args.images, "--model", "fast", "--tta", "crops"]),
         ("`fer predict` (default model)", ["predict", args.images]),
         ("`fer ensemble` (every shipped model)", ["ensemble", args.images]),
-    ]
+    ] + [(f"`fer predict --model {m}`", ["predict", args.images, "--model", m]) for m in args.model]
     for label, command in runs:
         run = median_run([*command, "--workers", str(args.workers)], args.repeat)
         accuracy = f"{run.accuracy:.1%}" if run.accuracy is not None else ""

@@ -290,15 +290,23 @@ def models() -> None:
         table.add_row(name, options, describe_model(name))
     out.print(table)
     table = Table(title="Shipped weights")
-    for column in ("name", "arch", "classes", "val accuracy", "path"):
+    for column in ("name", "arch", "classes", "val accuracy", "used by default in", "size", "path"):
         table.add_column(column)
-    for entry in shipped_models():
+    shipped = shipped_models()
+    default = next((m.name for m in shipped if m.path.endswith(".pt")), None)  # the best checkpoint
+    for entry in shipped:
         accuracy = entry.val_accuracy
+        if not entry.path.endswith(".pt"):
+            role = "-"  # exported copies run only when named
+        else:
+            role = "predict, ensemble" if entry.name == default else "ensemble"
         table.add_row(
             entry.name,
             entry.arch,
             str(len(entry.class_names)),
             f"{accuracy:.2%}" if accuracy is not None else "-",
+            role,
+            f"{os.path.getsize(entry.path) / 1e6:.1f} MB",
             entry.path,
         )
     out.print(table)
