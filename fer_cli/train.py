@@ -240,8 +240,8 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
         history = state["history"]
         best_accuracy = state["best_accuracy"]
         best_metrics = state["best_metrics"]
-        ran_on = state.get("device", "an unrecorded device")
-        moved = "" if ran_on == str(device) else f" (it ran on {ran_on} until now)"
+        ran_on = state.get("device")  # absent from resume states written before it was recorded
+        moved = f" (it ran on {ran_on} until now)" if ran_on and ran_on != str(device) else ""
         log.print(f"resuming {out} at epoch {start_epoch} of {config.epochs} on {device}{moved}")
     if start_epoch > config.epochs:
         log.print(f"{out}: all {config.epochs} epochs already done")
@@ -258,7 +258,8 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
         "train_data": str(config.data),
         "val_data": val_origin,
         "val_path": val_path,  # lets `fer ensemble` notice it is scoring a model on its own validation data,
-        "val_digest": labelled_digest(val_path) if val_path and Path(val_path).is_dir() else None,  # ... anywhere
+        # also once that data has moved (another machine, another copy): its images by name
+        "val_digest": labelled_digest(val_path) if val_path and Path(val_path).is_dir() else None,
         "command": config.command,
         "seed": config.seed,
         "config": _plain_config(config),
