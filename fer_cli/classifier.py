@@ -1,8 +1,9 @@
 """A ready-to-run model, whatever engine runs it: what it predicts, how it is fed, its probabilities.
 
 Checkpoints (``.pt``, run by torch) and exported models (``.onnx``, run by onnxruntime) load into
-the same ``Classifier``; prediction, ensembles and every output format see nothing else. Nothing
-here imports torch: an exported model predicts without it.
+the same ``Classifier``; prediction, ensembles and every output format see nothing else. The file
+formats build one (``described_by``), this module knows none of them: ``zoo.load_classifier`` picks
+the format. Nothing here imports torch: an exported model predicts without it.
 """
 
 from __future__ import annotations
@@ -75,18 +76,3 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
-
-
-def is_exported(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() == ".onnx"
-
-
-def load_classifier(path: str | os.PathLike) -> Classifier:
-    """A checkpoint (.pt) or an exported model (.onnx)."""
-    if is_exported(path):
-        from .exported import load_exported
-
-        return load_exported(path)
-    from .checkpoint import load_checkpoint_classifier
-
-    return load_checkpoint_classifier(path)

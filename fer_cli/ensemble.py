@@ -188,6 +188,14 @@ def predict_labelled(
     return LabelledPredictions(np.stack(probs), np.array(labels), unreadable, no_face)
 
 
+def score_model(
+    classifier: Classifier, folder: str, device: str = "auto", batch_size: int = 64, workers: int = 0
+) -> dict:
+    """One model's metrics on a labelled folder (what ``fer export --val`` stores in an exported model)."""
+    labelled = predict_labelled([classifier], folder, device, batch_size, workers)
+    return summarize(labelled.labels, labelled.probs[:, 0], classifier.class_names)
+
+
 def evaluate_ensemble(
     probs: np.ndarray,
     labels: np.ndarray,

@@ -96,25 +96,20 @@ def export_checkpoint(
     calibration: str | None = None,
     calibration_size: int = 1000,
     seed: int = 0,
-    val: str | None = None,
-    workers: int = 0,
 ) -> dict:
     """Write ``checkpoint_path`` as ONNX at ``out``; with ``int8``, statically quantised (weights
     per channel) on up to ``calibration_size`` images drawn (seeded) from ``calibration``.
 
-    With ``val`` (a labelled folder) the exported model is scored there and stores its own
-    validation metrics; otherwise it carries the checkpoint's (``metrics_source`` says which).
-    Returns a summary: the file's size and, on the calibration images, how often the exported
-    model's top class equals the checkpoint's and the largest probability difference.
+    The exported model carries the checkpoint's validation metrics (``metrics_source`` says so)
+    until ``store_metrics`` gives it its own. Returns a summary: the file's size and, on the
+    calibration images, how often the exported model's top class equals the checkpoint's and the
+    largest probability difference.
     """
     import torch
 
     from .checkpoint import PixelsIn, build_model, read_checkpoint
 
-    try:
-        import onnx
-    except ImportError:
-        raise FerError(f"exporting needs onnx and onnxscript: {INSTALL_HINT}") from None
+    onnx = _onnx()
     if int8 and not calibration:
         raise FerError("--int8 needs --calibration DIR: images (e.g. the training folder) to set the int8 ranges")
     checkpoint = read_checkpoint(checkpoint_path)
@@ -164,24 +159,10 @@ def export_checkpoint(
         "int8": int8,
         "int8_calibration": {"images": calibration, "count": 0 if samples is None else len(samples)} if int8 else None,
     }
-    if val:
-        from .ensemble import predict_labelled
-        from .metrics import summarize
-
-        onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
-        onnx.save(model, str(out))
-        scored = predict_labelled([load_exported(out)], val, "cpu", 256, workers)
-        calibration = meta["metrics"].get("calibration")
-        meta["metrics"] = summarize(scored.labels, scored.probs[:, 0], meta["class_names"])
-        meta["metrics"].update({"calibration": calibration} if calibration else {})
-        meta["metrics_source"] = f"this exported model, scored on {val}"
-        meta["provenance"]["val_path"] = val
     onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
     onnx.save(model, str(out))
 
     summary = {"path": str(out), "bytes": out.stat().st_size, "int8": int8}
-    if val:
-        summary["val_accuracy"] = meta["metrics"]["accuracy"]
     if samples is not None:
         with torch.inference_mode():
             reference = torch.softmax(network(torch.from_numpy(samples)), dim=1).numpy()
@@ -194,6 +175,28 @@ def export_checkpoint(
             max_probability_difference=float(np.abs(probs - reference).max()),
         )
     return summary
+
+
+def store_metrics(path: str | os.PathLike, metrics: dict, scored_on: str) -> None:
+    """Give an exported model its own validation metrics, measured on ``scored_on`` (a labelled
+    folder), in place of its checkpoint's; the calibration report it carries is kept."""
+    onnx = _onnx()
+    model = onnx.load(str(path))
+    meta = json.loads({prop.key: prop.value for prop in model.metadata_props}[METADATA_KEY])
+    calibration = meta["metrics"].get("calibration")
+    meta["metrics"] = {**metrics, **({"calibration": calibration} if calibration else {})}
+    meta["metrics_source"] = f"this exported model, scored on {scored_on}"
+    meta["provenance"]["val_path"] = scored_on
+    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
+    onnx.save(model, str(path))
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise FerError(f"exporting needs onnx and onnxscript: {INSTALL_HINT}") from None
+    return onnx
 
 
 def _calibration_pixels(source: str, preprocess: dict, count: int, seed: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The shipped weights: where they live and which one is the default."""
+"""Models by name or path: the one place a model file becomes a ``Classifier``, whatever its format,
+and the shipped weights (where they live, which one is the default)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .classifier import Classifier, load_classifier
+from .classifier import Classifier
 from .errors import ModelError
-from .exported import OnnxRunner
+from .exported import OnnxRunner, load_exported
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    """A checkpoint (.pt) or an exported model (.onnx)."""
+    if Path(path).suffix.lower() == ".onnx":
+        return load_exported(path)
+    from .checkpoint import load_checkpoint_classifier  # torch: only for checkpoints
+
+    return load_checkpoint_classifier(path)
 
 
 def weights_dirs() -> list[Path]:

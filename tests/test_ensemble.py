@@ -3,7 +3,6 @@ import shutil
 import numpy as np
 import pytest
 
-from fer_cli.classifier import load_classifier
 from fer_cli.ensemble import (
     errors_fixed_by,
     majority_vote,
@@ -12,6 +11,7 @@ from fer_cli.ensemble import (
     validation_weights,
     weighted_vote,
 )
+from fer_cli.zoo import load_classifier
 
 
 class _Model:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fer_cli.classifier import load_classifier
 from fer_cli.errors import FerError
 from fer_cli.images import model_pixels, read_image
+from fer_cli.zoo import load_classifier
 
 from .synthetic import CLASSES
 
@@ -21,15 +21,16 @@ pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
 
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint, tiny_dataset, tmp_path_factory):
-    from fer_cli.exported import export_checkpoint
+    from fer_cli.ensemble import score_model
+    from fer_cli.exported import export_checkpoint, store_metrics
 
     folder = tmp_path_factory.mktemp("exported")
     float32 = export_checkpoint(tiny_checkpoint, folder / "tiny.onnx")
-    int8 = export_checkpoint(
-        tiny_checkpoint, folder / "tiny8.onnx", int8=True, calibration=str(tiny_dataset / "train"),
-        val=str(tiny_dataset / "val"),
-    )  # fmt: skip
-    return Path(float32["path"]), Path(int8["path"]), int8
+    int8 = export_checkpoint(tiny_checkpoint, folder / "tiny8.onnx", int8=True, calibration=str(tiny_dataset / "train"))
+    # what `fer export --val` adds: the exported model scored on its own
+    metrics = score_model(load_classifier(int8["path"]), str(tiny_dataset / "val"), "cpu")
+    store_metrics(int8["path"], metrics, scored_on=str(tiny_dataset / "val"))
+    return Path(float32["path"]), Path(int8["path"]), int8, metrics
 
 
 def _val_pixels(tiny_dataset, preprocess):
@@ -49,13 +50,13 @@ def test_float32_export_gives_the_checkpoints_probabilities(exported, tiny_check
 
 
 def test_int8_export_is_smaller_and_agrees_with_the_checkpoint(exported, tiny_checkpoint, tiny_dataset):
-    float32, int8, summary = exported
+    float32, int8, summary, metrics = exported
     assert int8.stat().st_size < float32.stat().st_size
     assert summary["checked_on"] == 72 and summary["same_top_class"] >= 0.95
     checkpoint, quantised = load_classifier(tiny_checkpoint), load_classifier(int8)
     assert quantised.arch == "vgg int8"
     # scored on val itself, not the checkpoint's numbers passed on
-    assert summary["val_accuracy"] == quantised.metrics["accuracy"] >= 0.9
+    assert metrics["accuracy"] == quantised.metrics["accuracy"] >= 0.9
     assert quantised.metrics["count"] == 24 and quantised.provenance["val_path"] == str(tiny_dataset / "val")
     assert load_classifier(float32).metrics == checkpoint.metrics
     checkpoint.runner.prepare("cpu")
@@ -115,3 +116,10 @@ def test_export_command_reports_agreement_and_refuses_bad_requests(tiny_checkpoi
     done = runner.invoke(app, ["export", str(tiny_checkpoint), str(tmp_path / "m.onnx"), "--int8"])
     assert done.exit_code == 2 and "--calibration" in done.output
     assert not (tmp_path / "m.onnx").exists()
+    val = str(tiny_dataset / "val")
+    done = runner.invoke(app, ["export", str(tiny_checkpoint), str(tmp_path / "m.onnx"), "--val", val, "-j", "0"])
+    assert done.exit_code == 0, done.output
+    stored = load_classifier(tmp_path / "m.onnx")
+    assert "epoch" in load_classifier(tiny_checkpoint).metrics and "epoch" not in stored.metrics  # its own scores
+    assert stored.metrics["count"] == 24 and "calibration" in stored.metrics and stored.provenance["val_path"] == val
+    assert f"accuracy on {val}: {stored.metrics['accuracy']:.2%} (stored in the file)" in done.output

@@ -5,9 +5,9 @@ import torch
 
 from fer_cli import train as train_module
 from fer_cli.checkpoint import read_checkpoint
-from fer_cli.classifier import load_classifier
 from fer_cli.errors import CheckpointError, SourceError
 from fer_cli.train import TrainConfig, history_path, last_path, train
+from fer_cli.zoo import load_classifier
 
 from .synthetic import CLASSES, interrupt_in_epoch, make_labelled_folder, tiny_config
 

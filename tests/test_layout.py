@@ -1,0 +1,90 @@
+"""The package's architecture, read from its source: no module imports itself through others.
+
+Every ``import`` and ``from ... import`` counts, at the top of a module or inside a function
+(the lazy imports that keep torch out of the fast path still tie modules together), relative or
+absolute. Nothing is imported: the modules are parsed, so this takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fer_cli"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports(name: str) -> list[tuple[str, int]]:
+    """The fer_cli modules ``name`` imports, with the line of each import."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: up level - 1 packages from this module's own
+                parents = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(parents + ([node.module] if node.module else []))
+            # `from package import module` imports the module; `from module import name`, the module
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in MODULES:  # `import fer_cli.x.y` names the deepest module; others vanish
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.append((target, node.lineno))
+    return found
+
+
+GRAPH = {name: imports(name) for name in MODULES}
+
+
+def where(importer: str, imported: str) -> str:
+    line = next(line for target, line in GRAPH[importer] if target == imported)
+    return f"{importer} -> {imported} ({MODULES[importer].relative_to(PACKAGE.parent)}:{line})"
+
+
+def find_circle() -> list[str] | None:
+    """A list of modules each importing the next and the last the first, or None."""
+    state: dict[str, str] = {}  # "open" while on the current path, "done" once fully explored
+    path: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = "open"
+        path.append(name)
+        for target, _ in GRAPH[name]:
+            if state.get(target) == "open":
+                return path[path.index(target) :]
+            if target not in state and (circle := visit(target)):
+                return circle
+        state[name] = "done"
+        path.pop()
+        return None
+
+    for name in MODULES:
+        if name not in state and (circle := visit(name)):
+            return circle
+    return None
+
+
+def test_the_graph_sees_every_kind_of_import():
+    edges = {name: {target for target, _ in targets} for name, targets in GRAPH.items()}
+    assert "fer_cli.errors" in edges["fer_cli.cli"]  # top-level, relative
+    assert "fer_cli.train" in edges["fer_cli.cli"]  # inside a function
+    assert "fer_cli.checkpoint" in edges["fer_cli.zoo"]  # inside a function, to keep torch out of the fast path
+    assert "fer_cli" in edges["fer_cli.train"]  # `from . import __version__`: the package itself
+
+
+def test_no_import_circle():
+    circle = find_circle()
+    assert circle is None, "import circle: " + ", ".join(where(a, b) for a, b in zip(circle, circle[1:] + circle[:1]))
