@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fer_cli.classifier import Classifier
-from fer_cli.data import find_labelled_images
-from fer_cli.faces import FaceFinder
-from fer_cli.images import model_pixels, read_image
-from fer_cli.zoo import resolve_model
+from fer_cli.inputs.data import find_labelled_images
+from fer_cli.inputs.faces import FaceFinder
+from fer_cli.inputs.images import model_pixels, read_image
+from fer_cli.models.classifier import Classifier
+from fer_cli.models.zoo import resolve_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PHOTOS = SHARED / "photos"

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_cli.ensemble import combine, predict_labelled, validation_weights
-from fer_cli.zoo import resolve_models
+from fer_cli.engine.ensemble import combine, predict_labelled, validation_weights
+from fer_cli.models.zoo import resolve_models
 
 
 def probabilities(args: argparse.Namespace) -> None:
@@ -49,7 +49,7 @@ def probabilities(args: argparse.Namespace) -> None:
 
 def image_keys(folder: str) -> list[str]:
     """Each image as 'class/stem', in the order ``predict_labelled`` reads them."""
-    from fer_cli.data import find_labelled_images
+    from fer_cli.inputs.data import find_labelled_images
 
     return [f"{Path(p).parent.name}/{Path(p).stem}" for p in find_labelled_images(folder).paths]
 

@@ -132,8 +132,8 @@ def median_run(arguments: list[str], repeat: int) -> Run:
 def decode_only(images: list[Path], workers: int) -> float:
     """What `fer predict` does before any model runs, in the same worker processes, for the
     default model's preprocessing: the most any model could go at."""
-    from fer_cli.faces import FaceFinder
-    from fer_cli.predict import read_batches
+    from fer_cli.engine.predict import read_batches
+    from fer_cli.inputs.faces import FaceFinder
 
     preprocess = {"size": 48, "channels": 1, "mean": [0.5], "std": [0.25]}
     started = time.perf_counter()
@@ -180,8 +180,8 @@ def engines() -> None:
     import numpy as np
     import torch
 
-    from fer_cli.checkpoint import PixelsIn, build_model, read_checkpoint
-    from fer_cli.zoo import resolve_model
+    from fer_cli.models.checkpoint import PixelsIn, build_model, read_checkpoint
+    from fer_cli.models.zoo import resolve_model
 
     classifier = resolve_model(None)
     checkpoint = read_checkpoint(classifier.path)
@@ -207,7 +207,7 @@ def engines() -> None:
         quantized = torch.ao.quantization.quantize_dynamic(network, {torch.nn.Linear}, dtype=torch.qint8)
         print(f"| torch dynamic int8 (Linear layers only) | {rate(lambda: quantized(batch)):,.0f} |")
     try:
-        from fer_cli.exported import export_checkpoint, load_exported
+        from fer_cli.models.exported import export_checkpoint, load_exported
     except ImportError:
         print("| onnxruntime | not installed (pip install '.[onnx]') |")
         return

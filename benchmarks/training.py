@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from torchvision.transforms import v2
 
-from fer_cli.augment import Augmentation, BatchAugment
-from fer_cli.batches import InMemoryBatches, shuffled_order
-from fer_cli.data import LabelledTensors, decode_labelled_files, find_labelled_images
 from fer_cli.device import grad_scaler, prepare_model, select_device
-from fer_cli.models import create_model
-from fer_cli.train import predict_tensors, train_one_epoch
+from fer_cli.engine.train import predict_tensors, train_one_epoch
+from fer_cli.inputs.augment import Augmentation, BatchAugment
+from fer_cli.inputs.batches import InMemoryBatches, shuffled_order
+from fer_cli.inputs.data import LabelledTensors, decode_labelled_files, find_labelled_images
+from fer_cli.models.architectures import create_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fer2013"
 PREPROCESS = {"size": 48, "channels": 1, "mean": [0.508], "std": [0.255]}

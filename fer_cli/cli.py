@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .errors import FerError, SourceError
-from .results import WRITERS, format_from_path, print_ensemble_report
-from .tta import TTA
+from .models.tta import TTA
+from .outputs.results import WRITERS, format_from_path, print_ensemble_report
 
 app = typer.Typer(
     help="Facial-expression recognition for image files and folders.",
@@ -234,8 +234,8 @@ def train(
     workers: WorkersOpt = 2,
 ) -> None:
     """Train a model on a labelled folder or FER2013 CSV, keeping the best checkpoint by validation accuracy."""
-    from .train import TrainConfig
-    from .train import train as run_training
+    from .engine.train import TrainConfig
+    from .engine.train import train as run_training
 
     if data is None and not resume:
         raise typer.BadParameter("DATA is required (unless --resume)", param_hint="DATA")
@@ -278,8 +278,8 @@ def models() -> None:
     """List the architectures and the shipped weights with their validation accuracy."""
     from rich.table import Table
 
-    from .models import describe_model, list_models, model_options
-    from .zoo import shipped_models
+    from .models.architectures import describe_model, list_models, model_options
+    from .models.zoo import shipped_models
 
     out = Console()
     table = Table(title="Architectures")
@@ -326,10 +326,10 @@ def calibrate(
 
     `fer train` already does this on its validation data; use this for other data or older checkpoints.
     """
-    from .calibration import calibrate as fit
-    from .checkpoint import store_calibration
-    from .ensemble import predict_labelled
-    from .zoo import resolve_model
+    from .engine.calibration import calibrate as fit
+    from .engine.ensemble import predict_labelled
+    from .models.checkpoint import store_calibration
+    from .models.zoo import resolve_model
 
     classifier = resolve_model(model)
     if not classifier.path.endswith(".pt"):
@@ -370,9 +370,9 @@ def export(
     workers: WorkersOpt = DEFAULT_WORKERS,
 ) -> None:
     """Export a model to ONNX, to run with onnxruntime (`pip install 'fer-cli[onnx]'`), without torch."""
-    from .ensemble import score_model
-    from .exported import export_checkpoint, store_metrics
-    from .zoo import load_classifier, resolve_model
+    from .engine.ensemble import score_model
+    from .models.exported import export_checkpoint, store_metrics
+    from .models.zoo import load_classifier, resolve_model
 
     if out.suffix.lower() != ".onnx":
         raise typer.BadParameter("the exported file's name must end in .onnx", param_hint="OUT")
@@ -414,7 +414,7 @@ def _open_output(output: Path | None, fmt: OutputFormat | None):
 
 
 def _open_annotator(folder: Path | None, class_names: list[str]):
-    from .annotate import Annotator
+    from .outputs.annotate import Annotator
 
     if folder is None:
         return None
@@ -432,8 +432,8 @@ def _predict_and_write(
     classifiers, sources, vote, model_label, fmt, output, device, batch_size, workers, faces, annotate, tta, shard=None
 ) -> None:
     """The shared body of `predict` and unlabelled `ensemble`: stream, vote, write, annotate, exit code."""
-    from .images import iter_image_paths
-    from .predict import align_classes, predict_stream, to_predictions
+    from .engine.predict import align_classes, predict_stream, to_predictions
+    from .inputs.images import iter_image_paths
 
     class_names = align_classes(classifiers)
     started = time.perf_counter()
@@ -506,8 +506,8 @@ def predict(
     device: DeviceOpt = "auto",
 ) -> None:
     """Predict the expression of every face: label, confidence, all class probabilities and where the face is."""
-    from .images import Shard
-    from .zoo import resolve_model
+    from .inputs.images import Shard
+    from .models.zoo import resolve_model
 
     try:
         chosen_shard = Shard.parse(shard) if shard is not None else None
@@ -542,10 +542,10 @@ def ensemble(
     device: DeviceOpt = "auto",
 ) -> None:
     """Score every model (and their votes) on a labelled folder; on unlabelled images, predict with the vote."""
-    from .data import is_labelled_folder
-    from .ensemble import default_vote, score_folder
-    from .predict import align_classes
-    from .zoo import resolve_models
+    from .engine.ensemble import default_vote, score_folder
+    from .engine.predict import align_classes
+    from .inputs.data import is_labelled_folder
+    from .models.zoo import resolve_models
 
     classifiers = resolve_models(model, note=lambda message: err_console.print(message, highlight=False))
     if not is_labelled_folder(folder, align_classes(classifiers)):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fer_cli.train import train
+from fer_cli.engine.train import train
 
 from .synthetic import make_labelled_folder, synthetic_face, tiny_config
 

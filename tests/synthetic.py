@@ -30,7 +30,7 @@ def make_labelled_folder(root: Path, per_class: int = 8, seed: int = 0, classes=
 
 def tiny_config(data, out, **overrides):
     """Training settings that learn the synthetic classes in seconds on a CPU."""
-    from fer_cli.train import TrainConfig
+    from fer_cli.engine.train import TrainConfig
 
     settings = dict(
         data=str(data), out=str(out), arch="vgg", arch_options={"width": 4}, epochs=3, batch_size=16,
@@ -41,7 +41,7 @@ def tiny_config(data, out, **overrides):
 
 def interrupt_in_epoch(monkeypatch, epoch: int) -> None:
     """Make the next training run stop with Ctrl-C as epoch ``epoch`` begins, once."""
-    from fer_cli import train as train_module
+    from fer_cli.engine import train as train_module
 
     real_epoch = train_module.train_one_epoch
     calls = []

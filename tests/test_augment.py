@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from fer_cli.augment import ERASE_AREA, Augmentation, BatchAugment
-from fer_cli.batches import InMemoryBatches, share_of, shuffled_order
-from fer_cli.data import LabelledTensors
+from fer_cli.inputs.augment import ERASE_AREA, Augmentation, BatchAugment
+from fer_cli.inputs.batches import InMemoryBatches, share_of, shuffled_order
+from fer_cli.inputs.data import LabelledTensors
 
 from .synthetic import synthetic_face
 

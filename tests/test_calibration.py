@@ -5,10 +5,10 @@ import shutil
 import numpy as np
 from typer.testing import CliRunner
 
-from fer_cli.calibration import calibrate, fit_temperature
-from fer_cli.checkpoint import read_checkpoint
-from fer_cli.classifier import softmax
 from fer_cli.cli import app
+from fer_cli.engine.calibration import calibrate, fit_temperature
+from fer_cli.models.checkpoint import read_checkpoint
+from fer_cli.models.classifier import softmax
 
 
 def _overconfident(temperature: float, count: int = 20000, seed: int = 0):

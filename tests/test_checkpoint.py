@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from fer_cli.checkpoint import build_model, clean_state_dict, read_checkpoint, save_checkpoint
 from fer_cli.errors import CheckpointError
-from fer_cli.models import create_model
-from fer_cli.zoo import load_classifier
+from fer_cli.models.architectures import create_model
+from fer_cli.models.checkpoint import build_model, clean_state_dict, read_checkpoint, save_checkpoint
+from fer_cli.models.zoo import load_classifier
 
 
 def _checkpoint(model, **extra):

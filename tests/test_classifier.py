@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from fer_cli.classifier import Classifier, softmax
-from fer_cli.tta import views
+from fer_cli.models.classifier import Classifier, softmax
+from fer_cli.models.tta import views
 
 
 class LinearRunner:

@@ -191,7 +191,7 @@ def test_ensemble_on_unlabelled_images_predicts_with_the_vote(runner, image_fold
 
 
 def test_ensemble_refuses_models_with_other_classes(runner, labelled_dir, tiny_checkpoint, tmp_path):
-    from fer_cli.train import TrainConfig, train
+    from fer_cli.engine.train import TrainConfig, train
 
     other = make_labelled_folder(tmp_path / "other", per_class=4, classes=["calm", "frown", "wink"])
     train(
@@ -279,7 +279,7 @@ def test_more_shards_than_inputs_leaves_some_empty_and_that_is_fine(runner, imag
 
 
 def test_an_rgb_model_reads_grayscale_files_as_rgb(runner, tiny_dataset, image_folder, tmp_path):
-    from fer_cli.train import train
+    from fer_cli.engine.train import train
 
     from .synthetic import tiny_config
 
@@ -293,8 +293,8 @@ def test_an_rgb_model_reads_grayscale_files_as_rgb(runner, tiny_dataset, image_f
 def test_a_reading_worker_that_dies_is_a_clear_error_not_a_traceback():
     import os
 
+    from fer_cli.engine.predict import in_order
     from fer_cli.errors import FerError
-    from fer_cli.predict import in_order
 
     with pytest.raises(FerError, match="--workers 0"):  # each "batch" makes its worker exit at once
         list(in_order(os._exit, [1, 2, 3], 1, id, None))

@@ -14,12 +14,12 @@ import pytest
 import torch
 from rich.console import Console
 
-from fer_cli import train as train_module
-from fer_cli.batches import InMemoryBatches
-from fer_cli.checkpoint import read_checkpoint, save_checkpoint
 from fer_cli.cli import app
-from fer_cli.data import LabelledTensors
-from fer_cli.train import TrainConfig, _hold_out, history_path, last_path, restore_scaler, train
+from fer_cli.engine import train as train_module
+from fer_cli.engine.train import TrainConfig, _hold_out, history_path, last_path, restore_scaler, train
+from fer_cli.inputs.batches import InMemoryBatches
+from fer_cli.inputs.data import LabelledTensors
+from fer_cli.models.checkpoint import read_checkpoint, save_checkpoint
 
 from .synthetic import interrupt_in_epoch, tiny_config
 

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_cli.data import (
+from fer_cli.errors import SourceError
+from fer_cli.inputs.data import (
     FER2013_CLASSES,
     find_labelled_images,
     is_labelled_folder,
     read_fer2013_csv,
 )
-from fer_cli.errors import SourceError
-from fer_cli.images import MissingInput, iter_image_paths, model_pixels, normalise, read_image
+from fer_cli.inputs.images import MissingInput, iter_image_paths, model_pixels, normalise, read_image
 
 from .synthetic import CLASSES, SHARED, make_labelled_folder, synthetic_face
 

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from fer_cli.checkpoint import read_checkpoint
-from fer_cli.train import last_path, train
-from fer_cli.zoo import load_classifier
+from fer_cli.engine.train import last_path, train
+from fer_cli.models.checkpoint import read_checkpoint
+from fer_cli.models.zoo import load_classifier
 
 from .synthetic import CLASSES, interrupt_in_epoch, tiny_config
 

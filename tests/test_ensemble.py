@@ -3,7 +3,7 @@ import shutil
 import numpy as np
 import pytest
 
-from fer_cli.ensemble import (
+from fer_cli.engine.ensemble import (
     errors_fixed_by,
     majority_vote,
     mean_vote,
@@ -11,7 +11,7 @@ from fer_cli.ensemble import (
     validation_weights,
     weighted_vote,
 )
-from fer_cli.zoo import load_classifier
+from fer_cli.models.zoo import load_classifier
 
 
 class _Model:

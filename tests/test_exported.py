@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fer_cli.errors import FerError
-from fer_cli.images import model_pixels, read_image
-from fer_cli.zoo import load_classifier
+from fer_cli.inputs.images import model_pixels, read_image
+from fer_cli.models.zoo import load_classifier
 
 from .synthetic import CLASSES
 
@@ -21,8 +21,8 @@ pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
 
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint, tiny_dataset, tmp_path_factory):
-    from fer_cli.ensemble import score_model
-    from fer_cli.exported import export_checkpoint, store_metrics
+    from fer_cli.engine.ensemble import score_model
+    from fer_cli.models.exported import export_checkpoint, store_metrics
 
     folder = tmp_path_factory.mktemp("exported")
     float32 = export_checkpoint(tiny_checkpoint, folder / "tiny.onnx")
@@ -88,7 +88,7 @@ def test_without_onnxruntime_an_exported_model_is_a_clear_error(exported, monkey
 
 
 def test_exported_models_vote_only_when_named(exported, tiny_checkpoint, second_checkpoint, tmp_path, monkeypatch):
-    from fer_cli.zoo import resolve_model, resolve_models
+    from fer_cli.models.zoo import resolve_model, resolve_models
 
     weights = tmp_path / "weights"
     weights.mkdir()

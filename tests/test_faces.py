@@ -14,9 +14,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fer_cli.cli import app
-from fer_cli.face_detector import Detection, FaceDetector
-from fer_cli.faces import CROP_MAX_SIDE, FER2013_LANDMARKS, FaceFinder, _crop_similarity, align_face
-from fer_cli.images import read_image
+from fer_cli.inputs.face_detector import Detection, FaceDetector
+from fer_cli.inputs.faces import CROP_MAX_SIDE, FER2013_LANDMARKS, FaceFinder, _crop_similarity, align_face
+from fer_cli.inputs.images import read_image
 
 from .synthetic import FER_VAL, SHARED
 

@@ -1,4 +1,5 @@
-"""The package's architecture, read from its source: no module imports itself through others.
+"""The package's architecture, read from its source: the stages are floors, imports only run down
+(or within a floor), and no module imports itself through others.
 
 Every ``import`` and ``from ... import`` counts, at the top of a module or inside a function
 (the lazy imports that keep torch out of the fast path still tie modules together), relative or
@@ -11,6 +12,17 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fer_cli"
+
+# Top floor first: files (or folders, ending in /) under fer_cli/. A module imports its own floor
+# or lower ones, never a higher one.
+FLOORS = {
+    "cli": ("cli.py", "__main__.py"),
+    "engine": ("engine/",),  # runs models over data: train, predict, ensemble, calibration, metrics
+    "models": ("models/",),  # architectures, Classifier, checkpoints, exported models, the zoo
+    "outputs": ("outputs/",),  # result records and writers; annotated copies (drawn on the inputs)
+    "inputs": ("inputs/",),  # images, data sets, faces, augmentation, batches
+    "base": ("__init__.py", "device.py", "errors.py"),
+}
 
 
 def module_name(path: Path) -> str:
@@ -77,12 +89,48 @@ def find_circle() -> list[str] | None:
     return None
 
 
+def floor(name: str) -> int:
+    """The module's floor, counted from the top (0: cli)."""
+    relative = MODULES[name].relative_to(PACKAGE).as_posix()
+    for level, entries in enumerate(FLOORS.values()):
+        if any(relative == entry or (entry.endswith("/") and relative.startswith(entry)) for entry in entries):
+            return level
+    raise AssertionError(f"fer_cli/{relative} is on no floor: add it to FLOORS in {Path(__file__).name}")
+
+
 def test_the_graph_sees_every_kind_of_import():
     edges = {name: {target for target, _ in targets} for name, targets in GRAPH.items()}
     assert "fer_cli.errors" in edges["fer_cli.cli"]  # top-level, relative
-    assert "fer_cli.train" in edges["fer_cli.cli"]  # inside a function
-    assert "fer_cli.checkpoint" in edges["fer_cli.zoo"]  # inside a function, to keep torch out of the fast path
-    assert "fer_cli" in edges["fer_cli.train"]  # `from . import __version__`: the package itself
+    assert "fer_cli.engine.train" in edges["fer_cli.cli"]  # inside a function
+    assert "fer_cli.models.checkpoint" in edges["fer_cli.models.zoo"]  # inside a function, keeping torch out
+    assert "fer_cli" in edges["fer_cli.engine.train"]  # `from .. import __version__`: the package itself
+    assert "fer_cli.engine.distributed" in edges["fer_cli.engine.train"]  # `from . import distributed`: a module
+    assert "fer_cli.inputs.face_detector" in edges["fer_cli.inputs.faces"]  # under `if TYPE_CHECKING:`
+
+
+def test_every_module_is_on_a_floor():
+    for name in MODULES:
+        floor(name)
+
+
+def test_imports_only_run_down_the_floors():
+    names = list(FLOORS)
+    upward = [
+        f"{where(importer, imported)}: {names[floor(importer)]} imports {names[floor(imported)]}"
+        for importer, targets in GRAPH.items()
+        for imported, _ in targets
+        if floor(imported) < floor(importer)
+    ]
+    assert not upward, "imports that run up the floors (" + " > ".join(names) + "):\n" + "\n".join(sorted(set(upward)))
+
+
+def test_a_stage_package_imports_nothing():
+    """Importing one module of a stage never runs the others (nor brings torch to the fast path)."""
+    for path in MODULES.values():
+        if path.name == "__init__.py" and path.parent != PACKAGE:
+            tree = ast.parse(path.read_text())
+            statements = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+            assert not statements, f"{path.relative_to(PACKAGE.parent)}:{statements[0].lineno} imports"
 
 
 def test_no_import_circle():

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fer_cli.errors import ModelError
-from fer_cli.models import create_model, describe_model, list_models, model_options
+from fer_cli.models.architectures import create_model, describe_model, list_models, model_options
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fer_cli.data import find_labelled_images
-from fer_cli.predict import predict_stream
-from fer_cli.zoo import load_classifier, resolve_model, shipped_models
+from fer_cli.engine.predict import predict_stream
+from fer_cli.inputs.data import find_labelled_images
+from fer_cli.models.zoo import load_classifier, resolve_model, shipped_models
 
 from .synthetic import FER_VAL
 

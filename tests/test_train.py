@@ -3,11 +3,11 @@ import csv
 import pytest
 import torch
 
-from fer_cli import train as train_module
-from fer_cli.checkpoint import read_checkpoint
+from fer_cli.engine import train as train_module
+from fer_cli.engine.train import TrainConfig, history_path, last_path, train
 from fer_cli.errors import CheckpointError, SourceError
-from fer_cli.train import TrainConfig, history_path, last_path, train
-from fer_cli.zoo import load_classifier
+from fer_cli.models.checkpoint import read_checkpoint
+from fer_cli.models.zoo import load_classifier
 
 from .synthetic import CLASSES, interrupt_in_epoch, make_labelled_folder, tiny_config
 
@@ -102,7 +102,7 @@ def test_validation_classes_must_match(tmp_path):
 
 
 def test_mixup_and_cutmix_blend_batches_into_soft_labels_and_still_learn(tiny_dataset, tmp_path):
-    from fer_cli.train import batch_mixing
+    from fer_cli.engine.train import batch_mixing
 
     mix = batch_mixing(_config(tiny_dataset, tmp_path / "x.pt", mixup=0.4, cutmix=1.0), num_classes=3)
     images, labels = torch.rand(8, 1, 48, 48), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])

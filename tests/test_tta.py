@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_cli.tta import TTA, corner_and_centre_crops, views
+from fer_cli.models.tta import TTA, corner_and_centre_crops, views
 
 from .synthetic import synthetic_face
 

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import autocast, prepare_model, select_device
+from ..errors import CheckpointError
+from .architectures import create_model
 from .classifier import Classifier, described_by
-from .device import autocast, prepare_model, select_device
-from .errors import CheckpointError
-from .models import create_model
 
 FORMAT = "fer_cli.checkpoint"
 VERSION = 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .images import read_image
+from ..inputs.images import read_image
 from .results import Prediction
 
 MIN_SIDE = 256  # smaller inputs (a 48x48 crop) are enlarged so the text stays readable

@@ -188,68 +188,17 @@ def _pct(value: float | None) -> str:
 
 def print_ensemble_report(report: dict, console: Console) -> None:
     """Per-model and ensemble summary, per-class recall, per-class scores and confusion matrix."""
-    classes = report["class_names"]
     rows = [(m["name"], m["arch"], m["metrics"]) for m in report["models"]]
     rows += [(e["name"], "ensemble", e["metrics"]) for e in report["ensembles"]]
     best_name, _, best = max(rows, key=lambda row: row[2]["accuracy"])
-
-    summary = Table(title=f"{report['folder']}: {report['images']:,} labelled images")
-    for column in ("model", "kind", "accuracy", "macro F1", "conf. when right", "conf. when wrong", "ECE"):
-        summary.add_column(column, justify="left" if column in ("model", "kind") else "right")
-    for name, kind, metrics in rows:
-        style = "bold green" if name == best_name else None
-        summary.add_row(
-            name,
-            kind,
-            _pct(metrics["accuracy"]),
-            f"{metrics['macro_f1']:.3f}",
-            _pct(metrics["mean_confidence_correct"]),
-            _pct(metrics["mean_confidence_incorrect"]),
-            f"{metrics['expected_calibration_error']:.3f}",
-            style=style,
-        )
-    console.print(summary)
-
-    recall = Table(title="Recall per class")
-    recall.add_column("class")
-    recall.add_column("support", justify="right")
-    for name, _, _ in rows:
-        recall.add_column(name, justify="right")
-    for c in classes:
-        support = rows[0][2]["per_class"][c]["support"]
-        recall.add_row(
-            c, str(support), *[_pct(metrics["per_class"][c]["recall"]) if support else "-" for _, _, metrics in rows]
-        )
-    console.print(recall)
-
-    per_class = Table(title=f"Per-class results of {best_name}")
-    for column in ("class", "precision", "recall", "F1", "support"):
-        per_class.add_column(column, justify="left" if column == "class" else "right")
-    for c in classes:
-        scores = best["per_class"][c]
-        per_class.add_row(
-            c, f"{scores['precision']:.3f}", f"{scores['recall']:.3f}", f"{scores['f1']:.3f}", str(scores["support"])
-        )
-    console.print(per_class)
-
-    matrix = Table(title=f"Confusion matrix of {best_name} (rows: true, columns: predicted)")
-    matrix.add_column("true \\ predicted")
-    for c in classes:
-        matrix.add_column(c[:8], justify="right")
-    for c, row in zip(classes, best["confusion_matrix"]):
-        matrix.add_row(c, *[f"[bold]{v}[/]" if i == classes.index(c) else str(v) for i, v in enumerate(row)])
-    console.print(matrix)
-
+    classes = report["class_names"]
+    console.print(_summary_table(report, rows, best_name))
+    console.print(_recall_table(classes, rows))
+    console.print(_per_class_table(classes, best_name, best))
+    console.print(_confusion_table(classes, best_name, best))
     if len(report["models"]) > 1:
-        names = [m["name"] for m in report["models"]]
         console.print("Share of the row model's errors that the column model gets right:")
-        fixed = Table()
-        fixed.add_column("errors of")
-        for name in names:
-            fixed.add_column(name, justify="right")
-        for name, row in zip(names, report["errors_fixed_by"]):
-            fixed.add_row(name, *["-" if other == name else _pct(share) for other, share in zip(names, row)])
-        console.print(fixed)
+        console.print(_errors_fixed_table(report))
         console.print(
             f"Diversity: at least one model right on {_pct(report['oracle_accuracy'])} of images; "
             f"all models wrong on {_pct(report['all_wrong_rate'])}."
@@ -260,3 +209,68 @@ def print_ensemble_report(report: dict, console: Console) -> None:
         console.print(f"Weights: {report['weights_source']}.")
     for note in report.get("notes", []):
         console.print(f"[yellow]note:[/] {note}")
+
+
+def _summary_table(report: dict, rows: list, best_name: str) -> Table:
+    summary = Table(title=f"{report['folder']}: {report['images']:,} labelled images")
+    for column in ("model", "kind", "accuracy", "macro F1", "conf. when right", "conf. when wrong", "ECE"):
+        summary.add_column(column, justify="left" if column in ("model", "kind") else "right")
+    for name, kind, metrics in rows:
+        summary.add_row(
+            name,
+            kind,
+            _pct(metrics["accuracy"]),
+            f"{metrics['macro_f1']:.3f}",
+            _pct(metrics["mean_confidence_correct"]),
+            _pct(metrics["mean_confidence_incorrect"]),
+            f"{metrics['expected_calibration_error']:.3f}",
+            style="bold green" if name == best_name else None,
+        )
+    return summary
+
+
+def _recall_table(classes: list[str], rows: list) -> Table:
+    recall = Table(title="Recall per class")
+    recall.add_column("class")
+    recall.add_column("support", justify="right")
+    for name, _, _ in rows:
+        recall.add_column(name, justify="right")
+    for c in classes:
+        support = rows[0][2]["per_class"][c]["support"]
+        recall.add_row(
+            c, str(support), *[_pct(metrics["per_class"][c]["recall"]) if support else "-" for _, _, metrics in rows]
+        )
+    return recall
+
+
+def _per_class_table(classes: list[str], name: str, metrics: dict) -> Table:
+    per_class = Table(title=f"Per-class results of {name}")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for c in classes:
+        scores = metrics["per_class"][c]
+        per_class.add_row(
+            c, f"{scores['precision']:.3f}", f"{scores['recall']:.3f}", f"{scores['f1']:.3f}", str(scores["support"])
+        )
+    return per_class
+
+
+def _confusion_table(classes: list[str], name: str, metrics: dict) -> Table:
+    matrix = Table(title=f"Confusion matrix of {name} (rows: true, columns: predicted)")
+    matrix.add_column("true \\ predicted")
+    for c in classes:
+        matrix.add_column(c[:8], justify="right")
+    for i, (c, row) in enumerate(zip(classes, metrics["confusion_matrix"])):
+        matrix.add_row(c, *[f"[bold]{v}[/]" if j == i else str(v) for j, v in enumerate(row)])
+    return matrix
+
+
+def _errors_fixed_table(report: dict) -> Table:
+    names = [m["name"] for m in report["models"]]
+    fixed = Table()
+    fixed.add_column("errors of")
+    for name in names:
+        fixed.add_column(name, justify="right")
+    for name, row in zip(names, report["errors_fixed_by"]):
+        fixed.add_row(name, *["-" if other == name else _pct(share) for other, share in zip(names, row)])
+    return fixed

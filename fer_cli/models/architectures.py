@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet
 
-from .errors import ModelError
+from ..errors import ModelError
 
 ModelBuilder = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelBuilder] = {}

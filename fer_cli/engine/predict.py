@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import UnidentifiedImageError
 
-from .classifier import Classifier
-from .errors import FerError, ModelError
-from .faces import FaceFinder, FacePolicy
-from .images import READ_ERRORS, MissingInput, model_pixels, read_image
-from .results import Prediction
-from .tta import TTA
+from ..errors import FerError, ModelError
+from ..inputs.faces import FaceFinder, FacePolicy
+from ..inputs.images import READ_ERRORS, MissingInput, model_pixels, read_image
+from ..models.classifier import Classifier
+from ..models.tta import TTA
+from ..outputs.results import Prediction
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .classifier import softmax
+from ..models.classifier import softmax
 from .metrics import expected_calibration_error
 
 TEMPERATURE_RANGE = (0.05, 20.0)

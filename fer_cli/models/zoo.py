@@ -8,11 +8,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ModelError
 from .classifier import Classifier
-from .errors import ModelError
 from .exported import OnnxRunner, load_exported
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # fer_cli/, above this stage
 
 
 def load_classifier(path: str | os.PathLike) -> Classifier:

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .classifier import Classifier
-from .data import find_labelled_images, labelled_digest
-from .errors import ModelError, SourceError
-from .faces import FacePolicy
+from ..errors import ModelError, SourceError
+from ..inputs.data import find_labelled_images, labelled_digest
+from ..inputs.faces import FacePolicy
+from ..models.classifier import Classifier
+from ..models.tta import TTA
 from .metrics import summarize
 from .predict import align_classes, predict_stream
-from .tta import TTA
 
 WEIGHTS_SOURCE = (
     "validation metrics stored in each checkpoint by `fer train` "

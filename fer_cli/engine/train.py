@@ -22,16 +22,23 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from torchvision.transforms import v2
 
-from . import __version__, distributed
-from .augment import Augmentation, BatchAugment
-from .batches import InMemoryBatches, share_of, shuffled_order
+from .. import __version__
+from ..device import autocast, grad_scaler, prepare_model, select_device, to_device
+from ..errors import CheckpointError, FerError, SourceError
+from ..inputs.augment import Augmentation, BatchAugment
+from ..inputs.batches import InMemoryBatches, share_of, shuffled_order
+from ..inputs.data import (
+    LabelledTensors,
+    decode_labelled_files,
+    find_labelled_images,
+    labelled_digest,
+    read_fer2013_csv,
+)
+from ..models.architectures import check_model_options, create_model
+from ..models.checkpoint import build_model, now_iso, read_checkpoint, save_checkpoint, store_calibration
+from . import distributed
 from .calibration import calibrate
-from .checkpoint import build_model, now_iso, read_checkpoint, save_checkpoint, store_calibration
-from .data import LabelledTensors, decode_labelled_files, find_labelled_images, labelled_digest, read_fer2013_csv
-from .device import autocast, grad_scaler, prepare_model, select_device, to_device
-from .errors import CheckpointError, FerError, SourceError
 from .metrics import summarize
-from .models import check_model_options, create_model
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "plateau", "none")
@@ -192,16 +199,94 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
     return best
 
 
+@dataclass
+class TrainingRun:
+    """What a run holds from one epoch to the next: the model and its optimiser, the data, the record so far."""
+
+    config: TrainConfig
+    group: distributed.Group
+    device: torch.device
+    log: Console
+    class_names: list[str]
+    preprocess: dict
+    network: nn.Module  # the bare model, what is saved
+    model: nn.Module  # what trains: the network, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    train_batches: InMemoryBatches
+    val_batches: InMemoryBatches
+    val_size: int
+    mix: object
+    provenance: dict
+    start_epoch: int = 1
+    history: list[dict] = field(default_factory=list)
+    best_accuracy: float = -1.0
+    best_metrics: dict = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def per_batch_scheduler(self):
+        return self.scheduler if self.config.schedule in ("onecycle", "cosine") else None
+
+    def val_loader(self, everything: bool = False):
+        """The validation batches: this rank's share (each rank validates every world-th image), or all."""
+        indices = torch.arange(self.val_size)
+        share = indices if everything else share_of(indices, self.group.rank, self.group.world, equal=False)
+        return self.val_batches.epoch(share)
+
+    def network_state(self) -> dict:
+        """What any checkpoint needs to rebuild and feed the model."""
+        return {
+            "arch": self.config.arch,
+            "model_config": dict(self.config.arch_options),
+            "class_names": self.class_names,
+            "preprocess": self.preprocess,
+            "state_dict": _state_dict(self.network),
+        }
+
+
 def _train(config: TrainConfig, state: dict | None, group: distributed.Group, device, log: Console) -> dict:
-    out = Path(config.out)
+    run = _set_up(config, state, group, device, log)
+    if state:
+        _resume(run, state)
+    if run.start_epoch > config.epochs:
+        log.print(f"{run.out}: all {config.epochs} epochs already done")
+        return run.best_metrics
+    with _progress(log) as progress:
+        for epoch in range(run.start_epoch, config.epochs + 1):
+            started = time.perf_counter()
+            # Everything random in an epoch derives from (seed, epoch, rank), so a resumed run repeats it exactly.
+            torch.manual_seed(_epoch_seed(config, epoch, group.rank))
+            train_loss, train_accuracy = _train_epoch(run, epoch, progress)
+            metrics = _validate(run)
+            record = _record_epoch(run, epoch, train_loss, train_accuracy, metrics, time.perf_counter() - started)
+            _save(run, epoch, improved=record["best"])
+            log.print(
+                f"epoch {epoch}/{config.epochs}  loss {train_loss:.4f}  acc {train_accuracy:.4f}  "
+                f"val_loss {metrics['loss']:.4f}  val_acc {metrics['accuracy']:.4f}"
+                f"{'  [green]best, saved[/]' if record['best'] else ''}  {record['seconds']:.0f}s"
+            )
+    _finish(run)
+    return run.best_metrics
+
+
+def _set_up(config: TrainConfig, state: dict | None, group: distributed.Group, device, log: Console) -> TrainingRun:
+    """Data, model, optimiser, schedule and loss for a run, fresh or (given ``state``) resumed."""
     if group.active and config.balance == "sampler":
         raise FerError("--balance sampler is not available under torchrun; use --balance loss")
     train_data, val_data, val_origin, val_path = load_training_data(config, log)
     class_names = train_data.class_names
+    if state and state["class_names"] != class_names:
+        raise CheckpointError(
+            f"{last_path(config.out)} was trained on classes {state['class_names']}, not {class_names}"
+        )
     if state:
         preprocess = state["preprocess"]
-        if state["class_names"] != class_names:
-            raise CheckpointError(f"{last_path(out)} was trained on classes {state['class_names']}, not {class_names}")
     else:
         mean, std = normalisation(train_data.images)
         preprocess = {"size": config.size, "channels": config.channels, "mean": mean, "std": std}
@@ -210,51 +295,57 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
         f"training {config.arch} on {len(train_data):,} images, validating on {len(val_data):,} ({val_origin}); "
         f"{len(class_names)} classes; device {device}{processes}"
     )
-
-    torch.manual_seed(config.seed)  # the initial weights
-    model = create_model(config.arch, len(class_names), config.channels, **config.arch_options)
-    if state:
-        model.load_state_dict(state["state_dict"])
-    model = prepare_model(model, device)
-    network_module = model  # what is saved: the bare model, never the DDP wrapper
-    if group.active:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    network, model = _build_network(config, len(class_names), state, group, device)
     optimizer = _make_optimizer(config, model)
     steps_per_epoch = math.ceil(len(train_data) / group.world / config.batch_size)
-    scheduler = _make_scheduler(config, optimizer, steps_per_epoch)
-    per_batch_scheduler = scheduler if config.schedule in ("onecycle", "cosine") else None
-    scaler = grad_scaler(device)
-    counts = torch.bincount(train_data.labels, minlength=len(class_names)).float()
-    class_weights = (
-        (counts.sum() / (len(counts) * counts.clamp_min(1))).to(device) if config.balance == "loss" else None
-    )
-    criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
-
-    start_epoch, history, best_accuracy, best_metrics = 1, [], -1.0, {}
-    if state:
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        restore_scaler(scaler, state["scaler"])
-        start_epoch = state["epoch"] + 1
-        history = state["history"]
-        best_accuracy = state["best_accuracy"]
-        best_metrics = state["best_metrics"]
-        ran_on = state.get("device")  # absent from resume states written before it was recorded
-        moved = f" (it ran on {ran_on} until now)" if ran_on and ran_on != str(device) else ""
-        log.print(f"resuming {out} at epoch {start_epoch} of {config.epochs} on {device}{moved}")
-    if start_epoch > config.epochs:
-        log.print(f"{out}: all {config.epochs} epochs already done")
-        return best_metrics
-
     # The data stays in memory (on the GPU when it fits), augmented a whole batch at a time there.
     augment = BatchAugment(preprocess, Augmentation.parse(config.augment), device)
-    train_batches = InMemoryBatches(train_data, device, augment, config.batch_size)
-    val_batches = InMemoryBatches(val_data, device, augment, batch_size=256)
-    # Each rank validates every world-th image; the predictions are gathered.
-    val_loader = val_batches.epoch(share_of(torch.arange(len(val_data)), group.rank, group.world, equal=False))
-    mix = batch_mixing(config, len(class_names))
-    provenance = {
+    return TrainingRun(
+        config=config,
+        group=group,
+        device=device,
+        log=log,
+        class_names=class_names,
+        preprocess=preprocess,
+        network=network,
+        model=model,
+        optimizer=optimizer,
+        scheduler=_make_scheduler(config, optimizer, steps_per_epoch),
+        scaler=grad_scaler(device),
+        criterion=_make_criterion(config, train_data.labels, len(class_names), device),
+        train_batches=InMemoryBatches(train_data, device, augment, config.batch_size),
+        val_batches=InMemoryBatches(val_data, device, augment, batch_size=256),
+        val_size=len(val_data),
+        mix=batch_mixing(config, len(class_names)),
+        provenance=_provenance(config, val_origin, val_path, group, device),
+    )
+
+
+def _build_network(config: TrainConfig, num_classes: int, state: dict | None, group: distributed.Group, device):
+    """The model (its initial weights from the seed, or the resumed ones) on the device, and what trains it:
+    the model itself, or under torchrun its DistributedDataParallel wrapper."""
+    torch.manual_seed(config.seed)
+    network = create_model(config.arch, num_classes, config.channels, **config.arch_options)
+    if state:
+        network.load_state_dict(state["state_dict"])
+    network = prepare_model(network, device)
+    if not group.active:
+        return network, network
+    wrapped = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device] if device.type == "cuda" else None)
+    return network, wrapped
+
+
+def _make_criterion(config: TrainConfig, labels: torch.Tensor, num_classes: int, device) -> nn.Module:
+    """Cross-entropy, with label smoothing, and with classes weighted by their rarity under ``--balance loss``."""
+    weights = None
+    if config.balance == "loss":
+        counts = torch.bincount(labels, minlength=num_classes).float()
+        weights = (counts.sum() / (num_classes * counts.clamp_min(1))).to(device)
+    return nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
+
+
+def _provenance(config: TrainConfig, val_origin: str, val_path: str | None, group: distributed.Group, device) -> dict:
+    return {
         "train_data": str(config.data),
         "val_data": val_origin,
         "val_path": val_path,  # lets `fer ensemble` notice it is scoring a model on its own validation data,
@@ -269,94 +360,108 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
         "processes": group.world,
     }
 
-    with _progress(log) as progress:
-        for epoch in range(start_epoch, config.epochs + 1):
-            started = time.perf_counter()
-            # Everything random in an epoch derives from (seed, epoch, rank), so a resumed run repeats it exactly.
-            torch.manual_seed(_epoch_seed(config, epoch, group.rank))
-            loader = _epoch_batches(config, train_batches, epoch, group)
-            task = progress.add_task(f"epoch {epoch}/{config.epochs}", total=len(loader), stats="")
-            train_loss, train_accuracy = train_one_epoch(
-                model,
-                loader,
-                criterion,
-                optimizer,
-                per_batch_scheduler,
-                scaler,
-                device,
-                on_batch=lambda loss, acc: progress.update(
-                    task, advance=1, **({} if loss is None else {"stats": f"loss {loss:.4f}  acc {acc:.4f}"})
-                ),
-                mix=mix,
-            )
-            progress.remove_task(task)
-            train_loss, train_accuracy = distributed.mean_over_ranks(group, [train_loss, train_accuracy], device)
-            probs, labels, val_loss = predict_tensors(model, val_loader, device, criterion)
-            probs, labels, loss_sums = distributed.gather_arrays(
-                group, probs, labels, np.array([val_loss * len(labels)])
-            )
-            val_loss = float(loss_sums.sum() / max(len(labels), 1))
-            metrics = summarize(labels, probs, class_names)
-            metrics["loss"] = val_loss
-            if scheduler is not None and config.schedule == "plateau":
-                scheduler.step(metrics["accuracy"])
-            improved = metrics["accuracy"] > best_accuracy
-            record = {
-                "epoch": epoch,
-                "train_loss": round(train_loss, 5),
-                "train_accuracy": round(train_accuracy, 5),
-                "val_loss": round(val_loss, 5),
-                "val_accuracy": round(metrics["accuracy"], 5),
-                "val_macro_f1": round(metrics["macro_f1"], 5),
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": round(time.perf_counter() - started, 2),
-                "best": improved,
-                "device": str(device),
-            }
-            history.append(record)
-            network = {  # what any checkpoint needs to rebuild and feed the model
-                "arch": config.arch,
-                "model_config": dict(config.arch_options),
-                "class_names": class_names,
-                "preprocess": preprocess,
-                "state_dict": _state_dict(network_module),
-            }
-            if improved:
-                best_accuracy, best_metrics = metrics["accuracy"], {**metrics, "epoch": epoch}
-            if improved and group.is_main:
-                save_checkpoint(
-                    out,
-                    {
-                        **network,
-                        "temperature": 1.0,
-                        "metrics": best_metrics,
-                        "provenance": {**provenance, "date": now_iso(), "epoch": epoch, "epochs": config.epochs},
-                    },
-                    half=config.half,
-                )
-            if group.is_main:
-                _write_history(history_path(out), history)
-                _save_resume_state(
-                    out, network, epoch, optimizer, scheduler, scaler, history, best_accuracy, best_metrics, config
-                )
-            log.print(
-                f"epoch {epoch}/{config.epochs}  loss {train_loss:.4f}  acc {train_accuracy:.4f}  "
-                f"val_loss {val_loss:.4f}  val_acc {metrics['accuracy']:.4f}"
-                f"{'  [green]best, saved[/]' if improved else ''}  {record['seconds']:.0f}s"
-            )
-    if group.active:
-        prints = distributed.fingerprints(group, network_module)
+
+def _resume(run: TrainingRun, state: dict) -> None:
+    """Continue from a resume state: optimiser, schedule, loss scaling, history and best so far."""
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scheduler is not None and state.get("scheduler"):
+        run.scheduler.load_state_dict(state["scheduler"])
+    restore_scaler(run.scaler, state["scaler"])
+    run.start_epoch = state["epoch"] + 1
+    run.history = state["history"]
+    run.best_accuracy = state["best_accuracy"]
+    run.best_metrics = state["best_metrics"]
+    ran_on = state.get("device")  # absent from resume states written before it was recorded
+    moved = f" (it ran on {ran_on} until now)" if ran_on and ran_on != str(run.device) else ""
+    run.log.print(f"resuming {run.out} at epoch {run.start_epoch} of {run.config.epochs} on {run.device}{moved}")
+
+
+def _train_epoch(run: TrainingRun, epoch: int, progress: Progress) -> tuple[float, float]:
+    """One epoch of training, with a progress bar; mean loss and accuracy over every rank."""
+    loader = _epoch_batches(run.config, run.train_batches, epoch, run.group)
+    task = progress.add_task(f"epoch {epoch}/{run.config.epochs}", total=len(loader), stats="")
+
+    def on_batch(loss, accuracy):
+        stats = {} if loss is None else {"stats": f"loss {loss:.4f}  acc {accuracy:.4f}"}
+        progress.update(task, advance=1, **stats)
+
+    loss, accuracy = train_one_epoch(
+        run.model,
+        loader,
+        run.criterion,
+        run.optimizer,
+        run.per_batch_scheduler,
+        run.scaler,
+        run.device,
+        on_batch=on_batch,
+        mix=run.mix,
+    )
+    progress.remove_task(task)
+    loss, accuracy = distributed.mean_over_ranks(run.group, [loss, accuracy], run.device)
+    return loss, accuracy
+
+
+def _validate(run: TrainingRun) -> dict:
+    """The metrics on the validation data (gathered from every rank), its mean loss under ``loss``."""
+    probs, labels, loss = predict_tensors(run.model, run.val_loader(), run.device, run.criterion)
+    probs, labels, loss_sums = distributed.gather_arrays(run.group, probs, labels, np.array([loss * len(labels)]))
+    metrics = summarize(labels, probs, run.class_names)
+    metrics["loss"] = float(loss_sums.sum() / max(len(labels), 1))
+    if run.scheduler is not None and run.config.schedule == "plateau":
+        run.scheduler.step(metrics["accuracy"])
+    return metrics
+
+
+def _record_epoch(
+    run: TrainingRun, epoch: int, train_loss: float, train_accuracy: float, metrics: dict, seconds: float
+) -> dict:
+    """Append the epoch to the history; an epoch better on validation than any before becomes the best."""
+    improved = metrics["accuracy"] > run.best_accuracy
+    if improved:
+        run.best_accuracy, run.best_metrics = metrics["accuracy"], {**metrics, "epoch": epoch}
+    record = {
+        "epoch": epoch,
+        "train_loss": round(train_loss, 5),
+        "train_accuracy": round(train_accuracy, 5),
+        "val_loss": round(metrics["loss"], 5),
+        "val_accuracy": round(metrics["accuracy"], 5),
+        "val_macro_f1": round(metrics["macro_f1"], 5),
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "seconds": round(seconds, 2),
+        "best": improved,
+        "device": str(run.device),
+    }
+    run.history.append(record)
+    return record
+
+
+def _save(run: TrainingRun, epoch: int, improved: bool) -> None:
+    """The best checkpoint (when this epoch is it), the history and the resume state; the main process only."""
+    if not run.group.is_main:
+        return
+    network = run.network_state()
+    if improved:
+        provenance = {**run.provenance, "date": now_iso(), "epoch": epoch, "epochs": run.config.epochs}
+        checkpoint = {**network, "temperature": 1.0, "metrics": run.best_metrics, "provenance": provenance}
+        save_checkpoint(run.out, checkpoint, half=run.config.half)
+    _write_history(history_path(run.out), run.history)
+    _save_resume_state(run, network, epoch)
+
+
+def _finish(run: TrainingRun) -> None:
+    """Check that every process ends with the same weights; calibrate the best checkpoint."""
+    if run.group.active:
+        prints = distributed.fingerprints(run.group, run.network)
         if len(set(prints)) > 1:
-            raise FerError(f"the {group.world} processes ended with different weights: {prints}")
-        log.print(f"all {group.world} processes hold the same weights (fingerprint {prints[0]})")
-    if group.is_main:
-        calibration = _calibrate_best(out, val_batches.epoch(torch.arange(len(val_data))), val_origin, device)
-        log.print(
+            raise FerError(f"the {run.group.world} processes ended with different weights: {prints}")
+        run.log.print(f"all {run.group.world} processes hold the same weights (fingerprint {prints[0]})")
+    if run.group.is_main:
+        calibration = _calibrate_best(run.out, run.val_loader(everything=True), run.provenance["val_data"], run.device)
+        run.log.print(
             f"temperature {calibration['temperature']:.3f} fitted on the validation data: expected calibration "
             f"error {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}"
         )
-    log.print(f"best val accuracy {best_accuracy:.4f} (epoch {best_metrics.get('epoch')}) -> {out}")
-    return best_metrics
+    run.log.print(f"best val accuracy {run.best_accuracy:.4f} (epoch {run.best_metrics.get('epoch')}) -> {run.out}")
 
 
 def restore_scaler(scaler: torch.amp.GradScaler, saved: dict) -> None:
@@ -375,21 +480,21 @@ def _calibrate_best(out: Path, val_loader, val_origin: str, device) -> dict:
     return calibration
 
 
-def _save_resume_state(out, network, epoch, optimizer, scheduler, scaler, history, best_accuracy, best_metrics, config):
+def _save_resume_state(run: TrainingRun, network: dict, epoch: int) -> None:
     save_checkpoint(
-        last_path(out),
+        last_path(run.out),
         {
             **network,
             "training": True,
             "epoch": epoch,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict(),
-            "history": history,
-            "best_accuracy": best_accuracy,
-            "best_metrics": best_metrics,
-            "config": _plain_config(config),
-            "device": history[-1]["device"],  # where the last epoch ran; a resumed run may move
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+            "scaler": run.scaler.state_dict(),
+            "history": run.history,
+            "best_accuracy": run.best_accuracy,
+            "best_metrics": run.best_metrics,
+            "config": _plain_config(run.config),
+            "device": str(run.device),  # where the last epoch ran; a resumed run may move
         },
     )
 

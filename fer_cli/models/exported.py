@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import CheckpointError, DeviceError, FerError
+from ..inputs.images import READ_ERRORS, iter_image_paths, model_pixels, read_image
 from .classifier import Classifier, described_by
-from .errors import CheckpointError, DeviceError, FerError
-from .images import READ_ERRORS, iter_image_paths, model_pixels, read_image
 
 METADATA_KEY = "fer_cli"
 FORMAT = "fer_cli.onnx"
@@ -105,7 +105,6 @@ def export_checkpoint(
     calibration images, how often the exported model's top class equals the checkpoint's and the
     largest probability difference.
     """
-    import torch
 
     from .checkpoint import PixelsIn, build_model, read_checkpoint
 
@@ -117,8 +116,25 @@ def export_checkpoint(
     samples = _calibration_pixels(calibration, preprocess, calibration_size, seed) if calibration else None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    float_path = out.with_name(out.stem + ".float32.tmp.onnx")
     network = PixelsIn(build_model(checkpoint), preprocess).eval()
+    _write_onnx(network, preprocess, out, samples if int8 else None)
+    model = onnx.load(str(out))
+    meta = _metadata(checkpoint, checkpoint_path, int8, calibration, samples)
+    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
+    onnx.save(model, str(out))
+
+    summary = {"path": str(out), "bytes": out.stat().st_size, "int8": int8}
+    if samples is not None:
+        summary.update(_agreement(network, out, samples))
+    return summary
+
+
+def _write_onnx(network, preprocess: dict, out: Path, int8_samples: np.ndarray | None) -> None:
+    """Trace ``network`` (uint8 pixels in, logits out; any batch size) to ONNX at ``out``,
+    quantised to int8 on ``int8_samples`` when given."""
+    import torch
+
+    float_path = out.with_name(out.stem + ".float32.tmp.onnx")
     side, channels = preprocess["size"], preprocess["channels"]
     example = torch.zeros((2, channels, side, side), dtype=torch.uint8)
     try:
@@ -134,20 +150,22 @@ def export_checkpoint(
             verbose=False,
             report=False,
         )
-        if int8:
-            _quantize(float_path, out, samples)
+        if int8_samples is not None:
+            _quantize(float_path, out, int8_samples)
         else:
             float_path.replace(out)
     finally:
         float_path.unlink(missing_ok=True)
 
-    model = onnx.load(str(out))
-    meta = {
+
+def _metadata(checkpoint: dict, checkpoint_path, int8: bool, calibration: str | None, samples) -> dict:
+    """What an exported model carries about itself: the checkpoint's description, where it came from."""
+    return {
         "format": FORMAT,
         "arch": checkpoint["arch"],
         "model_config": checkpoint["model_config"],
         "class_names": checkpoint["class_names"],
-        "preprocess": preprocess,
+        "preprocess": checkpoint["preprocess"],
         "temperature": float(checkpoint.get("temperature", 1.0)),
         "metrics": checkpoint.get("metrics", {}),
         "metrics_source": "the checkpoint it was exported from",
@@ -159,22 +177,22 @@ def export_checkpoint(
         "int8": int8,
         "int8_calibration": {"images": calibration, "count": 0 if samples is None else len(samples)} if int8 else None,
     }
-    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
-    onnx.save(model, str(out))
 
-    summary = {"path": str(out), "bytes": out.stat().st_size, "int8": int8}
-    if samples is not None:
-        with torch.inference_mode():
-            reference = torch.softmax(network(torch.from_numpy(samples)), dim=1).numpy()
-        exported = load_exported(out)
-        exported.temperature = 1.0
-        probs = exported.probabilities(samples)
-        summary.update(
-            checked_on=len(samples),
-            same_top_class=float(np.mean(probs.argmax(1) == reference.argmax(1))),
-            max_probability_difference=float(np.abs(probs - reference).max()),
-        )
-    return summary
+
+def _agreement(network, out: Path, samples: np.ndarray) -> dict:
+    """How closely the exported model at ``out`` follows ``network`` on ``samples``."""
+    import torch
+
+    with torch.inference_mode():
+        reference = torch.softmax(network(torch.from_numpy(samples)), dim=1).numpy()
+    exported = load_exported(out)
+    exported.temperature = 1.0
+    probs = exported.probabilities(samples)
+    return {
+        "checked_on": len(samples),
+        "same_top_class": float(np.mean(probs.argmax(1) == reference.argmax(1))),
+        "max_probability_difference": float(np.abs(probs - reference).max()),
+    }
 
 
 def store_metrics(path: str | os.PathLike, metrics: dict, scored_on: str) -> None:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import find_classes, make_dataset
 
-from .errors import SourceError
+from ..errors import SourceError
 from .images import IMAGE_EXTENSIONS, READ_ERRORS, is_image_file, model_pixels, read_image
 
 # FER2013's CSV labels 0..6, in that order.

@@ -1,0 +1,1 @@
+"""Engine: what runs models over data: training, the prediction stream, scoring, ensembles and calibration."""
