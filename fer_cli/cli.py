@@ -14,10 +14,12 @@ Exit codes: 0 success; 1 the run finished but some inputs could not be read; 2 a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 from enum import Enum
@@ -28,9 +30,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .errors import FerError, SourceError
+from .errors import FerError, Interrupted, SourceError
 from .models.tta import TTA
-from .outputs.results import WRITERS, format_from_path, print_ensemble_report
+from .outputs.destination import KNOWN_SUFFIXES, ResultsFile, format_from_path
+from .outputs.results import WRITERS, print_ensemble_report
 
 app = typer.Typer(
     help="Facial-expression recognition for image files and folders.",
@@ -147,6 +150,9 @@ def handles_user_errors(command):
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
+        except Interrupted as stop:
+            err_console.print(f"stopped by signal {stop.signal_number}")
+            raise typer.Exit(128 + stop.signal_number) from None
 
     return wrapper
 
@@ -230,6 +236,10 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the interrupted run whose --out is given, with its settings.")
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace an earlier run's checkpoint, history and resume state at --out."),
+    ] = False,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
 ) -> None:
@@ -264,6 +274,7 @@ def train(
             workers=workers,
             half=half,
             resume=resume,
+            overwrite=overwrite,
             command=shlex.join(["fer", *sys.argv[1:]]),
         )
         config.validate()
@@ -327,6 +338,7 @@ def calibrate(
     `fer train` already does this on its validation data; use this for other data or older checkpoints.
     """
     from .engine.calibration import calibrate as fit
+    from .engine.calibration import describe
     from .engine.ensemble import predict_labelled
     from .models.checkpoint import store_calibration
     from .models.zoo import resolve_model
@@ -340,10 +352,7 @@ def calibrate(
     report = fit(labelled.probs[:, 0], labelled.labels, classifier.temperature, fitted_on=folder)
     store_calibration(classifier.path, report)
     err_console.print(
-        f"{classifier.name}: temperature {classifier.temperature:.3f} -> {report['temperature']:.3f} on "
-        f"{report['images']:,} images; expected calibration error {report['ece_before']:.4f} -> "
-        f"{report['ece_after']:.4f}, NLL {report['nll_before']:.4f} -> {report['nll_after']:.4f} "
-        f"(written to {classifier.path})",
+        f"{classifier.name}: {describe(report, classifier.temperature)} (written to {classifier.path})",
         highlight=False,
     )
 
@@ -397,18 +406,22 @@ def export(
 
 
 def _open_output(output: Path | None, fmt: OutputFormat | None):
-    """The results stream and its format: --format wins, then --output's extension, then the terminal."""
+    """The results destination and its format: --format wins, then --output's extension, then the terminal."""
     if fmt is not None:
         chosen = fmt.value
     elif output is not None:
-        chosen = format_from_path(output) or "jsonl"
+        chosen = format_from_path(output)
+        if chosen is None:
+            known = ", ".join(f".{suffix}" for suffix in KNOWN_SUFFIXES)
+            raise typer.BadParameter(
+                f"cannot tell the format from the name {output.name} ({known}); add --format", param_hint="--output"
+            )
     else:
         chosen = "table" if sys.stdout.isatty() else "jsonl"
     if output is None:
         return contextlib.nullcontext(sys.stdout), chosen
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        return open(output, "w", newline=""), chosen
+        return ResultsFile(output), chosen
     except OSError as error:
         raise typer.BadParameter(f"cannot write {output}: {error.strerror}", param_hint="--output") from None
 
@@ -432,56 +445,92 @@ def _predict_and_write(
     classifiers, sources, vote, model_label, fmt, output, device, batch_size, workers, faces, annotate, tta, shard=None
 ) -> None:
     """The shared body of `predict` and unlabelled `ensemble`: stream, vote, write, annotate, exit code."""
-    from .engine.predict import align_classes, predict_stream, to_predictions
+    from .engine.predict import align_classes, predict_stream
     from .inputs.images import iter_image_paths
 
     class_names = align_classes(classifiers)
     started = time.perf_counter()
-    items = list(iter_image_paths(sources))
+    items = list(iter_image_paths(sources, on_note=lambda note: err_console.print(note, highlight=False)))
     if not items:
         raise SourceError("no input paths were given (standard input was empty)")
     if shard is not None:
         total, items = len(items), shard.select(items)
         err_console.print(f"shard {shard.index}/{shard.count}: {len(items):,} of {total:,} inputs", highlight=False)
-    done = failed = found = 0
     destination, chosen = _open_output(output, fmt)
     annotator = _open_annotator(annotate, class_names)
+    tally = _Tally()
+    try:
+        with destination as stream:
+            writer = WRITERS[chosen](stream, class_names)
+            try:
+                batches = predict_stream(classifiers, items, device, batch_size, workers, faces=faces.value, tta=tta)
+                _write_predictions(batches, len(items), writer, destination, vote, model_label, annotator, tally)
+            finally:
+                writer.close()  # a JSON array is closed, a table printed, whatever happened
+    except (KeyboardInterrupt, Interrupted):
+        if output is not None and tally.done:
+            err_console.print(f"results of {tally.done:,} of {len(items):,} inputs kept in {output}", highlight=False)
+        raise
+    _summarise(tally, started, annotator, annotate)
+
+
+@dataclasses.dataclass
+class _Tally:
+    done: int = 0  # inputs
+    failed: int = 0  # inputs that could not be read
+    found: int = 0  # faces
+    not_annotated: int = 0  # annotated copies that could not be written
+
+
+def _write_predictions(batches, total, writer, destination, vote, model_label, annotator, tally) -> None:
+    """Each batch of outcomes voted on, written, annotated and counted as it comes."""
+    from .engine.predict import to_predictions
+
+    class_names = writer.class_names
     progress = Progress(
         TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=err_console, transient=True,
     )  # fmt: skip
-    with destination as stream, progress:
-        task = progress.add_task("predict", total=len(items))
-        writer = WRITERS[chosen](stream, class_names)
-        batches = predict_stream(classifiers, items, device, batch_size, workers, faces=faces.value, tta=tta)
+    with progress:
+        task = progress.add_task("predict", total=total)
         for outcomes in batches:
             progress.advance(task, len(outcomes))
             predictions = []
             for outcome in outcomes:
                 rows = to_predictions(outcome, vote, class_names, model_label)
                 predictions.extend(rows)
-                found += len(outcome.faces)
+                tally.found += len(outcome.faces)
                 if outcome.error:
-                    failed += 1
+                    tally.failed += 1
                     _report_skipped(outcome.path, outcome.error)
                 elif annotator:
                     try:
                         annotator.annotate(outcome.path, rows)
                     except (OSError, ValueError) as error:  # a full disk, a file changed meanwhile
+                        tally.not_annotated += 1
                         _report_skipped(outcome.path, f"no annotated copy: {error}")
-            done += len(outcomes)
             writer.write_batch(predictions)
-        writer.close()
+            tally.done += len(outcomes)
+            if isinstance(destination, ResultsFile):
+                destination.produced()
+
+
+def _summarise(tally: _Tally, started: float, annotator, annotate) -> None:
+    """The run's last lines on stderr, and its exit code: 1 when an input or an annotated copy failed."""
     seconds = time.perf_counter() - started
-    rate = f", {done / seconds:,.0f} images/s" if done else ""
-    faces_found = f"{found:,} face" + ("" if found == 1 else "s")
+    rate = f", {tally.done / seconds:,.0f} images/s" if tally.done else ""
+    faces_found = f"{tally.found:,} face" + ("" if tally.found == 1 else "s")
     err_console.print(
-        f"{done - failed:,} of {done:,} inputs predicted ({faces_found}) in {seconds:.1f}s{rate}", highlight=False
+        f"{tally.done - tally.failed:,} of {tally.done:,} inputs predicted ({faces_found}) in {seconds:.1f}s{rate}",
+        highlight=False,
     )
     if annotator:
         err_console.print(f"{annotator.written:,} annotated copies in {annotate}", highlight=False)
-    if failed:
-        err_console.print(f"[yellow]{failed:,} input(s) could not be read[/]", highlight=False)
+    if tally.failed:
+        err_console.print(f"[yellow]{tally.failed:,} input(s) could not be read[/]", highlight=False)
+    if tally.not_annotated:
+        err_console.print(f"[yellow]{tally.not_annotated:,} annotated copies could not be written[/]", highlight=False)
+    if tally.failed or tally.not_annotated:
         raise typer.Exit(INPUTS_FAILED)
 
 
@@ -580,4 +629,9 @@ def ensemble(
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop)  # unwind as for Ctrl-C: outputs finished, workers stopped
     app(prog_name="fer")
+
+
+def _stop(signal_number, frame) -> None:
+    raise Interrupted(signal_number)

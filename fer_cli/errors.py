@@ -19,3 +19,12 @@ class ModelError(FerError):
 
 class DeviceError(FerError):
     """A device that was asked for but is not available here."""
+
+
+class Interrupted(BaseException):
+    """A signal asked the run to stop (SIGTERM, SIGHUP): unwound like Ctrl-C, so outputs are finished
+    or left untouched and worker processes stopped, then the process exits with 128 + the signal."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(f"signal {signal_number}")
+        self.signal_number = signal_number

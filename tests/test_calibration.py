@@ -10,6 +10,8 @@ from fer_cli.engine.calibration import calibrate, fit_temperature
 from fer_cli.models.checkpoint import read_checkpoint
 from fer_cli.models.classifier import softmax
 
+from .synthetic import make_labelled_folder
+
 
 def _overconfident(temperature: float, count: int = 20000, seed: int = 0):
     """Logits whose labels were drawn from softmax(logits / temperature): T is the right answer."""
@@ -46,14 +48,40 @@ def test_training_fits_and_stores_a_temperature(tiny_checkpoint):
     assert calibration["images"] == 24 and calibration["nll_after"] <= calibration["nll_before"] + 1e-9
 
 
-def test_calibrate_command_updates_the_checkpoint_in_place(tiny_checkpoint, tiny_dataset, tmp_path):
+def test_calibrate_command_updates_the_checkpoint_in_place(tiny_checkpoint, tmp_path):
     model = tmp_path / "model.pt"
     shutil.copyfile(tiny_checkpoint, model)
-    done = CliRunner().invoke(app, ["calibrate", str(model), str(tiny_dataset / "val"), "--workers", "0"])
+    folder = make_labelled_folder(tmp_path / "val", per_class=40, seed=7)  # 120 images: enough to fit on
+    done = CliRunner().invoke(app, ["calibrate", str(model), str(folder), "--workers", "0"])
     assert done.exit_code == 0, done.output
     assert "expected calibration error" in done.output
     stored = read_checkpoint(model)
-    assert stored["metrics"]["calibration"]["fitted_on"] == str(tiny_dataset / "val")
+    assert stored["metrics"]["calibration"]["fitted_on"] == str(folder)
+    assert stored["metrics"]["calibration"]["applied"]
     # the same data again: the temperature is already right
-    CliRunner().invoke(app, ["calibrate", str(model), str(tiny_dataset / "val"), "--workers", "0"])
+    CliRunner().invoke(app, ["calibrate", str(model), str(folder), "--workers", "0"])
     assert abs(read_checkpoint(model)["temperature"] / stored["temperature"] - 1) < 0.02
+
+
+def test_a_temperature_is_not_applied_on_too_few_images(tiny_checkpoint, tiny_dataset, tmp_path):
+    model = tmp_path / "model.pt"
+    shutil.copyfile(tiny_checkpoint, model)
+    before = read_checkpoint(model)["temperature"]
+    done = CliRunner().invoke(app, ["calibrate", str(model), str(tiny_dataset / "val"), "--workers", "0"])
+    assert done.exit_code == 0, done.output
+    assert "temperature kept" in done.output and "too few images (24)" in done.output
+    assert read_checkpoint(model)["temperature"] == before
+
+
+def test_a_temperature_that_does_not_help_held_out_images_is_not_applied():
+    rng = np.random.default_rng(0)
+    # calibrated already: the label is drawn from the probabilities themselves
+    probs = rng.dirichlet(np.ones(3), 400)
+    labels = np.array([rng.choice(3, p=row) for row in probs])
+    report = calibrate(probs, labels, current_temperature=1.3)
+    assert not report["applied"] and report["temperature"] == 1.3
+    assert "other half" in report["reason"]
+    # over-confident: sharpened probabilities of the same draws; here a temperature helps
+    sharp = probs**4 / (probs**4).sum(axis=1, keepdims=True)
+    report = calibrate(sharp, labels)
+    assert report["applied"] and report["temperature"] > 2 and report["nll_after"] < report["nll_before"]

@@ -39,14 +39,59 @@ def fit_temperature(log_probs: np.ndarray, labels: np.ndarray) -> float:
     return float(1.0 / ((low + high) / 2))
 
 
+MIN_IMAGES = 100  # fewer, and one temperature fitted to them says more about them than about the model
+
+
 def calibrate(probs: np.ndarray, labels: np.ndarray, current_temperature: float = 1.0, fitted_on: str = "") -> dict:
     """Fit a temperature to probabilities a model gave at ``current_temperature``; the report holds
-    the model's new temperature and its NLL and ECE before and after."""
+    the model's new temperature and its NLL and ECE before and after.
+
+    The new temperature is applied only when it can be trusted: on at least ``MIN_IMAGES`` images,
+    and when a temperature fitted on one half of them lowers the NLL on the other half (both ways
+    round); otherwise the model keeps ``current_temperature`` and ``reason`` says why.
+    """
     log_probs = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None))
+    labels = np.asarray(labels)
+    reason = _distrust(log_probs, labels)
+    if reason:
+        report = calibration_report(log_probs, labels, 1.0)
+        return {
+            **report,
+            "temperature": current_temperature,
+            "fitted_on": fitted_on,
+            "applied": False,
+            "reason": reason,
+        }
     # Kept within the search range overall: a model that is never wrong here would drive T to 0.
     temperature = float(np.clip(current_temperature * fit_temperature(log_probs, labels), *TEMPERATURE_RANGE))
     report = calibration_report(log_probs, labels, temperature / current_temperature)
-    return {**report, "temperature": temperature, "fitted_on": fitted_on}
+    return {**report, "temperature": temperature, "fitted_on": fitted_on, "applied": True, "reason": ""}
+
+
+def describe(report: dict, previous_temperature: float = 1.0) -> str:
+    """One line on what a calibration did, for the log."""
+    if not report.get("applied", True):
+        return f"temperature kept at {previous_temperature:.3f} ({report['reason']})"
+    return (
+        f"temperature {previous_temperature:.3f} -> {report['temperature']:.3f} on {report['images']:,} images: "
+        f"expected calibration error {report['ece_before']:.4f} -> {report['ece_after']:.4f}, "
+        f"NLL {report['nll_before']:.4f} -> {report['nll_after']:.4f}"
+    )
+
+
+def _distrust(log_probs: np.ndarray, labels: np.ndarray) -> str:
+    """Why a temperature fitted to these images should not be applied, or '' if it should."""
+    if len(labels) < MIN_IMAGES:
+        return f"too few images ({len(labels):,}) to fit a temperature on; it takes at least {MIN_IMAGES}"
+    halves = np.array_split(np.random.default_rng(0).permutation(len(labels)), 2)
+    held_out, unscaled = 0.0, 0.0
+    for fit_on, test_on in (halves, halves[::-1]):
+        temperature = fit_temperature(log_probs[fit_on], labels[fit_on])
+        held_out += _nll(log_probs[test_on] / temperature, labels[test_on]) * len(test_on)
+        unscaled += _nll(log_probs[test_on], labels[test_on]) * len(test_on)
+    if held_out >= unscaled:
+        return "a temperature fitted on half of the images does not lower the error on the other half"
+    return ""
 
 
 def calibration_report(log_probs: np.ndarray, labels: np.ndarray, temperature: float) -> dict:

@@ -10,7 +10,10 @@ torch: a checkpoint's runner brings it, an exported model's does not.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -104,9 +107,26 @@ def _start_worker(reader: _InputReader) -> None:
     a torch inherited from the parent must not reuse its thread pool after the fork."""
     global _worker_reader
     _worker_reader = reader
+    stay_quiet_and_die_with_parent()
     os.environ["OMP_NUM_THREADS"] = "1"  # for a torch first imported here (by the face detector)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+
+
+def stay_quiet_and_die_with_parent() -> None:
+    """In a worker process: Ctrl-C (sent to the whole terminal group) is the main process's to
+    handle, SIGTERM just ends the worker, and on Linux the kernel ends it when the main process
+    dies, however it dies (even SIGKILL), so no worker is left behind holding its memory."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() == 1:  # the main process died before the line above
+            os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _read_batch_in_worker(batch):
@@ -132,6 +152,9 @@ def in_order(
                 "a reading worker process died (out of memory, or a crash in an image decoder); "
                 "--workers 0 reads in the main process and shows which input it was"
             ) from None
+        except BaseException:  # an error, Ctrl-C, a signal, or the consumer gone: stop the workers now
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def read_batches(

@@ -37,7 +37,7 @@ from ..inputs.data import (
 from ..models.architectures import check_model_options, create_model
 from ..models.checkpoint import build_model, now_iso, read_checkpoint, save_checkpoint, store_calibration
 from . import distributed
-from .calibration import calibrate
+from .calibration import calibrate, describe
 from .metrics import summarize
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -70,6 +70,7 @@ class TrainConfig:
     workers: int = 2  # processes decoding the images (once, before the first epoch)
     half: bool = False  # store the best checkpoint's weights as float16 (half the size)
     resume: bool = False
+    overwrite: bool = False  # replace an earlier run's files at ``out`` (else refused)
     command: str = ""  # the command line, recorded for provenance
 
     @property
@@ -184,6 +185,8 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
     log = log or Console(stderr=True, quiet=True)
     out = Path(config.out)
     state = _read_resume_state(out) if config.resume else None
+    if not config.resume and not config.overwrite:
+        _refuse_to_replace(out)
     if state:
         # A resumed run keeps the settings it started with; only where it runs may change.
         config = TrainConfig(
@@ -457,10 +460,7 @@ def _finish(run: TrainingRun) -> None:
         run.log.print(f"all {run.group.world} processes hold the same weights (fingerprint {prints[0]})")
     if run.group.is_main:
         calibration = _calibrate_best(run.out, run.val_loader(everything=True), run.provenance["val_data"], run.device)
-        run.log.print(
-            f"temperature {calibration['temperature']:.3f} fitted on the validation data: expected calibration "
-            f"error {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}"
-        )
+        run.log.print(f"validation data: {describe(calibration)}")
     run.log.print(f"best val accuracy {run.best_accuracy:.4f} (epoch {run.best_metrics.get('epoch')}) -> {run.out}")
 
 
@@ -618,7 +618,19 @@ def _state_dict(model: nn.Module) -> dict:
 
 
 def _plain_config(config: TrainConfig) -> dict:
-    return {k: v for k, v in asdict(config).items() if k not in ("resume", "command")}
+    return {k: v for k, v in asdict(config).items() if k not in ("resume", "overwrite", "command")}
+
+
+def _refuse_to_replace(out: Path) -> None:
+    """A new run never silently replaces an earlier one's checkpoint, history or resume state."""
+    earlier = [path for path in (out, history_path(out), last_path(out)) if path.exists()]
+    if not earlier:
+        return
+    resumable = "--resume continues that run if it is unfinished, " if last_path(out).exists() else ""
+    raise FerError(
+        f"{out}: an earlier run's files are there ({', '.join(path.name for path in earlier)}); "
+        f"{resumable}--overwrite replaces them, or choose another --out"
+    )
 
 
 def _read_resume_state(out: Path) -> dict | None:

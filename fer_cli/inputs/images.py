@@ -9,9 +9,11 @@ here imports torch, so predicting with an exported (ONNX) model never loads it.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +38,13 @@ def read_image(path: str | os.PathLike, channels: int) -> Image.Image:
     EXIF orientation is applied, transparency is composited on white, and 16/32-bit images are
     rescaled to 8 bits instead of clipped. Raises ``OSError``/``ValueError`` for unreadable files.
     """
-    with Image.open(path) as image:
-        image.load()
-        image = ImageOps.exif_transpose(image)
+    with warnings.catch_warnings():
+        # Between PIL's warning and its hard limit (89 and 179 megapixels) an image is large, not
+        # hostile (a panorama): read it without PIL's raw warning. Beyond the limit it is refused.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
     if channels == 0:
         channels = 1 if image.mode in ("1", "L", "LA", "I", "F") or image.mode.startswith("I;") else 3
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -73,33 +79,113 @@ class MissingInput:
     reason: str
 
 
-def iter_image_paths(sources: Iterable[str], stdin=None) -> Iterator[str | MissingInput]:
+def iter_image_paths(sources: Iterable[str], stdin=None, on_note=None) -> Iterator[str | MissingInput]:
     """Expand files, folders (recursively), globs and '-' (one path per line on stdin).
 
     Folders and globs keep only files with image extensions, in sorted order; a file named
-    directly is always tried, whatever its extension. A source that yields nothing comes out
-    as a ``MissingInput`` so the caller can report it and go on.
+    directly is always tried, whatever its extension. Links are followed, but each real folder is
+    entered once and each real file listed once per source, so a link back up the tree neither
+    loops nor repeats. A source that yields nothing, and a link with an image's name that leads
+    nowhere, come out as ``MissingInput`` so the caller can report them and go on; ``on_note(text)``
+    hears of the files a folder or glob passed over as not images.
     """
     for source in sources:
         if source == "-":
-            lines = (line.strip() for line in (stdin or sys.stdin))
-            yield from iter_image_paths((line for line in lines if line and line != "-"), stdin)
+            lines = (line.rstrip("\r\n") for line in (stdin or sys.stdin))
+            yield from iter_image_paths((line for line in lines if line.strip() and line != "-"), stdin, on_note)
             continue
         path = Path(source)
         if path.is_file():
             yield str(path)
-        elif path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
-            if not found:
-                yield MissingInput(source, f"no images in folder {source}")
-            yield from found
-        elif glob.has_magic(source):
-            found = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p) and is_image_file(p))
-            if not found:
-                yield MissingInput(source, f"no images match {source}")
-            yield from found
+        elif path.is_dir() or glob.has_magic(source):
+            found = _walk(path, None) if path.is_dir() else _glob(source)
+            images, broken, others = _sort_found(found)
+            if not images and not broken:
+                yield MissingInput(
+                    source, f"no images in folder {source}" if path.is_dir() else f"no images match {source}"
+                )
+            if others and on_note:
+                on_note(_passed_over(source, others))
+            yield from sorted(
+                [*images, *(MissingInput(link, "broken link (its target does not exist)") for link in broken)],
+                key=_path_of,
+            )
+        elif path.is_symlink():
+            yield MissingInput(source, f"broken link (its target does not exist): {source}")
         else:
             yield MissingInput(source, f"no such file or folder: {source}")
+
+
+def _path_of(item: str | MissingInput) -> str:
+    return item.source if isinstance(item, MissingInput) else item
+
+
+def _walk(root: Path, matches) -> Iterator[str]:
+    """Every file under ``root`` (``matches(relative parts)`` to filter), following links to folders
+    but entering each real folder once."""
+    seen_folders = set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        stat = os.stat(folder)
+        if (stat.st_dev, stat.st_ino) in seen_folders:
+            subfolders[:] = []
+            continue
+        seen_folders.add((stat.st_dev, stat.st_ino))
+        subfolders.sort()
+        for name in files:
+            full = os.path.join(folder, name)
+            if matches is None or matches(Path(full).relative_to(root).parts):
+                yield full
+
+
+def _glob(pattern: str) -> Iterator[str]:
+    """``glob.glob(pattern, recursive=True)`` (files only), but a ``**`` walks with ``_walk``: the
+    standard one follows links into cycles forever."""
+    parts = Path(pattern).parts
+    first_magic = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    if "**" not in parts[first_magic:]:
+        yield from (p for p in glob.glob(pattern) if os.path.isfile(p) or os.path.islink(p))
+        return
+    root = Path(*parts[:first_magic]) if first_magic else Path(".")
+    if root.is_dir():
+        rest = parts[first_magic:]
+        for found in _walk(root, lambda relative: _glob_match(rest, relative)):
+            yield found if first_magic else os.path.relpath(found)
+
+
+def _glob_match(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    """Glob's rules, one path component at a time: ``**`` spans any number of folders, and a
+    wildcard never matches a name that starts with a dot unless the pattern does."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_glob_match(pattern[1:], parts[i:]) for i in range(len(parts) + 1) if not _hidden(parts[:i]))
+    if not parts or (parts[0].startswith(".") and not pattern[0].startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(pattern[1:], parts[1:])
+
+
+def _hidden(parts: tuple[str, ...]) -> bool:
+    return any(part.startswith(".") for part in parts)
+
+
+def _sort_found(found: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
+    """Found files as (images, each real file once; links with an image's name that lead nowhere; the rest)."""
+    images, broken, others, real_paths = [], [], [], set()
+    for path in found:
+        if not is_image_file(path):
+            others.append(path)
+        elif not os.path.exists(path):
+            broken.append(path)
+        elif (real := os.path.realpath(path)) not in real_paths:
+            real_paths.add(real)
+            images.append(path)
+    return images, broken, others
+
+
+def _passed_over(source: str, others: list[str]) -> str:
+    examples = ", ".join(os.path.basename(p) for p in sorted(others)[:3])
+    more = f" and {len(others) - 3:,} more" if len(others) > 3 else ""
+    return f"{source}: passed over {len(others):,} file(s) without an image extension ({examples}{more})"
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,12 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict, half: bool = Fals
     try:
         with open(temporary, "wb") as stream:
             torch.save(checkpoint, stream)
+            stream.flush()
+            os.fsync(stream.fileno())  # on disk before it takes the old file's name, power loss included
         os.replace(temporary, path)
+    except OSError as error:  # a full disk, a folder that cannot be written: the earlier file is untouched
+        temporary.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write {path}: {error.strerror or error}") from None
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -87,11 +92,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
                 f"{path} is not a fer_cli checkpoint: it holds Python objects, not plain data, and is not loaded"
             ) from None
         raise CheckpointError(f"{path} is not a readable fer_cli checkpoint (corrupt, truncated or foreign)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"{path} is not a readable fer_cli checkpoint (corrupt, truncated or foreign): {reason}"
-        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
+        raise CheckpointError(f"{path} {_what_is_wrong(path)}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not a fer_cli checkpoint")
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
@@ -100,6 +102,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if checkpoint.get("version", 0) > VERSION:
         raise CheckpointError(f"{path} was written by a newer fer_cli (format version {checkpoint['version']})")
     return checkpoint
+
+
+def _what_is_wrong(path: Path) -> str:
+    """Why torch could not read ``path``, in the user's terms (torch's own messages speak of its internals)."""
+    with open(path, "rb") as stream:
+        start = stream.read(4)
+    if not start:
+        return "is empty"
+    if start != b"PK\x03\x04":  # every checkpoint torch has written since 1.6 is a zip archive
+        return "is not a checkpoint (not a PyTorch file)"
+    return "is damaged or truncated (a PyTorch file that cannot be read whole; copy or download it again)"
 
 
 def build_model(checkpoint: dict) -> nn.Module:

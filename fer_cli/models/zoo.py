@@ -3,6 +3,8 @@ and the shipped weights (where they live, which one is the default)."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -15,13 +17,48 @@ from .exported import OnnxRunner, load_exported
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # fer_cli/, above this stage
 
 
+CHECKSUMS = "SHA256SUMS"  # beside the shipped weights, in `sha256sum` format
+
+
 def load_classifier(path: str | os.PathLike) -> Classifier:
-    """A checkpoint (.pt) or an exported model (.onnx)."""
+    """A checkpoint (.pt) or an exported model (.onnx); a shipped one only if it is the file that was shipped."""
+    verify_shipped(path)
     if Path(path).suffix.lower() == ".onnx":
         return load_exported(path)
     from .checkpoint import load_checkpoint_classifier  # torch: only for checkpoints
 
     return load_checkpoint_classifier(path)
+
+
+def verify_shipped(path: str | os.PathLike) -> None:
+    """Refuse a file that its folder's ``SHA256SUMS`` lists under another hash: a shipped model
+    damaged, truncated or swapped. Files the list does not name (your own models) pass."""
+    path = Path(path)
+    expected = _listed_checksums(path.parent / CHECKSUMS).get(path.name)
+    if expected is None:
+        return
+    stat = path.stat()
+    if _sha256(str(path), stat.st_size, stat.st_mtime_ns) != expected:
+        raise ModelError(
+            f"{path} is not the file that was shipped (its sha256 differs from {path.parent / CHECKSUMS}): "
+            "damaged or replaced; reinstall fer-cli, or in a source checkout `git checkout weights/`"
+        )
+
+
+def _listed_checksums(listing: Path) -> dict[str, str]:
+    if not listing.is_file():
+        return {}
+    entries = (line.split(maxsplit=1) for line in listing.read_text().splitlines() if line.strip())
+    return {name.lstrip("*").strip(): digest.lower() for digest, name in entries}
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, size: int, modified_ns: int) -> str:  # size and time: a changed file is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def weights_dirs() -> list[Path]:

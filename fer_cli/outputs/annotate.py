@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -20,6 +21,7 @@ class Annotator:
     def __init__(self, folder: Path, class_names: list[str]):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=self.folder).close()  # OSError now, not one per copy later: cannot write here
         self.colours = {name: _colour(i, len(class_names)) for i, name in enumerate(class_names)}
         self.written = 0
 

@@ -173,12 +173,6 @@ WRITERS: dict[str, type[ResultWriter]] = {
 }
 
 
-def format_from_path(path) -> str | None:
-    """The format a file name asks for (.json, .jsonl, .csv, .txt for the table), if any."""
-    suffix = str(path).lower().rsplit(".", 1)[-1] if "." in str(path) else ""
-    return {"json": "json", "jsonl": "jsonl", "ndjson": "jsonl", "csv": "csv", "txt": "table"}.get(suffix)
-
-
 # --- the ensemble report -------------------------------------------------------------------------
 
 

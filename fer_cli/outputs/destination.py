@@ -1,0 +1,70 @@
+"""Where results go: a file that is replaced only when the run produced something.
+
+Results are written to a hidden temporary file beside the destination and renamed over it at the
+end, so a run that fails before its first result (a missing device, a bad model) leaves an earlier
+file as it was, and a run that is interrupted leaves a complete file of what it finished (a JSON
+array closed, a CSV with its header) rather than half a line.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+KNOWN_SUFFIXES = {"json": "json", "jsonl": "jsonl", "ndjson": "jsonl", "csv": "csv", "txt": "table"}
+
+
+def format_from_path(path) -> str | None:
+    """The format a file name asks for (.json, .jsonl/.ndjson, .csv, .txt for the table), if any."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    return KNOWN_SUFFIXES.get(suffix)
+
+
+class ResultsFile:
+    """A context manager giving a text stream for ``path``; see the module's docstring.
+
+    ``produced()`` marks that results were written: from then on the file replaces ``path`` even if
+    the run ends in an error or an interruption. Without it, only a run that ends normally does.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.has_results = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(self.path)
+        self.stream = open(self.temporary, "w", newline="", encoding="utf-8")  # OSError: the caller says why
+
+    def produced(self) -> None:
+        self.has_results = True
+
+    def __enter__(self):
+        return self.stream
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        try:
+            self.stream.close()
+            if error_type is None or self.has_results:
+                os.replace(self.temporary, self.path)
+        finally:
+            self.temporary.unlink(missing_ok=True)
+
+
+def _remove_orphans(path: Path) -> None:
+    """Temporary files an earlier run to ``path`` left when it was killed outright (SIGKILL, power
+    loss): named after a process that no longer exists."""
+    for orphan in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = orphan.name[len(path.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and not _alive(int(pid)):
+            orphan.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True
