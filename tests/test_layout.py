@@ -21,7 +21,7 @@ FLOORS = {
     "models": ("models/",),  # architectures, Classifier, checkpoints, exported models, the zoo
     "outputs": ("outputs/",),  # result records and writers; annotated copies (drawn on the inputs)
     "inputs": ("inputs/",),  # images, data sets, faces, augmentation, batches
-    "base": ("__init__.py", "device.py", "errors.py"),
+    "base": ("__init__.py", "device.py", "errors.py", "files.py"),
 }
 
 

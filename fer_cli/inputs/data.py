@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.datasets.folder import find_classes, make_dataset
+from torchvision.datasets.folder import find_classes
 
 from ..errors import SourceError
-from .images import IMAGE_EXTENSIONS, READ_ERRORS, is_image_file, model_pixels, read_image
+from .images import READ_ERRORS, images_in_folder, is_image_file, model_pixels, read_image
 
 # FER2013's CSV labels 0..6, in that order.
 FER2013_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -51,7 +51,13 @@ def find_labelled_images(root: str | os.PathLike) -> LabelledFiles:
         class_names, class_to_idx = find_classes(str(root))
     except FileNotFoundError:
         raise SourceError(f"{root} has no class subfolders; expected one subfolder of images per class") from None
-    samples = make_dataset(str(root), class_to_idx, extensions=IMAGE_EXTENSIONS, allow_empty=True)
+    # a link inside one class's folder never reaches the others' images (nor loops)
+    fence = [root, *(root / name for name in class_names)]
+    samples = [
+        (path, label)
+        for name, label in class_to_idx.items()
+        for path in images_in_folder(root / name, outside=[f for f in fence if f != root / name])
+    ]
     counts = np.bincount([label for _, label in samples], minlength=len(class_names))
     empty = [class_names[i] for i, count in enumerate(counts) if count == 0]
     if empty:

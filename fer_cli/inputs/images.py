@@ -116,20 +116,33 @@ def iter_image_paths(sources: Iterable[str], stdin=None, on_note=None) -> Iterat
             yield MissingInput(source, f"no such file or folder: {source}")
 
 
+def images_in_folder(folder: str | os.PathLike, outside: Iterable[str | os.PathLike] = ()) -> list[str]:
+    """The image files under ``folder``, sorted, each real file once, links followed without looping,
+    never into the ``outside`` folders (e.g. a link from one class's folder to another's)."""
+    fenced = {_identity(other) for other in outside}
+    images, _, _ = _sort_found(_walk(Path(folder), None, fenced))
+    return sorted(images)
+
+
+def _identity(folder: str | os.PathLike) -> tuple[int, int]:
+    stat = os.stat(folder)
+    return stat.st_dev, stat.st_ino
+
+
 def _path_of(item: str | MissingInput) -> str:
     return item.source if isinstance(item, MissingInput) else item
 
 
-def _walk(root: Path, matches) -> Iterator[str]:
+def _walk(root: Path, matches, fenced: set | None = None) -> Iterator[str]:
     """Every file under ``root`` (``matches(relative parts)`` to filter), following links to folders
-    but entering each real folder once."""
-    seen_folders = set()
+    but entering each real folder once, and none of the ``fenced`` ones."""
+    seen_folders = set(fenced or ())
     for folder, subfolders, files in os.walk(root, followlinks=True):
-        stat = os.stat(folder)
-        if (stat.st_dev, stat.st_ino) in seen_folders:
+        identity = _identity(folder)
+        if identity in seen_folders:
             subfolders[:] = []
             continue
-        seen_folders.add((stat.st_dev, stat.st_ino))
+        seen_folders.add(identity)
         subfolders.sort()
         for name in files:
             full = os.path.join(folder, name)

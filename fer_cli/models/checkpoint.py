@@ -27,6 +27,7 @@ from torch import nn
 
 from ..device import autocast, prepare_model, select_device
 from ..errors import CheckpointError
+from ..files import remove_orphans, temporary_sibling
 from .architectures import create_model
 from .classifier import Classifier, described_by
 
@@ -55,7 +56,8 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict, half: bool = Fals
         }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: the rename is atomic
+    remove_orphans(path)
+    temporary = temporary_sibling(path)
     try:
         with open(temporary, "wb") as stream:
             torch.save(checkpoint, stream)

@@ -8,9 +8,10 @@ array closed, a CSV with its header) rather than half a line.
 
 from __future__ import annotations
 
-import glob
 import os
 from pathlib import Path
+
+from ..files import remove_orphans, temporary_sibling
 
 KNOWN_SUFFIXES = {"json": "json", "jsonl": "jsonl", "ndjson": "jsonl", "csv": "csv", "txt": "table"}
 
@@ -30,10 +31,10 @@ class ResultsFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.temporary = temporary_sibling(self.path)
         self.has_results = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_orphans(self.path)
+        remove_orphans(self.path)
         self.stream = open(self.temporary, "w", newline="", encoding="utf-8")  # OSError: the caller says why
 
     def produced(self) -> None:
@@ -49,22 +50,3 @@ class ResultsFile:
                 os.replace(self.temporary, self.path)
         finally:
             self.temporary.unlink(missing_ok=True)
-
-
-def _remove_orphans(path: Path) -> None:
-    """Temporary files an earlier run to ``path`` left when it was killed outright (SIGKILL, power
-    loss): named after a process that no longer exists."""
-    for orphan in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = orphan.name[len(path.name) + 2 : -len(".tmp")]
-        if pid.isdigit() and not _alive(int(pid)):
-            orphan.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # someone else's process
-    return True

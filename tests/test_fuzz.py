@@ -1,0 +1,212 @@
+"""Fuzzing `fer predict` with generated inputs (Hypothesis): images of every mode and size, EXIF
+orientations, files cut short at random offsets, random bytes under image names, empty files;
+file names with spaces, quotes, commas, newlines, unicode and leading dashes; folders with links,
+loops and dead links. The invariants, whatever the inputs:
+
+* one JSONL record per input (per face found; one record for an image with none or an error),
+  the same records as CSV rows and as the JSON array;
+* exit code 0 when every input was read, 1 when some were not (never 2: the command is valid);
+* no exception escapes, no traceback on stderr;
+* no file outside the output is created or changed.
+
+CI runs the "ci" profile (bounded, a few seconds a test); `pytest --hypothesis-profile=long
+tests/test_fuzz.py` tries many more.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from typer.testing import CliRunner
+
+from fer_cli.cli import app
+
+settings.register_profile(
+    "ci", max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("long", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")
+
+MODES = ["L", "RGB", "RGBA", "P", "1", "LA", "I;16", "I", "F", "CMYK"]
+FORMATS = {"png": "PNG", "jpg": "JPEG", "gif": "GIF", "bmp": "BMP", "tiff": "TIFF", "webp": "WEBP", "ppm": "PPM"}
+SAVES = {  # which modes each format can hold
+    "PNG": {"L", "RGB", "RGBA", "P", "1", "LA", "I;16", "I"},
+    "JPEG": {"L", "RGB", "CMYK"},
+    "GIF": {"L", "P", "1"},
+    "BMP": {"L", "RGB", "P", "1"},
+    "TIFF": {"L", "RGB", "RGBA", "P", "1", "LA", "I;16", "I", "F", "CMYK"},
+    "WEBP": {"RGB", "RGBA"},
+    "PPM": {"L", "RGB", "1"},
+}
+
+
+@st.composite
+def image_bytes(draw) -> tuple[str, bytes, bool]:
+    """(extension, content, readable): a real image, maybe cut short; random bytes; or nothing."""
+    kind = draw(st.sampled_from(["image", "image", "image", "truncated", "random", "empty"]))
+    extension = draw(st.sampled_from(sorted(FORMATS)))
+    if kind == "random":
+        return extension, draw(st.binary(min_size=1, max_size=2000)), False
+    if kind == "empty":
+        return extension, b"", False
+    image_format = FORMATS[extension]
+    mode = draw(st.sampled_from(sorted(SAVES[image_format])))
+    width = draw(st.integers(1, 160) | st.sampled_from([1, 2, 48, 700]))
+    height = draw(st.integers(1, 160) | st.sampled_from([1, 3, 48, 500]))
+    seed = draw(st.integers(0, 2**16))
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert(mode if mode not in ("I;16", "I", "F") else "L")
+    if mode in ("I;16", "I", "F"):
+        image = image.convert("I").point(lambda v: v * 200) if mode != "F" else image.convert("F")
+        if mode == "I;16":
+            image = image.convert("I;16")
+    buffer = io.BytesIO()
+    options = {}
+    if image_format == "JPEG" and draw(st.booleans()):
+        exif = Image.Exif()
+        exif[0x0112] = draw(st.integers(1, 8))  # orientation
+        options["exif"] = exif.tobytes()
+    image.save(buffer, image_format, **options)
+    content = buffer.getvalue()
+    if kind == "truncated":
+        return extension, content[: draw(st.integers(0, max(0, len(content) - 1)))], None  # may still decode
+    return extension, content, True
+
+
+NAME_CHARACTERS = st.sampled_from(list("abcXYZ019 _-.,;'\"()[]{}!#$%&+=@~^") + ["\n", "\t", "é", "😀", "中", "ß"])
+
+
+@st.composite
+def file_name(draw) -> str:
+    stem = draw(st.text(NAME_CHARACTERS, min_size=1, max_size=24))
+    if draw(st.booleans()):
+        stem = "-" + stem  # looks like an option
+    return stem.replace("/", "_")
+
+
+@st.composite
+def input_folder(draw) -> dict:
+    """A folder plan: files (name -> (ext, bytes, readable)), optional nesting, links and loops."""
+    count = draw(st.integers(1, 6))
+    files = {}
+    for index in range(count):
+        extension, content, readable = draw(image_bytes())
+        name = f"{draw(file_name())}.{index}.{extension}"
+        folder = draw(st.sampled_from(["", "", "sub", "sub/deeper"]))
+        files[os.path.join(folder, name)] = (content, readable)
+    links = draw(st.lists(st.sampled_from(["loop", "deeper-loop", "dead"]), max_size=3, unique=True))
+    return {"files": files, "links": links}
+
+
+def build(root: Path, plan: dict) -> None:
+    for relative, (content, _) in plan["files"].items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    for link in plan["links"]:
+        if link == "loop":
+            (root / "again").symlink_to(".")
+        elif link == "deeper-loop":
+            (root / "sub").mkdir(exist_ok=True)
+            (root / "sub" / "up").symlink_to("..")
+        else:
+            (root / "gone.png").symlink_to("nowhere.png")
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    found = {}
+    for folder, _, names in os.walk(root):  # links not followed: the tree as it is
+        for name in names:
+            path = Path(folder) / name
+            if not path.is_symlink():
+                stat = path.stat()
+                found[str(path)] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint) -> str:
+    return str(tiny_checkpoint)
+
+
+def run(*args) -> tuple[int, str, str]:
+    done = CliRunner().invoke(app, [str(a) for a in args])
+    assert done.exception is None or isinstance(done.exception, SystemExit), repr(done.exception)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.exit_code, done.stdout, done.stderr
+
+
+@given(plan=input_folder(), faces=st.sampled_from(["auto", "none"]))
+def test_predict_keeps_its_invariants_on_any_folder(model, plan, faces):
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch) / "in"
+        root.mkdir()
+        build(root, plan)
+        before = snapshot(Path(scratch))
+        common = ["-m", model, "--faces", faces, "--workers", "0", "--batch-size", "3"]
+        code, stdout, _ = run("predict", root, "-f", "jsonl", *common)
+        records = [json.loads(line) for line in stdout.splitlines()]
+        assert snapshot(Path(scratch)) == before  # nothing written beside the inputs
+
+        by_path: dict[str, list] = {}
+        for record in records:
+            by_path.setdefault(record["path"], []).append(record)
+        expected = {str(root / relative) for relative in plan["files"] if _has_image_extension(relative)}
+        if "dead" in plan["links"]:
+            expected.add(str(root / "gone.png"))
+        assert set(by_path) == expected  # every input once (a loop adds none), nothing else
+        for rows in by_path.values():
+            if rows[0]["error"] or rows[0]["faces"] == 0:
+                assert len(rows) == 1
+            else:
+                assert [row["face"] for row in rows] == list(range(rows[0]["faces"]))
+                assert all(abs(sum(row["probabilities"].values()) - 1) < 1e-3 for row in rows)
+        for relative, (_, readable) in plan["files"].items():
+            if readable is not None and _has_image_extension(relative):
+                assert (by_path[str(root / relative)][0]["error"] is None) == readable, relative
+        failed = sum(1 for rows in by_path.values() if rows[0]["error"])
+        assert code == (1 if failed else 0)
+
+        out = Path(scratch) / "out"
+        for suffix in ("csv", "json"):
+            code_again, _, _ = run("predict", root, "-o", out.with_suffix(f".{suffix}"), *common)
+            assert code_again == code
+        with open(out.with_suffix(".csv"), newline="", encoding="utf-8") as table:
+            rows = list(csv.DictReader(table))
+        assert [(row["path"], row["label"]) for row in rows] == [(r["path"], r["label"] or "") for r in records]
+        assert json.loads(out.with_suffix(".json").read_text(encoding="utf-8")) == records
+
+
+@given(names=st.lists(file_name(), min_size=1, max_size=4, unique=True))
+def test_names_given_one_by_one_and_on_stdin(model, names):
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = []
+        for index, name in enumerate(names):
+            path = Path(scratch) / f"{name}.{index}.png"
+            Image.new("L", (48, 48), 100 + index).save(path)
+            paths.append(str(path))
+        code, stdout, _ = run("predict", "-m", model, "--workers", "0", "-f", "jsonl", "--", *paths)
+        assert code == 0 and [json.loads(line)["path"] for line in stdout.splitlines()] == paths
+        single_line = [p for p in paths if "\n" not in p and p.strip() == p]  # stdin is one path per line
+        if single_line:
+            done = CliRunner().invoke(app, ["predict", "-", "-m", model, "--workers", "0", "-f", "jsonl"],
+                                      input="\n".join(single_line) + "\n")  # fmt: skip
+            assert done.exit_code == 0 and [json.loads(x)["path"] for x in done.stdout.splitlines()] == single_line
+
+
+def _has_image_extension(name: str) -> bool:
+    return name.lower().rsplit(".", 1)[-1] in FORMATS
+
+
+def test_the_long_profile_exists():
+    assert settings.get_profile("long").max_examples > settings.get_profile("ci").max_examples
