@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from PIL import Image
 
 from fer_cli.engine.train import train
@@ -16,6 +17,14 @@ from .synthetic import make_labelled_folder, synthetic_face, tiny_config
 os.environ.setdefault("COLUMNS", "200")
 os.environ["NO_COLOR"] = "1"
 os.environ["TERM"] = "dumb"
+
+
+# Fuzzing (tests/test_fuzz.py): a bounded, repeatable profile for CI; `--hypothesis-profile=long` tries many more.
+settings.register_profile(
+    "ci", max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("long", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)
