@@ -281,16 +281,31 @@ def print_ensemble_report(report: dict, console: Console) -> None:
     if report.get("weights_source"):
         console.print(f"Weights: {report['weights_source']}.")
     for note in report.get("notes", []):
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(Text.assemble(("note:", "yellow"), " ", printable(note)))
+
+
+SUMMARY_CAPTION = (
+    "conf. when right/wrong: mean confidence of the correct/wrong answers (a majority vote's is the share "
+    "of models agreeing). ECE: expected calibration error, the gap between confidence and accuracy (0 is best)."
+)
 
 
 def _summary_table(report: dict, rows: list, best_name: str) -> Table:
-    summary = Table(title=f"{report['folder']}: {report['images']:,} labelled images")
-    for column in ("model", "kind", "accuracy", "macro F1", "conf. when right", "conf. when wrong", "ECE"):
-        summary.add_column(column, justify="left" if column in ("model", "kind") else "right")
+    summary = Table(
+        title=f"{printable(report['folder'])}: {report['images']:,} labelled images",
+        caption=SUMMARY_CAPTION,
+        caption_justify="left",
+    )
+    # Two-line headers keep the numbers' columns narrow, leaving the width to the model names (which
+    # fold rather than end in an ellipsis when there is still too little).
+    for column in ("model", "kind", "accuracy", "macro F1", "conf. when\nright", "conf. when\nwrong", "ECE"):
+        if column in ("model", "kind"):
+            summary.add_column(column, overflow="fold")
+        else:
+            summary.add_column(column, justify="right")
     for name, kind, metrics in rows:
         summary.add_row(
-            name,
+            Text(name),
             kind,
             _pct(metrics["accuracy"]),
             f"{metrics['macro_f1']:.3f}",
@@ -303,16 +318,16 @@ def _summary_table(report: dict, rows: list, best_name: str) -> Table:
 
 
 def _recall_table(classes: list[str], rows: list) -> Table:
+    """A row per model, as in the summary above, and a column per class: model names, however many
+    and however long, stay whole (they fold in their column), class names are short."""
     recall = Table(title="Recall per class")
-    recall.add_column("class")
-    recall.add_column("support", justify="right")
-    for name, _, _ in rows:
-        recall.add_column(name, justify="right")
+    recall.add_column("model", overflow="fold")
+    supports = {c: rows[0][2]["per_class"][c]["support"] for c in classes}
     for c in classes:
-        support = rows[0][2]["per_class"][c]["support"]
-        recall.add_row(
-            c, str(support), *[_pct(metrics["per_class"][c]["recall"]) if support else "-" for _, _, metrics in rows]
-        )
+        recall.add_column(c, justify="right", no_wrap=True)
+    recall.add_row("[dim]images[/]", *[f"[dim]{supports[c]:,}[/]" for c in classes], end_section=True)
+    for name, _, metrics in rows:
+        recall.add_row(Text(name), *[_pct(metrics["per_class"][c]["recall"]) if supports[c] else "-" for c in classes])
     return recall
 
 
@@ -341,9 +356,9 @@ def _confusion_table(classes: list[str], name: str, metrics: dict) -> Table:
 def _errors_fixed_table(report: dict) -> Table:
     names = [m["name"] for m in report["models"]]
     fixed = Table()
-    fixed.add_column("errors of")
+    fixed.add_column("errors of", overflow="fold")
     for name in names:
-        fixed.add_column(name, justify="right")
+        fixed.add_column(name, justify="right", overflow="fold")
     for name, row in zip(names, report["errors_fixed_by"]):
         fixed.add_row(name, *["-" if other == name else _pct(share) for other, share in zip(names, row)])
     return fixed
