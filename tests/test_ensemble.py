@@ -110,8 +110,8 @@ def test_a_models_validation_images_are_recognised_by_content(tiny_dataset, tiny
         np.full((len(paths), 1, 3), 1 / 3), np.zeros(len(paths), int), [model], model.class_names, True, "x", paths
     )
     assert report["notes"] == [
-        f"{model.name} was selected on 5 of these 8 images (images of its validation set of {len(val.paths)}): "
-        "its accuracy here is optimistic, and so are the weighted votes, whose weights were measured on them"
+        f"{model.name} was selected on 5 of these 8 images (part of its validation set of {len(val.paths)}): "
+        "its accuracy here is optimistic, as are the weighted votes (weights measured on its validation set)"
     ]
     others = find_labelled_images(tiny_dataset / "train").paths
     assert seen_in_validation([model], str(tiny_dataset / "train"), others, len(others)) == []

@@ -229,8 +229,11 @@ def evaluate_ensemble(
         accuracy, per_class, notes = validation_weights(classifiers, class_names)
         weights = (accuracy, per_class)
     overlap = seen_in_validation(classifiers, folder, paths if paths is not None else [], len(labels))
+    groups: dict[tuple, list[str]] = {}  # models seen on the same images make one note
     for seen in overlap:
-        notes.append(_overlap_note(seen, len(labels), weighted))
+        groups.setdefault((seen["images"], seen["validation_images"]), []).append(seen["model"])
+    for (images, size), names in groups.items():
+        notes.append(_overlap_note(names, images, size, len(labels), weighted))
     ensembles = []
     if len(classifiers) > 1:
         for name, scores in combine(probs, weights).items():
@@ -292,20 +295,23 @@ def _seen(classifier: Classifier, images: int, validation_images: int | None, ma
     }
 
 
-def _overlap_note(seen: dict, scored: int, weighted: bool) -> str:
-    size = seen["validation_images"]
-    if seen["images"] >= scored and size == scored:
-        which = "its validation set"
-    elif size:
-        which = f"images of its validation set of {size:,}"
+def _overlap_note(names: list[str], images: int, size: int | None, scored: int, weighted: bool) -> str:
+    """E.g. "m was selected on 3,589 of these 3,589 images (its validation set): its accuracy here is optimistic"."""
+    one = len(names) == 1
+    its = "its" if one else "their"
+    if size is None:
+        which = f"{its} validation folder"
+    elif images >= scored and size == scored:
+        which = f"{its} validation set"
     else:
-        which = "its validation folder"
+        which = f"part of {its} validation set of {size:,}"
+    who = names[0] if one else ", ".join(names[:-1]) + " and " + names[-1]
     note = (
-        f"{seen['model']} was selected on {seen['images']:,} of these {scored:,} images ({which}): "
-        "its accuracy here is optimistic"
+        f"{who} {'was' if one else 'were'} selected on {images:,} of these {scored:,} images ({which}): "
+        f"{its} accuracy here is optimistic"
     )
     if weighted:
-        note += ", and so are the weighted votes, whose weights were measured on them"
+        note += f", as are the weighted votes (weights measured on {its} validation set)"
     return note
 
 
