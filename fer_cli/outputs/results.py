@@ -189,7 +189,8 @@ class TableWriter(ResultWriter):
         """The table in one layout, its image column capped for measuring."""
         paths = [printable(p.path) for p in self.rows]
         longest_path = max((len(path) for path in paths), default=5)
-        label_width = max([len(NO_FACE), len(UNREADABLE)] + [len(c) + len(WARNED) for c in self.class_names])
+        marker = len(WARNED) if any(p.warning for p in self.rows) else 0
+        label_width = max([len(NO_FACE), len(UNREADABLE)] + [len(c) + marker for c in self.class_names])
         table = Table(show_lines=False)
         table.add_column("image", overflow="fold", max_width=max(5, min(longest_path, IMAGE_WIDTH)))
         table.add_column("face", justify="right", no_wrap=True)
