@@ -42,12 +42,12 @@ from .outputs.results import WRITERS, format_from_path, print_ensemble_report, p
 EXAMPLES = """Examples:
 
 \b
-  fer predict photos/                  # every face in a folder (recursive): a table
+  fer predict photos/                  # every face in a folder: a table
   fer predict face.png -f json         # table | json | jsonl | csv
   fer predict photos/ --annotate out/  # copies with boxes and labels drawn
-  fer ensemble --weighted val/         # score every shipped model and their votes
-  fer train data/ --epochs 30          # train a model (data/train and data/val)
-  fer models                           # the models, their classes and accuracy
+  fer ensemble --weighted val/         # score the models and their votes
+  fer train data/ --epochs 30          # train (data/train, data/val)
+  fer models                           # models, their classes, accuracy
 
 Results go to stdout, messages to stderr. Exit codes: 0 done; 1 done, but some inputs could not
 be read; 2 usage error (a bad option, a missing model, an unusable data set)."""
@@ -329,9 +329,9 @@ def train(
 
     \b
     Examples:
-      fer train data/ --epochs 30                # data/train and data/val, runs/model.pt
-      fer train fer2013.csv --arch resnet18 --optimizer adamw --out weights/r18.pt
-      fer train --resume --out weights/r18.pt    # go on after an interruption
+      fer train data/ --epochs 30        # data/train, data/val: runs/model.pt
+      fer train fer2013.csv --arch resnet18 --optimizer adamw --out r18.pt
+      fer train --resume --out r18.pt    # go on after an interruption
     """
     from .engine.train import TrainConfig
     from .engine.train import train as run_training
@@ -385,9 +385,9 @@ def models(
 
     \b
     Examples:
-      fer models                       # every architecture and shipped model
-      fer models resnet18_adamw        # its classes (in output order), input, accuracy, training data
-      fer models runs/model.pt         # the same for any checkpoint or .onnx file
+      fer models                    # architectures and shipped models
+      fer models resnet18_adamw     # classes in output order, input, data
+      fer models runs/model.pt      # the same for any checkpoint or .onnx
     """
     from rich.table import Table
 
@@ -487,7 +487,7 @@ def calibrate(
 
     \b
     Examples:
-      fer calibrate runs/model.pt val/      # writes the temperature into runs/model.pt
+      fer calibrate runs/model.pt val/   # the temperature, into the file
     """
     from .engine.calibration import calibrate as fit
     from .engine.ensemble import predict_labelled
@@ -547,9 +547,9 @@ def export(
 
     \b
     Examples:
-      fer export resnet18_adamw r18.onnx --val val/               # float32, scored on val/
+      fer export resnet18_adamw r18.onnx --val val/   # float32, scored on val/
       fer export runs/model.pt fast.onnx --int8 --calibration train/
-      fer predict photos/ -m fast.onnx                           # then run it like any model
+      fer predict photos/ -m fast.onnx                # run it like any model
     """
     from .engine.ensemble import score_model
     from .models.exported import export_checkpoint, store_metrics
@@ -768,22 +768,22 @@ def ensemble(
     \b
     The report's columns:
       accuracy          share of images whose top class is the true one
-      macro F1          F1 averaged over the classes, each class weighing the same
-      conf. when right  mean confidence of the correct answers (higher is better), and
-      conf. when wrong  of the wrong ones (lower is better); a majority vote's confidence
-                        is the share of models that agree
-      ECE               expected calibration error: the gap between confidence and
-                        accuracy, averaged over confidence bins (0 = calibrated)
+      macro F1          F1 averaged over the classes, each weighing the same
+      conf. when right  mean confidence of the right answers (higher is better)
+      conf. when wrong  mean confidence of the wrong ones (lower is better);
+                        a majority vote's confidence: the share of models agreeing
+      ECE               expected calibration error: the gap between confidence
+                        and accuracy, averaged over confidence bins (0 is best)
 
     A model scored on the images it was selected on (its validation set, found by content
     wherever the copy is) is named in a note: its accuracy there is optimistic.
 
     \b
     Examples:
-      fer ensemble ../shared/data/fer2013/val      # every shipped checkpoint and their votes
-      fer ensemble --weighted val/ -f json          # plus votes weighted by validation metrics
-      fer ensemble -m resnet18_adamw -m my.pt val/  # these two models
-      fer ensemble photos/                          # unlabelled: predict with the mean vote
+      fer ensemble ../shared/data/fer2013/val   # shipped checkpoints, votes
+      fer ensemble --weighted val/ -f json       # + votes weighted by val metrics
+      fer ensemble -m resnet18_adamw -m my.pt val/
+      fer ensemble photos/                       # unlabelled: the mean vote
     """
     from .engine.ensemble import default_vote, score_folder
     from .engine.predict import align_classes

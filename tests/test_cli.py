@@ -314,11 +314,13 @@ def test_every_command_shows_examples_and_readable_usage(runner, command):
     assert "<bool>" not in result.stdout  # flags take no value
     usage = result.stdout.splitlines()[0]
     assert "{" not in usage and usage.startswith(f"Usage: fer {command} [OPTIONS]")
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80  # examples included
 
 
 def test_help_says_what_it_means(runner):
     top = invoke(runner, "--help")
     assert "--version" in top.stdout and "--install-completion" in top.stdout and "Examples:" in top.stdout
+    assert max(len(line) for line in top.stdout.splitlines()) <= 80
     assert "pip install 'fer-cli[onnx]'" in invoke(runner, "export", "--help").stdout  # brackets not eaten
     predict_help = invoke(runner, "predict", "--help").stdout
     assert "Usage: fer predict [OPTIONS] SOURCE..." in predict_help
