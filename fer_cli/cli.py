@@ -9,6 +9,9 @@
 
 Exit codes: 0 success; 1 the run finished but some inputs could not be read; 2 a usage error
 (bad option, missing model, unusable dataset...). Results go to stdout, everything else to stderr.
+
+Help is Click's plain layout (``rich_markup_mode=None``): Typer's rich panels print a type such as
+``<bool>`` beside every flag, its own --help included, and read square brackets as markup.
 """
 
 from __future__ import annotations
@@ -28,17 +31,50 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
+from typer.core import TyperCommand
 
+from . import __version__
 from .errors import FerError, Interrupted, SourceError
 from .models.tta import TTA
 from .outputs.destination import KNOWN_SUFFIXES, ResultsFile, format_from_path
-from .outputs.results import WRITERS, print_ensemble_report
+from .outputs.results import WRITERS, print_ensemble_report, printable
+
+EXAMPLES = """Examples:
+
+\b
+  fer predict photos/                  # every face in a folder: a table
+  fer predict face.png -f json         # table | json | jsonl | csv
+  fer predict photos/ --annotate out/  # copies with boxes and labels drawn
+  fer ensemble --weighted val/         # score the models and their votes
+  fer train data/ --epochs 30          # train (data/train, data/val)
+  fer models                           # models, their classes, accuracy
+
+Results go to stdout, messages to stderr. Exit codes: 0 done; 1 done, but some inputs could not
+be read; 2 usage error (a bad option, a missing model, an unusable data set)."""
+
+
+class _Command(TyperCommand):
+    """Usage lines in the usual notation (``SOURCE...``, ``[OUT]``) instead of Typer's ``{source}...``."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                continue
+            name = (param.metavar or param.name.upper()) + ("..." if param.nargs != 1 else "")
+            pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
 
 app = typer.Typer(
     help="Facial-expression recognition for image files and folders.",
+    epilog=EXAMPLES,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
+    rich_markup_mode=None,  # plain help: no <bool> beside flags, brackets shown as typed (see above)
     pretty_exceptions_enable=False,
 )
 err_console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in files
@@ -73,16 +109,28 @@ class Balance(str, Enum):
     loss = "loss"
 
 
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps.")]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N (the N-th GPU) or mps.")
+]
 WorkersOpt = Annotated[
     int,
-    typer.Option("--workers", "-j", min=0, help="Processes reading and decoding images (0 = none, read in this one)."),
+    typer.Option(
+        "--workers",
+        "-j",
+        min=0,
+        metavar="N",
+        help="Processes reading and decoding images (0 = none, read in this one).",
+    ),
 ]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
-ModelOpt = Annotated[
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, metavar="N", help="Images per batch.")]
+ModelsOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--model", "-m", help="Shipped model name or checkpoint path (repeatable). Default: the best shipped model."
+        "--model",
+        "-m",
+        metavar="NAME|FILE",
+        help="A shipped model's name or a checkpoint/.onnx file; repeat for each member. "
+        "Default: every shipped checkpoint (see `fer models`).",
     ),
 ]
 FormatOpt = Annotated[
@@ -94,7 +142,9 @@ FormatOpt = Annotated[
         help="Output format. Default: table on a terminal, else jsonl (or from --output's extension).",
     ),
 ]
-OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write results to FILE instead of stdout.")]
+OutputOpt = Annotated[
+    Path | None, typer.Option("--output", "-o", metavar="FILE", help="Write results to FILE instead of stdout.")
+]
 
 
 class Faces(str, Enum):
@@ -125,13 +175,16 @@ ShardOpt = Annotated[
     str | None,
     typer.Option(
         "--shard",
+        metavar="I/N",
         help="Process only shard I of N (e.g. 2/8) of the inputs: contiguous blocks in input order, so the "
         "outputs of 1/N..N/N concatenated are the unsharded output.",
     ),
 ]
 AnnotateOpt = Annotated[
     Path | None,
-    typer.Option("--annotate", help="Write a copy of each input with boxes, labels and confidences into DIR."),
+    typer.Option(
+        "--annotate", metavar="DIR", help="Write a copy of each input with boxes, labels and confidences into DIR."
+    ),
 ]
 
 
@@ -157,6 +210,28 @@ def handles_user_errors(command):
     return wrapper
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            torch_version = version("torch")  # from the metadata: importing torch takes seconds
+        except PackageNotFoundError:
+            torch_version = "not installed"
+        typer.echo(f"fer {__version__} (torch {torch_version}, Python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_show_version, help="Show fer's version and exit."),
+    ] = False,
+) -> None:
+    """Facial-expression recognition for image files and folders: a label and a confidence for every face."""
+
+
 def _parse_options(pairs: list[str]) -> dict:
     """KEY=VALUE strings -> dict, values read as int, float, bool or str."""
     options = {}
@@ -175,50 +250,64 @@ def _parse_options(pairs: list[str]) -> dict:
     return options
 
 
-@app.command()
+@app.command(cls=_Command)
 @handles_user_errors
 def train(
     data: Annotated[
         str | None,
         typer.Argument(
-            help="Labelled folder (one subfolder per class), a root with train/ and val/, or a FER2013 CSV."
+            metavar="DATA",
+            help="Labelled folder (one subfolder per class), a root with train/ and val/, or a FER2013 CSV.",
         ),
     ] = None,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Best checkpoint path; NAME.history.csv and NAME.last.pt go beside it.")
+        Path,
+        typer.Option(
+            "--out", "-o", metavar="FILE", help="Best checkpoint path; NAME.history.csv and NAME.last.pt go beside it."
+        ),
     ] = Path("runs/model.pt"),
     val: Annotated[
         str | None,
         typer.Option(
-            help="Validation folder or CSV. Default: DATA/val, the CSV's PublicTest rows, or 10% of DATA held out."
+            metavar="FOLDER|CSV",
+            help="Validation folder or CSV. Default: DATA/val, the CSV's PublicTest rows, or 10% of DATA held out.",
         ),
     ] = None,
-    arch: Annotated[str, typer.Option(help="Architecture (see `fer models`).")] = "vgg",
+    arch: Annotated[str, typer.Option(metavar="NAME", help="Architecture (see `fer models`).")] = "vgg",
     arch_option: Annotated[
         list[str] | None,
-        typer.Option("--arch-option", help="Architecture option KEY=VALUE, e.g. width=32 (repeatable)."),
+        typer.Option("--arch-option", metavar="KEY=VALUE", help="Architecture option, e.g. width=32 (repeatable)."),
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    epochs: Annotated[int, typer.Option(min=1, metavar="N")] = 30,
     batch_size: BatchSizeOpt = 64,
     optimizer: Annotated[
         Optimizer, typer.Option(case_sensitive=False, help="sgd (Nesterov, momentum 0.9) or adamw.")
     ] = Optimizer.sgd,
     lr: Annotated[
-        float | None, typer.Option(help="Peak learning rate. Default: 0.01 for sgd, 0.001 for adamw.")
+        float | None,
+        typer.Option(metavar="LR", help="Peak learning rate. Default: 0.01 for sgd, 0.001 for adamw."),
     ] = None,
-    weight_decay: Annotated[float | None, typer.Option(min=0.0, help="Default: 5e-4 for sgd, 0.05 for adamw.")] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(min=0.0, metavar="W", help="Default: 5e-4 for sgd, 0.05 for adamw.")
+    ] = None,
     schedule: Annotated[
         Schedule, typer.Option(case_sensitive=False, help="Learning-rate schedule (plateau watches val accuracy).")
     ] = Schedule.onecycle,
-    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.1,
+    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99, metavar="EPS")] = 0.1,
     mixup: Annotated[
-        float, typer.Option(min=0.0, help="MixUp: blend pairs of images and labels, Beta(a, a) weights; 0 = off.")
+        float,
+        typer.Option(
+            min=0.0, metavar="A", help="MixUp: blend pairs of images and labels, Beta(a, a) weights; 0 = off."
+        ),
     ] = 0.0,
     cutmix: Annotated[
-        float, typer.Option(min=0.0, help="CutMix: paste a patch of one image into another, Beta(a, a); 0 = off.")
+        float,
+        typer.Option(
+            min=0.0, metavar="A", help="CutMix: paste a patch of one image into another, Beta(a, a); 0 = off."
+        ),
     ] = 0.0,
     augment: Annotated[
-        str, typer.Option(help="'default', 'none', or a comma list of flip,crop,shift,rotate,erase.")
+        str, typer.Option(metavar="LIST", help="'default', 'none', or a comma list of flip,crop,shift,rotate,erase.")
     ] = "default",
     balance: Annotated[
         Balance,
@@ -227,9 +316,9 @@ def train(
             help="Class-imbalance handling: none, sampler (weighted sampling) or loss (weighted loss).",
         ),
     ] = Balance.none,
-    size: Annotated[int, typer.Option(min=8, help="Input side in pixels.")] = 48,
-    channels: Annotated[int, typer.Option(min=1, max=3, help="1 = grayscale, 3 = RGB.")] = 1,
-    seed: Annotated[int, typer.Option()] = 0,
+    size: Annotated[int, typer.Option(min=8, metavar="PX", help="Input side in pixels.")] = 48,
+    channels: Annotated[int, typer.Option(min=1, max=3, metavar="1|3", help="1 = grayscale, 3 = RGB.")] = 1,
+    seed: Annotated[int, typer.Option(metavar="N")] = 0,
     half: Annotated[
         bool, typer.Option("--half", help="Store the best checkpoint's weights as float16 (half the size).")
     ] = False,
@@ -243,7 +332,17 @@ def train(
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
 ) -> None:
-    """Train a model on a labelled folder or FER2013 CSV, keeping the best checkpoint by validation accuracy."""
+    """Train a model on labelled images; keep the best checkpoint.
+
+    DATA is a labelled folder or a FER2013 CSV; the checkpoint kept is the epoch with the best
+    validation accuracy.
+
+    \b
+    Examples:
+      fer train data/ --epochs 30        # data/train, data/val: runs/model.pt
+      fer train fer2013.csv --arch resnet18 --optimizer adamw --out r18.pt
+      fer train --resume --out r18.pt    # go on after an interruption
+    """
     from .engine.train import TrainConfig
     from .engine.train import train as run_training
 
@@ -283,16 +382,33 @@ def train(
     run_training(config, err_console)
 
 
-@app.command()
+@app.command(cls=_Command)
 @handles_user_errors
-def models() -> None:
-    """List the architectures and the shipped weights with their validation accuracy."""
+def models(
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[NAME|FILE]", help="A shipped model's name or a model file: show its classes, input and data."
+        ),
+    ] = None,
+) -> None:
+    """List the architectures and shipped models, or describe one.
+
+    \b
+    Examples:
+      fer models                    # architectures and shipped models
+      fer models resnet18_adamw     # classes in output order, input, data
+      fer models runs/model.pt      # the same for any checkpoint or .onnx
+    """
     from rich.table import Table
 
     from .models.architectures import describe_model, list_models, model_options
-    from .models.zoo import shipped_models
+    from .models.zoo import resolve_model, shipped_models
 
     out = Console()
+    if model is not None:
+        _describe_model(resolve_model(model), out)
+        return
     table = Table(title="Architectures")
     for column in ("name", "options", "description"):
         table.add_column(column)
@@ -300,10 +416,11 @@ def models() -> None:
         options = ", ".join(f"{k}={v}" for k, v in model_options(name).items())
         table.add_row(name, options, describe_model(name))
     out.print(table)
-    table = Table(title="Shipped weights")
-    for column in ("name", "arch", "classes", "val accuracy", "used by default in", "size", "path"):
-        table.add_column(column)
     shipped = shipped_models()
+    folders = sorted({os.path.dirname(entry.path) for entry in shipped})
+    table = Table(title=f"Shipped weights (in {', '.join(folders) or 'no weights folder'})")
+    for column in ("name", "arch", "classes", "val accuracy", "used by default in", "size"):
+        table.add_column(column, no_wrap=column == "name")
     default = next((m.name for m in shipped if m.path.endswith(".pt")), None)  # the best checkpoint
     for entry in shipped:
         accuracy = entry.val_accuracy
@@ -318,24 +435,70 @@ def models() -> None:
             f"{accuracy:.2%}" if accuracy is not None else "-",
             role,
             f"{os.path.getsize(entry.path) / 1e6:.1f} MB",
-            entry.path,
         )
     out.print(table)
+    for names in dict.fromkeys(tuple(entry.class_names) for entry in shipped):
+        users = [entry.name for entry in shipped if tuple(entry.class_names) == names]
+        which = "every shipped model" if len(users) == len(shipped) else ", ".join(users)
+        out.print(f"Classes of {which}, in output order: {', '.join(names)}.", highlight=False)
+    out.print("`fer models NAME` describes one model.", highlight=False)
 
 
-@app.command()
+def _describe_model(classifier, out: Console) -> None:
+    """One model's facts, one per line: what a user needs to read its output and trust its numbers."""
+    provenance = classifier.provenance
+    preprocess = classifier.preprocess
+    metrics = classifier.metrics or {}
+    lines = [
+        ("name", classifier.name),
+        ("file", classifier.path),
+        ("architecture", classifier.arch),
+        ("classes", ", ".join(classifier.class_names) + " (in output order)"),
+        ("input", f"{preprocess['size']}x{preprocess['size']} {'grayscale' if preprocess['channels'] == 1 else 'RGB'}"),
+        ("temperature", f"{classifier.temperature:.3f}" + (" (uncalibrated)" if classifier.temperature == 1 else "")),
+    ]
+    if metrics.get("accuracy") is not None:
+        on = f" on {metrics['count']:,} images" if metrics.get("count") else ""
+        lines.append(("val accuracy", f"{metrics['accuracy']:.2%}{on}"))
+    for key, label in (("val_data", "validated on"), ("data", "trained on"), ("command", "command"), ("date", "date")):
+        if provenance.get(key):
+            lines.append((label, str(provenance[key])))
+    hashed = provenance.get("val_images", {}).get("hashes")
+    if hashed:
+        lines.append(("val images", f"{len(hashed):,} content hashes (fer ensemble notices them wherever they are)"))
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for label, value in lines:
+        grid.add_row(label, Text(printable(value)))
+    out.print(grid)
+
+
+@app.command(cls=_Command)
 @handles_user_errors
 def calibrate(
-    model: Annotated[str, typer.Argument(help="Shipped model name or checkpoint (.pt) path; updated in place.")],
-    folder: Annotated[str, typer.Argument(help="Labelled validation images (one subfolder per class).")],
+    model: Annotated[
+        str, typer.Argument(metavar="NAME|FILE", help="Shipped model name or checkpoint (.pt) path; updated in place.")
+    ],
+    folder: Annotated[
+        str, typer.Argument(metavar="FOLDER", help="Labelled validation images (one subfolder per class).")
+    ],
     faces: FacesOpt = Faces.auto,
     batch_size: BatchSizeOpt = 64,
     workers: WorkersOpt = DEFAULT_WORKERS,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Fit the model's softmax temperature on labelled validation images, so confidences match accuracy.
+    """Fit a model's temperature so confidences match accuracy.
+
+    The softmax temperature is fitted on labelled validation images and written into the checkpoint.
 
     `fer train` already does this on its validation data; use this for other data or older checkpoints.
+
+    \b
+    Examples:
+      fer calibrate runs/model.pt val/   # the temperature, into the file
     """
     from .engine.calibration import calibrate as fit
     from .engine.calibration import describe
@@ -357,28 +520,46 @@ def calibrate(
     )
 
 
-@app.command()
+@app.command(cls=_Command)
 @handles_user_errors
 def export(
-    model: Annotated[str, typer.Argument(help="Shipped model name or checkpoint (.pt) path.")],
-    out: Annotated[Path, typer.Argument(help="Where to write the ONNX model (.onnx).")],
+    model: Annotated[str, typer.Argument(metavar="NAME|FILE", help="Shipped model name or checkpoint (.pt) path.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT.onnx", help="Where to write the ONNX model.")],
     int8: Annotated[
         bool, typer.Option("--int8", help="Quantise to int8 (static, per-channel weights): smaller and faster on CPUs.")
     ] = False,
     calibration: Annotated[
         str | None,
-        typer.Option("--calibration", help="Images (a folder, e.g. the training data) that set --int8's value ranges."),
+        typer.Option(
+            "--calibration",
+            metavar="FOLDER",
+            help="Images (a folder, e.g. the training data) that set --int8's value ranges.",
+        ),
     ] = None,
     calibration_size: Annotated[
-        int, typer.Option("--calibration-size", min=1, help="How many calibration images (a seeded sample).")
+        int,
+        typer.Option("--calibration-size", min=1, metavar="N", help="How many calibration images (a seeded sample)."),
     ] = 1000,
     val: Annotated[
         str | None,
-        typer.Option("--val", help="Labelled folder to score the exported model on; its own metrics are stored."),
+        typer.Option(
+            "--val",
+            metavar="FOLDER",
+            help="Labelled folder to score the exported model on; its own metrics are stored.",
+        ),
     ] = None,
     workers: WorkersOpt = DEFAULT_WORKERS,
 ) -> None:
-    """Export a model to ONNX, to run with onnxruntime (`pip install 'fer-cli[onnx]'`), without torch."""
+    """Export a model to ONNX, to run without torch.
+
+    The exported model runs with onnxruntime (pip install 'fer-cli[onnx]').
+
+    \b
+    Examples:
+      fer export resnet18_adamw r18.onnx --val val/   # float32, scored on val/
+      fer export runs/model.pt fast.onnx --int8 --calibration train/
+      fer predict photos/ -m fast.onnx                # run it like any model
+    """
     from .engine.ensemble import score_model
     from .models.exported import export_checkpoint, store_metrics
     from .models.zoo import load_classifier, resolve_model
@@ -438,7 +619,16 @@ def _open_annotator(folder: Path | None, class_names: list[str]):
 
 
 def _report_skipped(path: str, reason: str) -> None:
-    err_console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+    err_console.print(f"[yellow]skipped[/] {_shown(path)}: {escape(reason)}", highlight=False)
+
+
+def _report_warning(path: str, warning: str) -> None:
+    err_console.print(f"[yellow]warning[/] {_shown(path)}: {escape(warning)}", highlight=False)
+
+
+def _shown(path: str) -> str:
+    """A path for one stderr line: control characters as escapes, brackets not taken for markup."""
+    return escape(printable(str(path)))
 
 
 def _predict_and_write(
@@ -499,6 +689,9 @@ def _write_predictions(batches, total, writer, destination, vote, model_label, a
             for outcome in outcomes:
                 rows = to_predictions(outcome, vote, class_names, model_label)
                 predictions.extend(rows)
+                for row in rows:
+                    if row.warning:
+                        _report_warning(row.path, row.warning)
                 tally.found += len(outcome.faces)
                 if outcome.error:
                     tally.failed += 1
@@ -534,15 +727,23 @@ def _summarise(tally: _Tally, started: float, annotator, annotate) -> None:
         raise typer.Exit(INPUTS_FAILED)
 
 
-@app.command()
+@app.command(cls=_Command)
 @handles_user_errors
 def predict(
     sources: Annotated[
-        list[str], typer.Argument(help="Image files, folders (recursive), globs, or '-' to read paths from stdin.")
+        list[str],
+        typer.Argument(
+            metavar="SOURCE", help="Image files, folders (recursive), globs, or '-' to read paths from stdin."
+        ),
     ],
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Shipped model name or checkpoint path. Default: the best shipped model."),
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="NAME|FILE",
+            help="A shipped model's name or a checkpoint/.onnx file. Default: the best shipped model.",
+        ),
     ] = None,
     faces: FacesOpt = Faces.auto,
     tta: TtaOpt = TTA.none,
@@ -554,7 +755,22 @@ def predict(
     workers: WorkersOpt = DEFAULT_WORKERS,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Predict the expression of every face: label, confidence, all class probabilities and where the face is."""
+    """Label the expression of every face in images.
+
+    Each face gets a label, its confidence, every class's probability and where the face is.
+
+    The table keeps image, face, label and confidence whole; on a narrow terminal the per-class
+    probabilities fold into the runner-up class, then the box goes (-f csv or json has them all).
+    A face under 24 px gets its label with a warning: too few pixels to read an expression.
+
+    \b
+    Examples:
+      fer predict photos/                       # a table of every face found
+      fer predict face.png -f json              # one JSON array on stdout
+      fer predict photos/ -o results.csv        # format from the extension
+      find . -name '*.jpg' | fer predict -      # paths on stdin
+      fer predict photos/ --annotate out/ --tta flip
+    """
     from .inputs.images import Shard
     from .models.zoo import resolve_model
 
@@ -571,13 +787,16 @@ def predict(
     )  # fmt: skip
 
 
-@app.command()
+@app.command(cls=_Command)
 @handles_user_errors
 def ensemble(
     folder: Annotated[
-        str, typer.Argument(help="A labelled folder (one subfolder per class) to score, or any images to predict.")
+        str,
+        typer.Argument(
+            metavar="FOLDER", help="A labelled folder (one subfolder per class) to score, or any images to predict."
+        ),
     ],
-    model: ModelOpt = None,
+    model: ModelsOpt = None,
     weighted: Annotated[
         bool, typer.Option("--weighted", help="Add votes weighted by each model's stored validation metrics.")
     ] = False,
@@ -590,7 +809,31 @@ def ensemble(
     workers: WorkersOpt = DEFAULT_WORKERS,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Score every model (and their votes) on a labelled folder; on unlabelled images, predict with the vote."""
+    """Score models and their votes on labelled images.
+
+    FOLDER with one subfolder per class is scored: every model and their votes. Any other images
+    are predicted with the vote.
+
+    \b
+    The report's columns:
+      accuracy          share of images whose top class is the true one
+      macro F1          F1 averaged over the classes, each weighing the same
+      conf. when right  mean confidence of the right answers (higher is better)
+      conf. when wrong  mean confidence of the wrong ones (lower is better);
+                        a majority vote's confidence: the share of models agreeing
+      ECE               expected calibration error: the gap between confidence
+                        and accuracy, averaged over confidence bins (0 is best)
+
+    A model scored on the images it was selected on (its validation set, found by content
+    wherever the copy is) is named in a note: its accuracy there is optimistic.
+
+    \b
+    Examples:
+      fer ensemble ../shared/data/fer2013/val   # shipped checkpoints, votes
+      fer ensemble --weighted val/ -f json       # + votes weighted by val metrics
+      fer ensemble -m resnet18_adamw -m my.pt val/
+      fer ensemble photos/                       # unlabelled: the mean vote
+    """
     from .engine.ensemble import default_vote, score_folder
     from .engine.predict import align_classes
     from .inputs.data import is_labelled_folder

@@ -20,7 +20,7 @@ def runner():
 
 
 def invoke(runner, *args, stdin=None):
-    return runner.invoke(app, [str(a) for a in args], input=stdin)
+    return runner.invoke(app, [str(a) for a in args], input=stdin, prog_name="fer")
 
 
 def test_predict_jsonl_has_every_probability(runner, image_folder, tiny_checkpoint):
@@ -60,7 +60,7 @@ def test_predict_json_csv_and_table(runner, image_folder, tiny_checkpoint):
     rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
     assert list(rows[0]) == [
         *["path", "face", "faces", "x", "y", "w", "h", "detector_score", "label", "confidence"],
-        *[*CLASSES, "model", "error"],
+        *[*CLASSES, "model", "error", "warning"],
     ]
     assert [(row["face"], row["faces"], row["w"], row["detector_score"]) for row in rows] == [("0", "1", "48", "")] * 2
     assert [row["label"] for row in rows] == ["calm", "smile"]
@@ -173,11 +173,14 @@ def test_ensemble_tables(runner, labelled_dir, tiny_checkpoint, second_checkpoin
         "Recall per class",
         "Per-class results of",
         "Confusion matrix of",
-        "conf. when wrong",
+        "conf. when",
         "errors that the column model gets right",
+        "ECE: expected calibration error",  # the line that says what the columns mean
     ):
         assert title in result.stdout
     assert "weighted per class (val F1)" in result.stdout
+    # Both models were selected on other images (their val/), not on these.
+    assert "selected on" not in result.stdout
 
 
 def test_ensemble_on_unlabelled_images_predicts_with_the_vote(runner, image_folder, tiny_checkpoint, second_checkpoint):
@@ -298,3 +301,80 @@ def test_a_reading_worker_that_dies_is_a_clear_error_not_a_traceback():
 
     with pytest.raises(FerError, match="--workers 0"):  # each "batch" makes its worker exit at once
         list(in_order(os._exit, [1, 2, 3], 1, id, None))
+
+
+# --- a command line that explains itself ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["predict", "ensemble", "train", "models", "calibrate", "export"])
+def test_every_command_shows_examples_and_readable_usage(runner, command):
+    result = invoke(runner, command, "--help")
+    assert result.exit_code == 0
+    assert "Examples:" in result.stdout and f"fer {command}" in result.stdout
+    assert "<bool>" not in result.stdout  # flags take no value
+    usage = result.stdout.splitlines()[0]
+    assert "{" not in usage and usage.startswith(f"Usage: fer {command} [OPTIONS]")
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80  # examples included
+
+
+def test_help_says_what_it_means(runner):
+    top = invoke(runner, "--help")
+    assert "--version" in top.stdout and "--install-completion" in top.stdout and "Examples:" in top.stdout
+    assert max(len(line) for line in top.stdout.splitlines()) <= 80
+    assert "pip install 'fer-cli[onnx]'" in invoke(runner, "export", "--help").stdout  # brackets not eaten
+    predict_help = invoke(runner, "predict", "--help").stdout
+    assert "Usage: fer predict [OPTIONS] SOURCE..." in predict_help
+    ensemble_help = invoke(runner, "ensemble", "--help").stdout
+    assert "Usage: fer ensemble [OPTIONS] FOLDER" in ensemble_help
+    assert "every shipped checkpoint" in " ".join(ensemble_help.split())  # what --model defaults to
+    assert "ECE" in ensemble_help and "conf. when wrong" in ensemble_help  # the report's columns
+
+
+def test_version_and_completion(runner):
+    from fer_cli import __version__
+
+    version = invoke(runner, "--version")
+    assert version.exit_code == 0 and version.stdout.startswith(f"fer {__version__} (torch ")
+    completion = runner.invoke(app, ["--show-completion", "bash"], prog_name="fer")
+    assert completion.exit_code == 0 and "_FER_COMPLETE=complete_bash" in completion.stdout
+
+
+def test_models_describes_one_model_with_its_classes(runner, tiny_checkpoint):
+    result = invoke(runner, "models", tiny_checkpoint)
+    assert result.exit_code == 0, result.output
+    assert "calm, frown, smile (in output order)" in result.stdout
+    assert "48x48 grayscale" in result.stdout and "val images" in result.stdout
+    assert invoke(runner, "models", "no-such-model").exit_code == 2
+
+
+def test_a_face_too_small_to_read_is_labelled_with_a_warning(runner, tmp_path, tiny_checkpoint):
+    from PIL import Image
+
+    Image.new("L", (1, 1), 128).save(tmp_path / "dot.png")
+    Image.fromarray(np.full((48, 48), 120, dtype=np.uint8)).save(tmp_path / "face.png")
+    result = invoke(runner, "predict", tmp_path, "-m", tiny_checkpoint, "-f", "jsonl", "-j", 0)
+    assert result.exit_code == 0, result.output
+    rows = {json.loads(line)["path"]: json.loads(line) for line in result.stdout.splitlines()}
+    dot = rows[str(tmp_path / "dot.png")]
+    assert dot["label"] in CLASSES and "1x1 px" in dot["warning"]  # kept, with the reason to doubt it
+    assert rows[str(tmp_path / "face.png")]["warning"] is None
+    assert f"warning {tmp_path / 'dot.png'}: 1x1 px" in result.stderr
+
+
+def test_newlines_in_file_names_keep_messages_and_table_rows_whole(runner, tmp_path, tiny_checkpoint):
+    from PIL import Image
+
+    from .synthetic import synthetic_face
+
+    Image.fromarray(synthetic_face(0, 5)).save(tmp_path / "two\nlines.png")
+    (tmp_path / "bad\nname [red].png").write_text("not an image")
+    table = invoke(runner, "predict", tmp_path, "-m", tiny_checkpoint, "-f", "table", "-j", 0)
+    assert table.exit_code == 1
+    assert "two\\nlines.png" in table.stdout and "bad\\nname [red].png" in table.stdout
+    skipped = [line for line in table.stderr.splitlines() if line.startswith("skipped")]
+    assert skipped == [f"skipped {tmp_path}/bad\\nname [red].png: not an image (or an unsupported format)"]
+    as_json = invoke(runner, "predict", tmp_path, "-m", tiny_checkpoint, "-f", "json", "-j", 0)
+    assert {row["path"] for row in json.loads(as_json.stdout)} == {
+        str(tmp_path / "two\nlines.png"),
+        str(tmp_path / "bad\nname [red].png"),
+    }

@@ -72,3 +72,56 @@ def test_a_models_validation_folder_is_recognised_wherever_it_is(tiny_dataset, t
     assert validated_on([model], str(moved)) == [model]
     next(moved.glob("*/*.png")).unlink()  # not the same images any more
     assert validated_on([model], str(moved)) == []
+
+
+def test_a_models_validation_images_are_recognised_by_content(tiny_dataset, tiny_checkpoint, tmp_path):
+    """Copies, parts and lossless re-encodings of the validation set count; other images do not."""
+    from PIL import Image
+
+    from fer_cli.engine.ensemble import evaluate_ensemble, seen_in_validation
+    from fer_cli.inputs.data import find_labelled_images
+
+    model = load_classifier(tiny_checkpoint)
+    recorded = model.provenance["val_images"]
+    val = find_labelled_images(tiny_dataset / "val")
+    assert recorded["count"] == len(val.paths) and len(recorded["hashes"]) <= len(val.paths)
+
+    # Five of its images, renamed, one re-saved as lossless WebP and one as RGB, beside three new ones.
+    mixed = tmp_path / "mixed"
+    (mixed / "calm").mkdir(parents=True)
+    (mixed / "smile").mkdir()
+    for i, path in enumerate(val.paths[:5]):
+        image = Image.open(path)
+        if i == 0:
+            image.save(mixed / "calm" / "copy0.webp", lossless=True)
+        elif i == 1:
+            image.convert("RGB").save(mixed / "calm" / "copy1.png")
+        else:
+            shutil.copy(path, mixed / "calm" / f"copy{i}.png")
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 48), dtype=np.uint8)).save(
+            mixed / "smile" / f"new{i}.png"
+        )
+    paths = find_labelled_images(mixed).paths
+    assert seen_in_validation([model], str(mixed), paths, len(paths)) == [
+        {"model": model.name, "images": 5, "validation_images": len(val.paths), "matched_by": "content"}
+    ]
+    report = evaluate_ensemble(
+        np.full((len(paths), 1, 3), 1 / 3), np.zeros(len(paths), int), [model], model.class_names, True, "x", paths
+    )
+    assert report["notes"] == [
+        f"{model.name} was selected on 5 of these 8 images (part of its validation set of {len(val.paths)}): "
+        "its accuracy here is optimistic, as are the weighted votes (weights measured on its validation set)"
+    ]
+    others = find_labelled_images(tiny_dataset / "train").paths
+    assert seen_in_validation([model], str(tiny_dataset / "train"), others, len(others)) == []
+
+
+def test_a_checkpoint_without_content_hashes_falls_back_to_the_folder(tiny_dataset, tiny_checkpoint):
+    from fer_cli.engine.ensemble import seen_in_validation
+
+    model = load_classifier(tiny_checkpoint)
+    model.provenance.pop("val_images")
+    assert seen_in_validation([model], str(tiny_dataset / "val"), [], 24) == [
+        {"model": model.name, "images": 24, "validation_images": None, "matched_by": "folder"}
+    ]

@@ -176,7 +176,7 @@ def test_predict_gives_a_row_per_face_and_a_no_face_row(tiny_checkpoint):
     assert "faces)" in result.stderr
 
     table = invoke("predict", PHOTOS / "coffee.png", PHOTOS / "astronaut.png", "-m", tiny_checkpoint, "-f", "table")
-    assert "no face found" in table.stdout and "1 of 1" in table.stdout
+    assert "no face" in table.stdout and "0 faces" in table.stdout and "1 of 1" in table.stdout
 
 
 @needs_photos

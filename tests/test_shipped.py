@@ -11,6 +11,8 @@ from fer_cli.models.zoo import load_classifier, resolve_model, shipped_models
 
 from .synthetic import FER_VAL
 
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"  # what the repository ships
+
 SHIPPED = shipped_models()
 needs_weights = pytest.mark.skipif(not SHIPPED, reason="no shipped weights in weights/")
 needs_val = pytest.mark.skipif(
@@ -82,3 +84,35 @@ def test_the_shipped_weights_fit_beside_a_data_chunk_on_the_gpu_machine():
         pytest.skip("no weights/ folder here (an installed package)")
     total = sum(p.stat().st_size for p in weights.iterdir() if p.suffix in (".pt", ".onnx"))
     assert total <= 50e6, f"{total / 1e6:.1f} MB of weights"
+
+
+@needs_weights
+@needs_val
+def test_the_shipped_checkpoints_recognise_a_copy_of_part_of_their_validation_set(tmp_path):
+    """``provenance.val_images`` was added to the shipped files: 100 val images copied elsewhere are noticed."""
+    import shutil
+
+    from fer_cli.engine.ensemble import seen_in_validation
+
+    files = find_labelled_images(FER_VAL)
+    for i in np.linspace(0, len(files.paths) - 1, 100).round().astype(int):
+        target = tmp_path / "copy" / files.class_names[files.labels[i]] / f"renamed_{i}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(files.paths[i], target)
+    copied = find_labelled_images(tmp_path / "copy").paths
+    checkpoints = [load_classifier(m.path) for m in SHIPPED if m.path.endswith(".pt")]
+    seen = seen_in_validation(checkpoints, str(tmp_path / "copy"), copied, len(copied))
+    assert [s["model"] for s in seen] == [c.name for c in checkpoints]
+    assert all(s["images"] == 100 and s["validation_images"] == 3589 and s["matched_by"] == "content" for s in seen)
+
+
+def test_the_checksum_list_names_every_shipped_file_as_it_is():
+    import hashlib
+
+    from fer_cli.models.zoo import CHECKSUMS, _listed_checksums
+
+    listed = _listed_checksums(WEIGHTS / CHECKSUMS)
+    shipped = sorted(p.name for p in WEIGHTS.iterdir() if p.suffix in (".pt", ".onnx") and ".last." not in p.name)
+    assert sorted(listed) == shipped
+    for name, digest in listed.items():
+        assert hashlib.sha256((WEIGHTS / name).read_bytes()).hexdigest() == digest, f"{name}: sha256sum *.pt *.onnx"

@@ -15,12 +15,12 @@ stored in each checkpoint, measured on that run's validation data.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import ModelError, SourceError
-from ..inputs.data import find_labelled_images, labelled_digest
+from ..inputs.data import CONTENT_HASH, content_hash, find_labelled_images, labelled_digest
 from ..inputs.faces import FacePolicy
 from ..models.classifier import Classifier
 from ..models.tta import TTA
@@ -123,7 +123,9 @@ def score_folder(
     policy = FacePolicy(faces)
     labelled = predict_labelled(classifiers, folder, device, batch_size, workers, on_skip, policy, tta)
     class_names = align_classes(classifiers)
-    report = evaluate_ensemble(labelled.probs, labelled.labels, classifiers, class_names, weighted, folder)
+    report = evaluate_ensemble(
+        labelled.probs, labelled.labels, classifiers, class_names, weighted, folder, paths=labelled.paths
+    )
     report["unreadable_images"] = labelled.unreadable
     report["face_policy"] = policy.value
     report["tta"] = TTA(tta).value
@@ -139,6 +141,7 @@ class LabelledPredictions:
     labels: np.ndarray  # (N,) indices into the same classes
     unreadable: int
     without_face: int  # images classified whole because the detector found no face
+    paths: list[str] = field(default_factory=list)  # the images scored, in the rows' order
 
 
 def predict_labelled(
@@ -168,7 +171,7 @@ def predict_labelled(
         )
     to_model_label = [class_names.index(name) for name in files.class_names]
     label_of = dict(zip(files.paths, files.labels))
-    probs, labels, unreadable, no_face = [], [], 0, 0
+    probs, labels, paths, unreadable, no_face = [], [], [], 0, 0
     stream = predict_stream(
         classifiers, files.paths, device, batch_size, workers, faces=faces, whole_image_if_no_face=True, tta=tta
     )
@@ -183,9 +186,10 @@ def predict_labelled(
             no_face += largest.fallback
             probs.append(largest.probs)
             labels.append(to_model_label[label_of[outcome.path]])
+            paths.append(outcome.path)
     if not probs:
         raise SourceError(f"no readable images in {folder}")
-    return LabelledPredictions(np.stack(probs), np.array(labels), unreadable, no_face)
+    return LabelledPredictions(np.stack(probs), np.array(labels), unreadable, no_face, paths)
 
 
 def score_model(
@@ -203,8 +207,12 @@ def evaluate_ensemble(
     class_names: list[str],
     weighted: bool,
     folder: str,
+    paths: list[str] | None = None,
 ) -> dict:
-    """The whole report for a labelled folder, as one plain dict (what --format json prints)."""
+    """The whole report for a labelled folder, as one plain dict (what --format json prints).
+
+    ``paths`` (the images scored) let it notice models that were selected on some of them.
+    """
     models = []
     for m, classifier in enumerate(classifiers):
         models.append(
@@ -220,10 +228,12 @@ def evaluate_ensemble(
     if weighted:
         accuracy, per_class, notes = validation_weights(classifiers, class_names)
         weights = (accuracy, per_class)
-        for classifier in validated_on(classifiers, folder):
-            notes.append(
-                f"{classifier.name} was validated on this same folder, so weighted-vote scores here are optimistic"
-            )
+    overlap = seen_in_validation(classifiers, folder, paths if paths is not None else [], len(labels))
+    groups: dict[tuple, list[str]] = {}  # models seen on the same images make one note
+    for seen in overlap:
+        groups.setdefault((seen["images"], seen["validation_images"]), []).append(seen["model"])
+    for (images, size), names in groups.items():
+        notes.append(_overlap_note(names, images, size, len(labels), weighted))
     ensembles = []
     if len(classifiers) > 1:
         for name, scores in combine(probs, weights).items():
@@ -235,6 +245,7 @@ def evaluate_ensemble(
         "class_names": class_names,
         "weights_source": WEIGHTS_SOURCE if weighted else None,
         "notes": notes,
+        "validation_overlap": overlap,
         "models": models,
         "ensembles": ensembles,
         "oracle_accuracy": float(correct.any(axis=1).mean()) if len(labels) else 0.0,
@@ -249,6 +260,59 @@ def errors_fixed_by(correct: np.ndarray) -> np.ndarray:
     wrong = ~correct
     fixed = wrong.T.astype(float) @ correct.astype(float)  # (i, j): i wrong and j right
     return fixed / np.maximum(wrong.sum(axis=0), 1)[:, None]
+
+
+def seen_in_validation(classifiers: list[Classifier], folder: str, paths: list[str], scored: int) -> list[dict]:
+    """The models that were selected on some of the scored images, and on how many.
+
+    A checkpoint that records its validation images' content hashes (``provenance.val_images``)
+    is matched image by image, so a copy of its validation set, or 100 of its images in another
+    folder, is noticed; the scored images are hashed once, only when some model has hashes. A
+    checkpoint without them falls back to ``validated_on`` (same path or same names: the whole
+    folder). Returns ``{"model", "images", "validation_images", "matched_by"}`` per model.
+    """
+    found, hashes = [], None
+    for classifier in classifiers:
+        recorded = classifier.provenance.get("val_images") or {}
+        if recorded.get("method") == CONTENT_HASH and recorded.get("hashes"):
+            if hashes is None:
+                hashes = [content_hash(path) for path in paths]
+            known = set(recorded["hashes"])
+            images = sum(h in known for h in hashes if h is not None)
+            if images:
+                found.append(_seen(classifier, images, recorded.get("count"), "content"))
+        elif classifier in validated_on([classifier], folder):
+            found.append(_seen(classifier, scored, None, "folder"))
+    return found
+
+
+def _seen(classifier: Classifier, images: int, validation_images: int | None, matched_by: str) -> dict:
+    return {
+        "model": classifier.name,
+        "images": images,
+        "validation_images": validation_images,
+        "matched_by": matched_by,
+    }
+
+
+def _overlap_note(names: list[str], images: int, size: int | None, scored: int, weighted: bool) -> str:
+    """E.g. "m was selected on 3,589 of these 3,589 images (its validation set): its accuracy here is optimistic"."""
+    one = len(names) == 1
+    its = "its" if one else "their"
+    if size is None:
+        which = f"{its} validation folder"
+    elif images >= scored and size == scored:
+        which = f"{its} validation set"
+    else:
+        which = f"part of {its} validation set of {size:,}"
+    who = names[0] if one else ", ".join(names[:-1]) + " and " + names[-1]
+    note = (
+        f"{who} {'was' if one else 'were'} selected on {images:,} of these {scored:,} images ({which}): "
+        f"{its} accuracy here is optimistic"
+    )
+    if weighted:
+        note += f", as are the weighted votes (weights measured on {its} validation set)"
+    return note
 
 
 def validated_on(classifiers: list[Classifier], folder: str) -> list[Classifier]:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import UnidentifiedImageError
 
 from ..errors import FerError, ModelError
-from ..inputs.faces import FaceFinder, FacePolicy
+from ..inputs.faces import FaceFinder, FacePolicy, size_warning
 from ..inputs.images import READ_ERRORS, MissingInput, model_pixels, read_image
 from ..models.classifier import Classifier
 from ..models.tta import TTA
@@ -250,6 +250,7 @@ def to_predictions(outcome: Outcome, vote, class_names: list[str], model: str) -
                 confidence=float(probs[best]),
                 probabilities={name: float(p) for name, p in zip(class_names, probs)},
                 model=model,
+                warning=size_warning(face.box),
             )
         )
     return predictions

@@ -33,6 +33,7 @@ from ..inputs.data import (
     find_labelled_images,
     labelled_digest,
     read_fer2013_csv,
+    validation_images,
 )
 from ..models.architectures import check_model_options, create_model
 from ..models.checkpoint import build_model, now_iso, read_checkpoint, save_checkpoint, store_calibration
@@ -354,6 +355,8 @@ def _provenance(config: TrainConfig, val_origin: str, val_path: str | None, grou
         "val_path": val_path,  # lets `fer ensemble` notice it is scoring a model on its own validation data,
         # also once that data has moved (another machine, another copy): its images by name
         "val_digest": labelled_digest(val_path) if val_path and Path(val_path).is_dir() else None,
+        # ...and by content, so that copies and parts of it are recognised too (``ensemble.seen_in_validation``)
+        "val_images": validation_images(val_path) if val_path and Path(val_path).is_dir() else None,
         "command": config.command,
         "seed": config.seed,
         "config": _plain_config(config),

@@ -80,6 +80,36 @@ def labelled_digest(root: str | os.PathLike) -> str:
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()
 
 
+# How ``content_hash`` names an image, stored beside the hashes so that another method never
+# compares equal by accident.
+CONTENT_HASH = "sha256[:16] of WxH + 8-bit grayscale pixels"
+
+
+def content_hash(path: str | os.PathLike) -> str | None:
+    """An image's identity by what it shows: 16 hex digits of the sha256 of its size and upright
+    8-bit grayscale pixels (None when it cannot be read).
+
+    Pixels, not file bytes: a copy re-saved losslessly (another PNG compression, WebP lossless, BMP,
+    metadata stripped, an RGB copy of a grayscale face) keeps its hash, and FER2013's CSV rows and
+    its PNG trees hash alike. A lossy re-encode (JPEG) changes the pixels, and the hash.
+    """
+    import hashlib
+
+    try:
+        image = read_image(path, channels=1)
+    except READ_ERRORS:
+        return None
+    return hashlib.sha256(f"{image.width}x{image.height}\n".encode() + image.tobytes()).hexdigest()[:16]
+
+
+def validation_images(root: str | os.PathLike) -> dict:
+    """What a checkpoint records of its validation folder's images: the content hashes (sorted,
+    each once; 3,589 FER2013 faces take about 60 KB) and how many images there were."""
+    files = find_labelled_images(root)
+    hashes = [h for h in map(content_hash, files.paths) if h is not None]
+    return {"method": CONTENT_HASH, "count": len(hashes), "hashes": sorted(set(hashes))}
+
+
 def is_labelled_folder(root: str | os.PathLike, class_names: list[str]) -> bool:
     """True when ``root``'s image-holding subfolders are named after (some of) ``class_names``.
 

@@ -39,6 +39,9 @@ CROP_MAX_SIDE = 128  # auto: an image no larger than this is a face crop already
 FILLS_FRAME = 0.5  # auto: one face whose aligned crop covers this share of the image is the whole image
 DETECT_MAX_SIDE = 1280  # larger photos are searched at this size; crops come from full resolution
 ALIGNED_MAX_SIDE = 1024  # aligned crops are made at the face's own resolution, up to this side
+# A face narrower than this (half FER2013's 48 px) has too few pixels to show an expression; its
+# label is still given, with a warning. The detector's own smallest face is 20 px.
+MIN_FACE_SIDE = 24
 
 # Landmarks (left eye, right eye, nose, left and right mouth corner) as fractions of a FER2013
 # crop's side: the detector's mean on training faces, made left-right symmetric.
@@ -112,6 +115,14 @@ class FaceFinder:
             )
             for d in found
         ]
+
+
+def size_warning(box: tuple[int, int, int, int]) -> str | None:
+    """Why a face of this (x, y, w, h) box is implausibly small to read, or None."""
+    width, height = box[2], box[3]
+    if min(width, height) >= MIN_FACE_SIDE:
+        return None
+    return f"{width}x{height} px, too small to be a readable face (under {MIN_FACE_SIDE} px): the label is a guess"
 
 
 def align_face(image: Image.Image, detection: Detection) -> Image.Image:

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,8 @@ class Prediction:
     ``face`` indexes the faces of the image left to right (0 first), ``faces`` counts them, ``box``
     is (x, y, w, h) in the upright image's pixels and ``detector_score`` the face detector's
     confidence (None when the whole image was taken as the face). An image without a face has
-    ``faces == 0`` and no label.
+    ``faces == 0`` and no label. ``warning`` says why a prediction deserves less trust than its
+    confidence suggests (e.g. an input too small to show a face), without withholding it.
     """
 
     path: str
@@ -35,6 +38,7 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     model: str = ""
+    warning: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -52,6 +56,7 @@ class Prediction:
             "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
             "model": self.model,
             "error": self.error,
+            "warning": self.warning,
         }
 
 
@@ -99,14 +104,14 @@ class JsonWriter(ResultWriter):
 
 
 class CsvWriter(ResultWriter):
-    """path, face, faces, x, y, w, h, detector_score, label, confidence, one column per class, model, error."""
+    """path, face, faces, x, y, w, h, detector_score, label, confidence, one column per class, model, error, warning."""
 
     def __init__(self, stream, class_names):
         super().__init__(stream, class_names)
         self.writer = csv.writer(stream, lineterminator="\n")
         self.writer.writerow(
             ["path", "face", "faces", "x", "y", "w", "h", "detector_score", "label", "confidence", *class_names]
-            + ["model", "error"]
+            + ["model", "error", "warning"]
         )
 
     def write_batch(self, predictions):
@@ -115,7 +120,7 @@ class CsvWriter(ResultWriter):
             box = list(p.box) if p.box is not None else [""] * 4
             self.writer.writerow(
                 [p.path, _blank(p.face), _blank(p.faces), *box, _number(p.detector_score), p.label or ""]
-                + [_number(p.confidence), *probs, p.model, p.error or ""]
+                + [_number(p.confidence), *probs, p.model, p.error or "", p.warning or ""]
             )
         self.stream.flush()
 
@@ -128,41 +133,110 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
-class TableWriter(ResultWriter):
-    """A rich table for people: one row per face, the top label highlighted, failures in red."""
+def printable(text: str) -> str:
+    """``text`` with control characters (a newline in a file name, a tab, an escape) written as
+    escapes, so that one path stays on one line of a table or a message."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
-    def __init__(self, stream, class_names):
+
+IMAGE_WIDTH = 40  # paths up to this long stay on one line: other columns go first
+UNREADABLE = "unreadable"
+NO_FACE = "no face"  # beside "0 faces": short, so that the label column stays narrow
+WARNED = " !"  # after a label: the record carries a warning
+
+
+class TableWriter(ResultWriter):
+    """A rich table for people: one row per face, the top label highlighted, failures in red.
+
+    What a person reads first (image, face, label, confidence) always stays whole. When the
+    terminal is too narrow for everything, the per-class probabilities fold into one column (the
+    runner-up class), then the box goes; a line under the table says what was left out.
+    """
+
+    # From the fullest to the leanest: (box column, probabilities as "classes" | "runner-up" | None)
+    LAYOUTS = ((True, "classes"), (True, "runner-up"), (False, "runner-up"), (False, None))
+
+    def __init__(self, stream, class_names, width: int | None = None):
         super().__init__(stream, class_names)
         self.rows: list[Prediction] = []
+        self.width = width  # None: the terminal's (COLUMNS), or 80 when not a terminal
 
     def write_batch(self, predictions):
         self.rows.extend(predictions)
 
     def close(self):
-        console = Console(file=self.stream)
-        table = Table(show_lines=False)
-        table.add_column("image", overflow="fold")
-        table.add_column("face", justify="right")
-        table.add_column("box (x, y, w, h)", justify="right")
-        table.add_column("label", style="bold")
-        table.add_column("confidence", justify="right")
-        for name in self.class_names:
-            table.add_column(name, justify="right")
-        blank = [""] * len(self.class_names)
-        for p in self.rows:
-            if not p.ok:
-                table.add_row(p.path, "", "", f"[red]{p.error}[/]", "", *blank)
-            elif p.faces == 0:
-                table.add_row(p.path, "0 faces", "", "[dim]no face found[/]", "", *blank)
-            else:
-                cells = [
-                    f"[bold]{p.probabilities[c]:.2f}[/]" if c == p.label else f"{p.probabilities.get(c, 0.0):.2f}"
-                    for c in self.class_names
-                ]
-                face = f"{p.face + 1} of {p.faces}"
-                table.add_row(p.path, face, ", ".join(map(str, p.box)), p.label, f"{p.confidence:.1%}", *cells)
+        console = Console(file=self.stream, width=self.width)
+        for box, probabilities in self.LAYOUTS:
+            table = self.table(box, probabilities)
+            if _fits(console, table):
+                break
+        table.columns[0].max_width = None  # measured at its narrowest acceptable width; now take what is left
+        notes = []
+        if probabilities != "classes" and self.class_names:
+            shown = "folded into the runner-up" if probabilities else "and the box left out"
+            notes.append(f"Per-class probabilities {shown} at {console.width} columns (-f csv or json has them all).")
+        if any(p.warning for p in self.rows):
+            notes.append(f"{WARNED.strip()} a warning (on stderr, and the 'warning' field of -f json or csv).")
+        if notes:
+            table.caption = " ".join(notes)
+            table.caption_justify = "left"
         console.print(table)
         super().close()
+
+    def table(self, box: bool, probabilities: str | None) -> Table:
+        """The table in one layout, its image column capped for measuring."""
+        paths = [printable(p.path) for p in self.rows]
+        longest_path = max((len(path) for path in paths), default=5)
+        marker = len(WARNED) if any(p.warning for p in self.rows) else 0
+        label_width = max([len(NO_FACE), len(UNREADABLE)] + [len(c) + marker for c in self.class_names])
+        table = Table(show_lines=False)
+        table.add_column("image", overflow="fold", max_width=max(5, min(longest_path, IMAGE_WIDTH)))
+        table.add_column("face", justify="right", no_wrap=True)
+        if box:
+            table.add_column("box (x,y,w,h)", justify="right", no_wrap=True)
+        table.add_column("label", overflow="fold", min_width=label_width, max_width=label_width)
+        table.add_column("confidence", justify="right", no_wrap=True)
+        if probabilities == "classes":
+            for name in self.class_names:
+                table.add_column(name, justify="right", no_wrap=True)
+        elif probabilities == "runner-up":
+            table.add_column("runner-up", no_wrap=True)
+        blank = [""] * (len(self.class_names) if probabilities == "classes" else 1 if probabilities else 0)
+        for p, path in zip(self.rows, paths):
+            image = Text(path)
+            if not p.ok:  # the reason under the path, where the table is widest
+                image.append(f"\n{printable(p.error)}", style="red")
+                cells = ["", Text(UNREADABLE, style="red"), ""]
+            elif p.faces == 0:
+                cells = ["0 faces", Text(NO_FACE, style="dim"), ""]
+            else:
+                label = Text(p.label, style="bold")
+                if p.warning:
+                    label.append(WARNED, style="yellow")
+                cells = [f"{p.face + 1} of {p.faces}", label, f"{p.confidence:.1%}"]
+            if box:
+                cells.insert(1, ",".join(map(str, p.box)) if p.box is not None else "")
+            table.add_row(image, *cells, *(self._probabilities(p, probabilities) if p.label else blank))
+        return table
+
+    def _probabilities(self, p: Prediction, probabilities: str | None) -> list:
+        if probabilities == "classes":
+            return [
+                f"[bold]{p.probabilities[c]:.2f}[/]" if c == p.label else f"{p.probabilities.get(c, 0.0):.2f}"
+                for c in self.class_names
+            ]
+        if probabilities == "runner-up":
+            others = sorted(((v, c) for c, v in p.probabilities.items() if c != p.label), reverse=True)
+            return [f"{others[0][1]} {others[0][0]:.1%}" if others else ""]
+        return []
+
+
+def _fits(console: Console, table: Table) -> bool:
+    """Whether the table's natural width (no cell wrapped) is within the console's."""
+    unbounded = console.options.update_width(10_000)
+    return Measurement.get(console, unbounded, table).maximum <= console.width
 
 
 WRITERS: dict[str, type[ResultWriter]] = {
@@ -202,16 +276,31 @@ def print_ensemble_report(report: dict, console: Console) -> None:
     if report.get("weights_source"):
         console.print(f"Weights: {report['weights_source']}.")
     for note in report.get("notes", []):
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(Text.assemble(("note:", "yellow"), " ", printable(note)))
+
+
+SUMMARY_CAPTION = (
+    "conf. when right/wrong: mean confidence of the correct/wrong answers (a majority vote's is the share "
+    "of models agreeing). ECE: expected calibration error, the gap between confidence and accuracy (0 is best)."
+)
 
 
 def _summary_table(report: dict, rows: list, best_name: str) -> Table:
-    summary = Table(title=f"{report['folder']}: {report['images']:,} labelled images")
-    for column in ("model", "kind", "accuracy", "macro F1", "conf. when right", "conf. when wrong", "ECE"):
-        summary.add_column(column, justify="left" if column in ("model", "kind") else "right")
+    summary = Table(
+        title=f"{printable(report['folder'])}: {report['images']:,} labelled images",
+        caption=SUMMARY_CAPTION,
+        caption_justify="left",
+    )
+    # Two-line headers keep the numbers' columns narrow, leaving the width to the model names (which
+    # fold rather than end in an ellipsis when there is still too little).
+    for column in ("model", "kind", "accuracy", "macro F1", "conf. when\nright", "conf. when\nwrong", "ECE"):
+        if column in ("model", "kind"):
+            summary.add_column(column, overflow="fold")
+        else:
+            summary.add_column(column, justify="right")
     for name, kind, metrics in rows:
         summary.add_row(
-            name,
+            Text(name),
             kind,
             _pct(metrics["accuracy"]),
             f"{metrics['macro_f1']:.3f}",
@@ -224,16 +313,16 @@ def _summary_table(report: dict, rows: list, best_name: str) -> Table:
 
 
 def _recall_table(classes: list[str], rows: list) -> Table:
+    """A row per model, as in the summary above, and a column per class: model names, however many
+    and however long, stay whole (they fold in their column), class names are short."""
     recall = Table(title="Recall per class")
-    recall.add_column("class")
-    recall.add_column("support", justify="right")
-    for name, _, _ in rows:
-        recall.add_column(name, justify="right")
+    recall.add_column("model", overflow="fold")
+    supports = {c: rows[0][2]["per_class"][c]["support"] for c in classes}
     for c in classes:
-        support = rows[0][2]["per_class"][c]["support"]
-        recall.add_row(
-            c, str(support), *[_pct(metrics["per_class"][c]["recall"]) if support else "-" for _, _, metrics in rows]
-        )
+        recall.add_column(c, justify="right", no_wrap=True)
+    recall.add_row("[dim]images[/]", *[f"[dim]{supports[c]:,}[/]" for c in classes], end_section=True)
+    for name, _, metrics in rows:
+        recall.add_row(Text(name), *[_pct(metrics["per_class"][c]["recall"]) if supports[c] else "-" for c in classes])
     return recall
 
 
@@ -262,9 +351,9 @@ def _confusion_table(classes: list[str], name: str, metrics: dict) -> Table:
 def _errors_fixed_table(report: dict) -> Table:
     names = [m["name"] for m in report["models"]]
     fixed = Table()
-    fixed.add_column("errors of")
+    fixed.add_column("errors of", overflow="fold")
     for name in names:
-        fixed.add_column(name, justify="right")
+        fixed.add_column(name, justify="right", overflow="fold")
     for name, row in zip(names, report["errors_fixed_by"]):
         fixed.add_row(name, *["-" if other == name else _pct(share) for other, share in zip(names, row)])
     return fixed
