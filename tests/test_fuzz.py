@@ -34,7 +34,7 @@ from fer_cli.cli import app
 MODES = ["L", "RGB", "RGBA", "P", "1", "LA", "I;16", "I", "F", "CMYK"]
 FORMATS = {"png": "PNG", "jpg": "JPEG", "gif": "GIF", "bmp": "BMP", "tiff": "TIFF", "webp": "WEBP", "ppm": "PPM"}
 SAVES = {  # which modes each format can hold
-    "PNG": {"L", "RGB", "RGBA", "P", "1", "LA", "I;16", "I"},
+    "PNG": {"L", "RGB", "RGBA", "P", "1", "LA", "I;16"},  # PIL writes 32-bit "I" only to TIFF
     "JPEG": {"L", "RGB", "CMYK"},
     "GIF": {"L", "P", "1"},
     "BMP": {"L", "RGB", "P", "1"},
