@@ -711,7 +711,8 @@ def _write_predictions(batches, total, writer, destination, vote, model_label, a
 def _summarise(tally: _Tally, started: float, annotator, annotate) -> None:
     """The run's last lines on stderr, and its exit code: 1 when an input or an annotated copy failed."""
     seconds = time.perf_counter() - started
-    rate = f", {tally.done / seconds:,.0f} images/s" if tally.done else ""
+    per_second = tally.done / seconds if seconds else 0.0
+    rate = f", {per_second:,.{0 if per_second >= 10 else 1}f} images/s" if tally.done else ""
     faces_found = f"{tally.found:,} face" + ("" if tally.found == 1 else "s")
     err_console.print(
         f"{tally.done - tally.failed:,} of {tally.done:,} inputs predicted ({faces_found}) in {seconds:.1f}s{rate}",
