@@ -321,3 +321,14 @@ def test_a_labelled_folder_with_a_loop_is_scored_and_an_empty_class_is_a_clear_e
         image.unlink()
     done = invoke("ensemble", root, "-m", tiny_checkpoint, "-f", "json", "--workers", "0")
     assert done.exit_code == 2 and "frown has no images" in done.stderr and "Traceback" not in done.output
+
+
+def test_a_damaged_file_gives_no_raw_library_warning(tmp_path):
+    """Found by the fuzzing: a TIFF cut short made PIL print 'Corrupt EXIF data' on stderr."""
+    image = Image.fromarray(synthetic_face(0, 1))
+    image.save(tmp_path / "whole.tiff")
+    (tmp_path / "cut.tiff").write_bytes((tmp_path / "whole.tiff").read_bytes()[:14])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(OSError):
+            read_image(tmp_path / "cut.tiff", channels=1)  # an error for this file, not a warning for the user

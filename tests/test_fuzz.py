@@ -20,6 +20,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +135,10 @@ def model(tiny_checkpoint) -> str:
 
 
 def run(*args) -> tuple[int, str, str]:
-    done = CliRunner().invoke(app, [str(a) for a in args])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        done = CliRunner().invoke(app, [str(a) for a in args])
+    assert not caught, [str(w.message) for w in caught]  # a library's raw warning would reach the user's stderr
     assert done.exception is None or isinstance(done.exception, SystemExit), repr(done.exception)
     assert "Traceback" not in done.stderr, done.stderr
     return done.exit_code, done.stdout, done.stderr

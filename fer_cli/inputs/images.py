@@ -39,9 +39,12 @@ def read_image(path: str | os.PathLike, channels: int) -> Image.Image:
     rescaled to 8 bits instead of clipped. Raises ``OSError``/``ValueError`` for unreadable files.
     """
     with warnings.catch_warnings():
-        # Between PIL's warning and its hard limit (89 and 179 megapixels) an image is large, not
-        # hostile (a panorama): read it without PIL's raw warning. Beyond the limit it is refused.
+        # PIL warns where it reads what it can: between its warning and hard limits (89 and 179
+        # megapixels) an image is large, not hostile (a panorama); a damaged file's metadata
+        # ("Corrupt EXIF data") does not stop its pixels. The image is read either way, and an
+        # image that cannot be read is an error per file; a raw library warning is neither.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", UserWarning)
         with Image.open(path) as image:
             image.load()
             image = ImageOps.exif_transpose(image)
