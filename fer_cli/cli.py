@@ -672,10 +672,13 @@ def _predict_and_write(
     """The shared body of `predict` and unlabelled `ensemble`: stream, vote, write, annotate, report, exit code."""
     from .engine.predict import align_classes, predict_stream
     from .inputs.images import iter_image_paths
-    from .outputs.report import PredictionReport
 
     class_names = align_classes(classifiers)
-    collector = PredictionReport(_open_report_folder(report), class_names, model_label) if report else None
+    collector = None
+    if report is not None:  # matplotlib is loaded only for a report
+        from .outputs.report import PredictionReport
+
+        collector = PredictionReport(_open_report_folder(report), class_names, model_label)
     started = time.perf_counter()
     items = list(iter_image_paths(sources, on_note=lambda note: err_console.print(note, highlight=False)))
     if not items:

@@ -61,7 +61,7 @@ def training_curves(history: list[dict], title: str = "") -> Figure:
     # Fixed margins rather than a layout engine: this is redrawn every epoch, and measuring the
     # labels to place the panels took half its time.
     figure = Figure(figsize=(12, 3.6), dpi=DPI)
-    figure.subplots_adjust(left=0.05, right=0.985, bottom=0.14, top=0.84, wspace=0.22)
+    figure.subplots_adjust(left=0.05, right=0.985, bottom=0.14, top=0.82, wspace=0.22)
     loss, accuracy, lr = figure.subplots(1, 3)
     for ax, key, name in ((loss, "loss", "loss"), (accuracy, "accuracy", "accuracy")):
         ax.plot(
