@@ -36,7 +36,7 @@ def picture(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         pixels = np.asarray(image.convert("L"), dtype=np.float64)
     assert pixels.shape[0] > 100 and pixels.shape[1] > 100
-    assert pixels.std() > 10, f"{path.name} is blank"
+    assert pixels.std() > 3, f"{path.name} is blank"  # text alone on white is ~9
     return pixels
 
 

@@ -108,9 +108,11 @@ def write_ensemble_report(
     title = (
         f"Most confident mistakes of {mistakes_of}: true class on the left, predicted label and confidence under each"
     )
+    if not mistakes:
+        title = f"{mistakes_of} got every image right"
     written.append(
         figures.save_png(
-            figures.thumbnail_grid(rows, title, max(per_class, 1)),
+            figures.thumbnail_grid(rows, title, max(per_class, 6)),  # 6 columns at least: room for the title
             folder / "mistakes.png",
             [{**m, "true": classes[m["true"]], "predicted": classes[m["predicted"]]} for m in mistakes],
         )
