@@ -180,6 +180,14 @@ ShardOpt = Annotated[
         "outputs of 1/N..N/N concatenated are the unsharded output.",
     ),
 ]
+ReportOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--report",
+        metavar="DIR",
+        help="Also write figures, report.json and index.html (tables and pictures, for any browser) into DIR.",
+    ),
+]
 AnnotateOpt = Annotated[
     Path | None,
     typer.Option(
@@ -196,7 +204,7 @@ def handles_user_errors(command):
         try:
             return command(*args, **kwargs)
         except FerError as error:
-            err_console.print(f"[bold red]error:[/] {error}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
             if os.environ.get("FER_DEBUG"):
                 raise
             raise typer.Exit(USAGE_ERROR) from None
@@ -263,7 +271,10 @@ def train(
     out: Annotated[
         Path,
         typer.Option(
-            "--out", "-o", metavar="FILE", help="Best checkpoint path; NAME.history.csv and NAME.last.pt go beside it."
+            "--out",
+            "-o",
+            metavar="FILE",
+            help="Best checkpoint path; NAME.history.csv, NAME.curves.png and NAME.last.pt go beside it.",
         ),
     ] = Path("runs/model.pt"),
     val: Annotated[
@@ -329,6 +340,15 @@ def train(
         bool,
         typer.Option("--overwrite", help="Replace an earlier run's checkpoint, history and resume state at --out."),
     ] = False,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            "--tensorboard",
+            metavar="DIR",
+            help="Also log each epoch for TensorBoard into DIR: scalars, the validation confusion matrix, "
+            "hyper-parameters (pip install 'fer-cli[tensorboard]').",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
 ) -> None:
@@ -342,6 +362,7 @@ def train(
       fer train data/ --epochs 30        # data/train, data/val: runs/model.pt
       fer train fer2013.csv --arch resnet18 --optimizer adamw --out r18.pt
       fer train --resume --out r18.pt    # go on after an interruption
+      fer train data/ --tensorboard runs/tb    # tensorboard --logdir runs/tb
     """
     from .engine.train import TrainConfig
     from .engine.train import train as run_training
@@ -372,6 +393,7 @@ def train(
             device=device,
             workers=workers,
             half=half,
+            tensorboard=str(tensorboard) if tensorboard else None,
             resume=resume,
             overwrite=overwrite,
             command=shlex.join(["fer", *sys.argv[1:]]),
@@ -618,6 +640,18 @@ def _open_annotator(folder: Path | None, class_names: list[str]):
         raise typer.BadParameter(f"cannot write to {folder}: {error.strerror}", param_hint="--annotate") from None
 
 
+def _open_report_folder(folder: Path | None) -> Path | None:
+    """Make --report's folder before any work, so that a bad one fails at once."""
+    from .outputs.report import prepare_folder
+
+    if folder is None:
+        return None
+    try:
+        return prepare_folder(folder)
+    except OSError as error:
+        raise typer.BadParameter(f"cannot write to {folder}: {error.strerror}", param_hint="--report") from None
+
+
 def _report_skipped(path: str, reason: str) -> None:
     err_console.print(f"[yellow]skipped[/] {_shown(path)}: {escape(reason)}", highlight=False)
 
@@ -632,13 +666,19 @@ def _shown(path: str) -> str:
 
 
 def _predict_and_write(
-    classifiers, sources, vote, model_label, fmt, output, device, batch_size, workers, faces, annotate, tta, shard=None
-) -> None:
-    """The shared body of `predict` and unlabelled `ensemble`: stream, vote, write, annotate, exit code."""
+    classifiers, sources, vote, model_label, fmt, output, device, batch_size, workers, faces, annotate, tta, shard=None,
+    report=None,
+) -> None:  # fmt: skip
+    """The shared body of `predict` and unlabelled `ensemble`: stream, vote, write, annotate, report, exit code."""
     from .engine.predict import align_classes, predict_stream
     from .inputs.images import iter_image_paths
 
     class_names = align_classes(classifiers)
+    collector = None
+    if report is not None:  # matplotlib is loaded only for a report
+        from .outputs.report import PredictionReport
+
+        collector = PredictionReport(_open_report_folder(report), class_names, model_label)
     started = time.perf_counter()
     items = list(iter_image_paths(sources, on_note=lambda note: err_console.print(note, highlight=False)))
     if not items:
@@ -654,13 +694,18 @@ def _predict_and_write(
             writer = WRITERS[chosen](stream, class_names)
             try:
                 batches = predict_stream(classifiers, items, device, batch_size, workers, faces=faces.value, tta=tta)
-                _write_predictions(batches, len(items), writer, destination, vote, model_label, annotator, tally)
+                _write_predictions(
+                    batches, len(items), writer, destination, vote, model_label, annotator, tally, collector
+                )
             finally:
                 writer.close()  # a JSON array is closed, a table printed, whatever happened
     except (KeyboardInterrupt, Interrupted):
         if output is not None and tally.done:
             err_console.print(f"results of {tally.done:,} of {len(items):,} inputs kept in {output}", highlight=False)
         raise
+    if collector is not None:
+        collector.write()
+        err_console.print(f"report in {_shown(report)}{os.sep}index.html", highlight=False)
     _summarise(tally, started, annotator, annotate)
 
 
@@ -672,7 +717,7 @@ class _Tally:
     not_annotated: int = 0  # annotated copies that could not be written
 
 
-def _write_predictions(batches, total, writer, destination, vote, model_label, annotator, tally) -> None:
+def _write_predictions(batches, total, writer, destination, vote, model_label, annotator, tally, collector) -> None:
     """Each batch of outcomes voted on, written, annotated and counted as it comes."""
     from .engine.predict import to_predictions
 
@@ -703,6 +748,8 @@ def _write_predictions(batches, total, writer, destination, vote, model_label, a
                         tally.not_annotated += 1
                         _report_skipped(outcome.path, f"no annotated copy: {error}")
             writer.write_batch(predictions)
+            if collector is not None:
+                collector.add(predictions)
             tally.done += len(outcomes)
             if isinstance(destination, ResultsFile):
                 destination.produced()
@@ -749,6 +796,7 @@ def predict(
     faces: FacesOpt = Faces.auto,
     tta: TtaOpt = TTA.none,
     annotate: AnnotateOpt = None,
+    report: ReportOpt = None,
     fmt: FormatOpt = None,
     output: OutputOpt = None,
     shard: ShardOpt = None,
@@ -771,6 +819,7 @@ def predict(
       fer predict photos/ -o results.csv        # format from the extension
       find . -name '*.jpg' | fer predict -      # paths on stdin
       fer predict photos/ --annotate out/ --tta flip
+      fer predict photos/ --report report/      # labels, confidences, faces
     """
     from .inputs.images import Shard
     from .models.zoo import resolve_model
@@ -784,7 +833,7 @@ def predict(
     only_model = lambda probs: probs[:, 0]  # noqa: E731  (N, 1, C) -> (N, C)
     _predict_and_write(
         [classifier], sources, only_model, classifier.name, fmt, output, device, batch_size, workers, faces,
-        annotate, tta, chosen_shard,
+        annotate, tta, chosen_shard, report,
     )  # fmt: skip
 
 
@@ -804,6 +853,7 @@ def ensemble(
     faces: FacesOpt = Faces.auto,
     tta: TtaOpt = TTA.none,
     annotate: AnnotateOpt = None,
+    report: ReportOpt = None,
     fmt: FormatOpt = None,
     output: OutputOpt = None,
     batch_size: BatchSizeOpt = 64,
@@ -832,10 +882,11 @@ def ensemble(
     Examples:
       fer ensemble ../shared/data/fer2013/val   # shipped checkpoints, votes
       fer ensemble --weighted val/ -f json       # + votes weighted by val metrics
+      fer ensemble --weighted val/ --report report/  # + figures, index.html
       fer ensemble -m resnet18_adamw -m my.pt val/
       fer ensemble photos/                       # unlabelled: the mean vote
     """
-    from .engine.ensemble import default_vote, score_folder
+    from .engine.ensemble import default_vote, score_labelled
     from .engine.predict import align_classes
     from .inputs.data import is_labelled_folder
     from .models.zoo import resolve_models
@@ -846,7 +897,7 @@ def ensemble(
         name, vote = default_vote(classifiers, weighted)
         _predict_and_write(
             classifiers, [folder], vote, f"ensemble: {name}", fmt, output, device, batch_size, workers, faces,
-            annotate, tta,
+            annotate, tta, report=report,
         )  # fmt: skip
         return
     if annotate is not None:
@@ -854,22 +905,40 @@ def ensemble(
 
     if fmt not in (None, OutputFormat.table, OutputFormat.json):
         raise typer.BadParameter("a labelled folder's report is a table or json", param_hint="--format")
+    report_folder = _open_report_folder(report)
     started = time.perf_counter()
-    report = score_folder(
+    scored, labelled = score_labelled(
         classifiers, folder, weighted, device, batch_size, workers, on_skip=_report_skipped, faces=faces.value, tta=tta
     )
     destination, chosen = _open_output(output, fmt)
     with destination as stream:
         if chosen == "json":
-            stream.write(json.dumps(report, indent=2) + "\n")
+            stream.write(json.dumps(scored, indent=2) + "\n")
         else:
-            print_ensemble_report(report, Console(file=stream))
+            print_ensemble_report(scored, Console(file=stream))
     err_console.print(
-        f"scored {len(classifiers)} model(s) on {report['images']:,} images in {time.perf_counter() - started:.1f}s",
+        f"scored {len(classifiers)} model(s) on {scored['images']:,} images in {time.perf_counter() - started:.1f}s",
         highlight=False,
     )
-    if report["unreadable_images"]:
+    if report_folder is not None:
+        _write_ensemble_report(report_folder, scored, labelled)
+    if scored["unreadable_images"]:
         raise typer.Exit(INPUTS_FAILED)
+
+
+def _write_ensemble_report(folder: Path, report: dict, labelled) -> None:
+    """--report for a labelled folder: the figures, from the report and the per-image scores it was made from."""
+    from .engine.ensemble import most_confident_mistakes
+    from .outputs.report import write_ensemble_report
+
+    accuracies = [m["metrics"]["accuracy"] for m in report["models"]]
+    best = accuracies.index(max(accuracies))  # the most accurate model's mistakes (a vote has no single face to blame)
+    mistakes = most_confident_mistakes(labelled, labelled.probs[:, best], per_class=8)
+    try:
+        write_ensemble_report(folder, report, mistakes, report["models"][best]["name"])
+    except OSError as error:
+        raise FerError(f"cannot write the report in {folder}: {error.strerror or error}") from None
+    err_console.print(f"report in {_shown(folder)}{os.sep}index.html", highlight=False)
 
 
 def main() -> None:

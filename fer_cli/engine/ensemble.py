@@ -24,7 +24,7 @@ from ..inputs.data import CONTENT_HASH, content_hash, find_labelled_images, labe
 from ..inputs.faces import FacePolicy
 from ..models.classifier import Classifier
 from ..models.tta import TTA
-from .metrics import summarize
+from .metrics import confident_mistakes, coverage, reliability, summarize
 from .predict import align_classes, predict_stream
 
 WEIGHTS_SOURCE = (
@@ -120,6 +120,21 @@ def score_folder(
     tta: TTA | str = TTA.none,
 ) -> dict:
     """Predict a labelled folder with every model and score the models and their votes."""
+    return score_labelled(classifiers, folder, weighted, device, batch_size, workers, on_skip, faces, tta)[0]
+
+
+def score_labelled(
+    classifiers: list[Classifier],
+    folder: str,
+    weighted: bool,
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int = 0,
+    on_skip=None,
+    faces: FacePolicy | str = FacePolicy.auto,
+    tta: TTA | str = TTA.none,
+) -> tuple[dict, LabelledPredictions]:
+    """``score_folder``'s report, and the per-image predictions it was made from (for the figures)."""
     policy = FacePolicy(faces)
     labelled = predict_labelled(classifiers, folder, device, batch_size, workers, on_skip, policy, tta)
     class_names = align_classes(classifiers)
@@ -132,7 +147,7 @@ def score_folder(
     report["images_without_detected_face"] = labelled.without_face
     if labelled.without_face:
         report["notes"].append(f"{labelled.without_face:,} image(s) had no detected face and were classified whole")
-    return report
+    return report, labelled
 
 
 @dataclass
@@ -142,6 +157,7 @@ class LabelledPredictions:
     unreadable: int
     without_face: int  # images classified whole because the detector found no face
     paths: list[str] = field(default_factory=list)  # the images scored, in the rows' order
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # the face scored in each, (x, y, w, h)
 
 
 def predict_labelled(
@@ -171,7 +187,7 @@ def predict_labelled(
         )
     to_model_label = [class_names.index(name) for name in files.class_names]
     label_of = dict(zip(files.paths, files.labels))
-    probs, labels, paths, unreadable, no_face = [], [], [], 0, 0
+    probs, labels, paths, boxes, unreadable, no_face = [], [], [], [], 0, 0
     stream = predict_stream(
         classifiers, files.paths, device, batch_size, workers, faces=faces, whole_image_if_no_face=True, tta=tta
     )
@@ -187,9 +203,10 @@ def predict_labelled(
             probs.append(largest.probs)
             labels.append(to_model_label[label_of[outcome.path]])
             paths.append(outcome.path)
+            boxes.append(tuple(largest.box))
     if not probs:
         raise SourceError(f"no readable images in {folder}")
-    return LabelledPredictions(np.stack(probs), np.array(labels), unreadable, no_face, paths)
+    return LabelledPredictions(np.stack(probs), np.array(labels), unreadable, no_face, paths, boxes)
 
 
 def score_model(
@@ -222,6 +239,7 @@ def evaluate_ensemble(
                 "arch": classifier.arch,
                 "val_accuracy_in_checkpoint": classifier.val_accuracy,
                 "metrics": summarize(labels, probs[:, m], class_names),
+                **_curves(labels, probs[:, m]),
             }
         )
     weights, notes = None, []
@@ -237,7 +255,9 @@ def evaluate_ensemble(
     ensembles = []
     if len(classifiers) > 1:
         for name, scores in combine(probs, weights).items():
-            ensembles.append({"name": name, "metrics": summarize(labels, scores, class_names)})
+            ensembles.append(
+                {"name": name, "metrics": summarize(labels, scores, class_names), **_curves(labels, scores)}
+            )
     correct = probs.argmax(axis=2) == labels[:, None]
     return {
         "folder": folder,
@@ -252,6 +272,30 @@ def evaluate_ensemble(
         "all_wrong_rate": float((~correct).all(axis=1).mean()) if len(labels) else 0.0,
         "errors_fixed_by": errors_fixed_by(correct).tolist(),
     }
+
+
+def _curves(labels: np.ndarray, scores: np.ndarray) -> dict:
+    """The report's data for a reliability diagram (the bins its ECE is made of) and for accuracy
+    against the share of images kept above a confidence threshold."""
+    return {"reliability": reliability(labels, scores), "coverage": coverage(labels, scores)}
+
+
+def most_confident_mistakes(labelled: LabelledPredictions, scores: np.ndarray, per_class: int = 6) -> list[dict]:
+    """The wrong answers given with the most confidence, up to ``per_class`` per true class, most
+    confident first: ``{"path", "box", "true", "predicted", "confidence"}`` (class indices)."""
+    found = []
+    for indices in confident_mistakes(labelled.labels, scores, per_class):
+        for i in indices:
+            found.append(
+                {
+                    "path": labelled.paths[i],
+                    "box": labelled.boxes[i] if labelled.boxes else None,
+                    "true": int(labelled.labels[i]),
+                    "predicted": int(scores[i].argmax()),
+                    "confidence": float(scores[i].max()),
+                }
+            )
+    return found
 
 
 def errors_fixed_by(correct: np.ndarray) -> np.ndarray:

@@ -43,13 +43,74 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
     """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
     if len(labels) == 0:
         return 0.0
+    total = len(labels)
+    return float(
+        sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in reliability(labels, probs, bins))
+    )
+
+
+def reliability(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> list[dict]:
+    """The confidence bins the ECE is made of (equal width, empty ones left out): each bin's edges,
+    how many answers fall in it, their accuracy and their mean confidence. A reliability diagram."""
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    error = 0.0
+    found = []
     for b in range(bins):
         members = which == b
         if members.any():
-            error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(error)
+            found.append(
+                {
+                    "lower": float(edges[b]),
+                    "upper": float(edges[b + 1]),
+                    "count": int(members.sum()),
+                    "accuracy": float(correct[members].mean()),
+                    "confidence": float(confidence[members].mean()),
+                }
+            )
+    return found
+
+
+def coverage(labels: np.ndarray, probs: np.ndarray, points: int = 20) -> list[dict]:
+    """Accuracy on the most confident answers only, for shares kept of 1/points .. 1 (all).
+
+    What a confidence threshold buys: keeping the ``kept`` most confident share of the images
+    means leaving out those below ``threshold`` (the lowest confidence kept), and the ones kept
+    are right ``accuracy`` of the time.
+    """
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    if len(labels) == 0:
+        return []
+    order = np.argsort(-probs.max(axis=1), kind="stable")
+    confidence = probs.max(axis=1)[order]
+    correct = (probs.argmax(axis=1) == labels)[order]
+    right_so_far = np.cumsum(correct)
+    curve = []
+    for share in np.linspace(1.0 / points, 1.0, points):
+        kept = max(1, int(round(share * len(labels))))
+        curve.append(
+            {
+                "kept": kept / len(labels),
+                "images": kept,
+                "accuracy": float(right_so_far[kept - 1] / kept),
+                "threshold": float(confidence[kept - 1]),
+            }
+        )
+    return curve
+
+
+def confident_mistakes(labels: np.ndarray, probs: np.ndarray, per_class: int = 6) -> list[list[int]]:
+    """For each true class, the indices of its wrong answers given with the most confidence first
+    (at most ``per_class``)."""
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
+    found = []
+    for c in range(probs.shape[1]):
+        wrong = np.flatnonzero((labels == c) & (predicted != c))
+        found.append(wrong[np.argsort(-confidence[wrong], kind="stable")][:per_class].tolist())
+    return found
