@@ -196,7 +196,7 @@ def handles_user_errors(command):
         try:
             return command(*args, **kwargs)
         except FerError as error:
-            err_console.print(f"[bold red]error:[/] {error}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)  # [serve] is text
             if os.environ.get("FER_DEBUG"):
                 raise
             raise typer.Exit(USAGE_ERROR) from None

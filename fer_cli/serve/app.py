@@ -69,6 +69,7 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
         "for uploaded images, and a page to drop photos on (`/`).",
         lifespan=lifespan,
     )
+    app.state.fer = state  # the predictor, the batcher, the queue: for /health, and for tests
     app.add_middleware(BodyLimit, limit=config.max_upload_bytes, paths=("/predict",))
 
     @app.post(
