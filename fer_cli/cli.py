@@ -6,6 +6,7 @@
     fer ensemble --weighted labelled_dir/     # every shipped model scored, and their votes
     fer train DATA --val VAL --arch vgg --epochs 30 --out weights/vgg.pt
     fer models                                # architectures and available weights
+    fer serve                                 # the same predictions over HTTP, and a page
 
 Exit codes: 0 success; 1 the run finished but some inputs could not be read; 2 a usage error
 (bad option, missing model, unusable dataset...). Results go to stdout, everything else to stderr.
@@ -51,6 +52,7 @@ EXAMPLES = """Examples:
   fer ensemble --weighted val/         # score the models and their votes
   fer train data/ --epochs 30          # train (data/train, data/val)
   fer models                           # models, their classes, accuracy
+  fer serve                            # over HTTP, a page to drop photos on
 
 Results go to stdout, messages to stderr. Exit codes: 0 done; 1 done, but some inputs could not
 be read; 2 usage error (a bad option, a missing model, an unusable data set)."""

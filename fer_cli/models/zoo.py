@@ -175,15 +175,18 @@ def model_catalogue() -> dict:
                 "arch": entry.arch,
                 "class_names": entry.class_names,
                 "val_accuracy": entry.val_accuracy,
-                # exported copies run only when named; the best checkpoint is also predict's default
-                "used_by_default_in": []
-                if not entry.path.endswith(".pt")
-                else ["predict", "ensemble"]
-                if entry.name == default
-                else ["ensemble"],
+                "used_by_default_in": _default_uses(entry, default),
                 "path": entry.path,
                 "size_bytes": os.path.getsize(entry.path),
             }
             for entry in shipped
         ],
     }
+
+
+def _default_uses(entry: ShippedModel, default: str | None) -> list[str]:
+    """The commands that use a shipped model unasked: every checkpoint votes in `fer ensemble`, the
+    best also predicts alone; exported copies run only when named."""
+    if not entry.path.endswith(".pt"):
+        return []
+    return ["predict", "ensemble"] if entry.name == default else ["ensemble"]
