@@ -82,18 +82,35 @@ def main() -> None:
 
 
 def overload(images, server_args, queue: int) -> None:
-    """More concurrent requests than the queue admits: how fast the 503s come, and whether it recovers."""
-    concurrency = max(64, queue * 8)
+    """More concurrent requests than the queue admits (clients that retry at once), and beside them
+    one probe every 100 ms: how fast a 503 comes, and whether the server recovers after."""
+    concurrency = queue * 4
     with Server(server_args + ["--queue", str(queue)]) as server:
         asyncio.run(load(server.url, images, 8, 2))
-        codes, latencies, refused = asyncio.run(load(server.url, images, concurrency * 4, concurrency))
+
+        async def flood_and_probe():
+            flood = asyncio.create_task(load(server.url, images, concurrency * 8, concurrency))
+            probes = []
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+                await asyncio.sleep(1.0)  # the queue fills
+                while not flood.done() and len(probes) < 100:
+                    started = time.perf_counter()
+                    response = await client.post("/predict", files=[("files", images[0])])
+                    probes.append((response.status_code, time.perf_counter() - started))
+                    await asyncio.sleep(0.1)
+            return await flood, probes
+
+        (codes, _, refused), probes = asyncio.run(flood_and_probe())
         after = httpx.post(server.url + "/predict", files=[("files", images[0])], timeout=60).status_code
+    probe_refused = [took for code, took in probes if code == 503]
     print(
-        f"\nOverload (--queue {queue}, {concurrency} clients, {len(codes)} requests): "
+        f"\nOverload (--queue {queue}, {concurrency} clients retrying at once, {len(codes)} requests): "
         f"{sum(c == 200 for c in codes)} answered 200, {len(refused)} answered 503 "
-        f"(p50 {percentile(refused, 50) * 1000:.0f} ms, p99 {percentile(refused, 99) * 1000:.0f} ms, "
-        f"max {max(refused, default=0) * 1000:.0f} ms), {sum(c not in (200, 503) for c in codes)} other; "
-        f"a request after the burst: {after}"
+        f"(p50 {percentile(refused, 50) * 1000:.0f} ms, p99 {percentile(refused, 99) * 1000:.0f} ms), "
+        f"{sum(c not in (200, 503) for c in codes)} other.\n"
+        f"Probes during the flood: {len(probes)}, {len(probe_refused)} answered 503 "
+        f"(p50 {percentile(probe_refused, 50) * 1000:.0f} ms, p99 {percentile(probe_refused, 99) * 1000:.0f} ms, "
+        f"max {max(probe_refused, default=0) * 1000:.0f} ms). A request after the flood: {after}."
     )
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -48,6 +50,7 @@ class ServeConfig:
     batch_window_s: float = 0.002  # how long a short batch waits for more requests
     max_batch: int = 64  # faces the batcher gathers into one model batch (one request's are never split)
     retry_after_s: int = 1  # the Retry-After of a 503
+    reading_threads: int = max(4, os.cpu_count() or 1)  # requests read at once (a big photo holds only one)
 
 
 def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig = ServeConfig()) -> FastAPI:
@@ -57,9 +60,13 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
 
     async def lifespan(app: FastAPI):
         state.batcher = Batcher(predictor, config.max_batch, config.batch_window_s)
+        # Reading gets as many threads as there are cores, not the event loop's default pool of 40:
+        # more only thrash beside the models, and each thread's allocator arena keeps its memory.
+        state.readers = ThreadPoolExecutor(config.reading_threads, thread_name_prefix="fer-read")
         try:
             yield
         finally:
+            state.readers.shutdown(wait=True)
             await run_in_threadpool(state.batcher.close)
 
     app = FastAPI(
@@ -111,7 +118,9 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
                 ImageBytes(upload.filename or f"upload-{number}", await upload.read())
                 for number, upload in enumerate(files, 1)
             ]
-            read = await run_in_threadpool(lambda: [predictor.read(index, item) for index, item in enumerate(items)])
+            read = await asyncio.get_running_loop().run_in_executor(
+                state.readers, lambda: [predictor.read(index, item) for index, item in enumerate(items)]
+            )
             outcomes: list[Outcome] = await asyncio.wrap_future(state.batcher.submit(items, read))
         finally:
             state.waiting -= len(files)
@@ -152,6 +161,7 @@ class _State:
     def __init__(self, predictor: Predictor, vote, model_label: str, config: ServeConfig):
         self.predictor, self.vote, self.model_label, self.config = predictor, vote, model_label, config
         self.batcher: Batcher | None = None
+        self.readers: ThreadPoolExecutor | None = None
         self.waiting = 0  # images admitted and not yet answered (touched only on the event loop)
         self.colours = class_colours(predictor.class_names)
         self.catalogue = model_catalogue()  # read once: listing the shipped models loads each
