@@ -60,8 +60,8 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
 
     async def lifespan(app: FastAPI):
         state.batcher = Batcher(predictor, config.max_batch, config.batch_window_s)
-        # Reading gets as many threads as there are cores, not the event loop's default pool of 40:
-        # more only thrash beside the models, and each thread's allocator arena keeps its memory.
+        # Reading gets a few threads of its own, not the event loop's default pool of 40: more only
+        # thrash beside the models, and each thread's allocator arena keeps its memory (RSS grew).
         state.readers = ThreadPoolExecutor(config.reading_threads, thread_name_prefix="fer-read")
         try:
             yield
@@ -90,7 +90,7 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
             422: {
                 "description": "No upload is an image (the detail is the line `fer predict` prints), "
                 "or annotate=true with more than one image."
-            },  # fmt: skip
+            },
             503: {"description": "The queue is full: try again after Retry-After seconds."},
         },
     )
