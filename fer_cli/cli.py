@@ -904,8 +904,9 @@ def serve(
         ),
     ] = 2.0,
     max_batch: Annotated[
-        int, typer.Option("--max-batch", min=1, metavar="N", help="Faces gathered into one model batch.")
-    ] = 64,
+        int,
+        typer.Option("--max-batch", min=1, metavar="N", help="Faces gathered into one model batch (more on a GPU)."),
+    ] = 16,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="A line per request.")] = True,
 ) -> None:
     """Serve predictions over HTTP, with a page to drop photos on.

@@ -48,7 +48,7 @@ class ServeConfig:
     max_upload_bytes: int = 20 * 2**20  # a request's body; larger: 413
     queue: int = 256  # images admitted and not yet answered; one more: 503
     batch_window_s: float = 0.002  # how long a short batch waits for more requests
-    max_batch: int = 64  # faces the batcher gathers into one model batch (one request's are never split)
+    max_batch: int = 16  # faces the batcher gathers into one model batch (one request's are never split)
     retry_after_s: int = 1  # the Retry-After of a 503
     reading_threads: int = max(4, os.cpu_count() or 1)  # requests read at once (a big photo holds only one)
 
