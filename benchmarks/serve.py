@@ -89,7 +89,7 @@ def overload(images, server_args, queue: int) -> None:
         asyncio.run(load(server.url, images, 8, 2))
 
         async def flood_and_probe():
-            flood = asyncio.create_task(load(server.url, images, concurrency * 8, concurrency))
+            flood = asyncio.create_task(load(server.url, images, concurrency * 40, concurrency))
             probes = []
             async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
                 await asyncio.sleep(1.0)  # the queue fills

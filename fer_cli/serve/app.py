@@ -77,7 +77,12 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
         lifespan=lifespan,
     )
     app.state.fer = state  # the predictor, the batcher, the queue: for /health, and for tests
-    app.add_middleware(BodyLimit, limit=config.max_upload_bytes, paths=("/predict",))
+    app.add_middleware(
+        BodyLimit,
+        limit=config.max_upload_bytes,
+        paths=("/predict",),
+        busy=lambda: _busy(state) if state.waiting >= config.queue else None,
+    )
 
     @app.post(
         "/predict",
@@ -107,11 +112,7 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
         if annotate and len(files) != 1:
             return _error(422, f"annotate=true takes one image; this request has {len(files)}")
         if state.waiting + len(files) > config.queue:
-            return _error(
-                503,
-                f"busy: {state.waiting} images waiting (at most {config.queue}); try again shortly",
-                headers={"Retry-After": str(config.retry_after_s)},
-            )
+            return _busy(state)
         state.waiting += len(files)
         try:
             items = [
@@ -181,6 +182,14 @@ class _State:
         self.page = PAGE.read_text(encoding="utf-8")
 
 
+def _busy(state: _State) -> JSONResponse:
+    return _error(
+        503,
+        f"busy: {state.waiting} images waiting (at most {state.config.queue}); try again shortly",
+        headers={"Retry-After": str(state.config.retry_after_s)},
+    )
+
+
 def _error(status: int, detail: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
@@ -207,15 +216,18 @@ def _annotated_png(item: ImageBytes, predictions: list[Prediction], colours: dic
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes on ``paths`` answers 413, before it is
-    read when Content-Length gives it away, else as soon as the streamed body passes the limit."""
+    """ASGI middleware at the door of ``paths``: a full queue answers ``busy()``'s 503 before the
+    body is read; a body over ``limit`` bytes answers 413, before it is read when Content-Length
+    gives it away, else as soon as the streamed body passes the limit."""
 
-    def __init__(self, app, limit: int, paths: tuple[str, ...]):
-        self.app, self.limit, self.paths = app, limit, paths
+    def __init__(self, app, limit: int, paths: tuple[str, ...], busy=lambda: None):
+        self.app, self.limit, self.paths, self.busy = app, limit, paths, busy
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] not in self.paths:
             return await self.app(scope, receive, send)
+        if (refusal := self.busy()) is not None:
+            return await refusal(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self._too_large(scope, send)
