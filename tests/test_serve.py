@@ -265,10 +265,16 @@ def real_server(tiny_checkpoint):
 
 
 def test_a_real_server_over_http(real_server, uploads, tiny_checkpoint):
-    with httpx.Client(base_url=real_server, timeout=60) as http:
-        assert http.get("/health").json()["status"] == "ok"
-        response = http.post("/predict", files=files(uploads, "a.png", "b b.jpg"))
-        assert http.post("/predict", files=files(uploads, "notes.jpg")).status_code == 422
+    host, port = real_server.removeprefix("http://").split(":")
+    head = "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    with socket.create_connection((host, int(port))) as slow, socket.create_connection((host, int(port))) as broken:
+        slow.sendall((head + "Content-Length: 100000\r\n\r\n--b\r\n").encode())  # ... and then nothing more
+        broken.sendall((head + "Content-Length: 100000\r\n\r\n--b\r\nContent-Disp").encode())
+        broken.close()  # gone mid-upload
+        with httpx.Client(base_url=real_server, timeout=60) as http:
+            assert http.get("/health").json()["status"] == "ok"
+            response = http.post("/predict", files=files(uploads, "a.png", "b b.jpg"))  # not held up by them
+            assert http.post("/predict", files=files(uploads, "notes.jpg")).status_code == 422
     printed = fer("predict", "a.png", "b b.jpg", "-m", tiny_checkpoint, "-f", "json", "-j", 0, cwd=uploads)
     assert response.status_code == 200 and response.text == printed.stdout
 
