@@ -6,6 +6,7 @@
     fer ensemble --weighted labelled_dir/     # every shipped model scored, and their votes
     fer train DATA --val VAL --arch vgg --epochs 30 --out weights/vgg.pt
     fer models                                # architectures and available weights
+    fer serve                                 # the same predictions over HTTP, and a page
 
 Exit codes: 0 success; 1 the run finished but some inputs could not be read; 2 a usage error
 (bad option, missing model, unusable dataset...). Results go to stdout, everything else to stderr.
@@ -51,6 +52,7 @@ EXAMPLES = """Examples:
   fer ensemble --weighted val/         # score the models and their votes
   fer train data/ --epochs 30          # train (data/train, data/val)
   fer models                           # models, their classes, accuracy
+  fer serve                            # over HTTP, a page to drop photos on
 
 Results go to stdout, messages to stderr. Exit codes: 0 done; 1 done, but some inputs could not
 be read; 2 usage error (a bad option, a missing model, an unusable data set)."""
@@ -424,43 +426,38 @@ def models(
     """
     from rich.table import Table
 
-    from .models.architectures import describe_model, list_models, model_options
-    from .models.zoo import resolve_model, shipped_models
+    from .models.zoo import model_catalogue, resolve_model
 
     out = Console()
     if model is not None:
         _describe_model(resolve_model(model), out)
         return
+    catalogue = model_catalogue()
     table = Table(title="Architectures")
     for column in ("name", "options", "description"):
         table.add_column(column)
-    for name in list_models():
-        options = ", ".join(f"{k}={v}" for k, v in model_options(name).items())
-        table.add_row(name, options, describe_model(name))
+    for arch in catalogue["architectures"]:
+        options = ", ".join(f"{k}={v}" for k, v in arch["options"].items())
+        table.add_row(arch["name"], options, arch["description"])
     out.print(table)
-    shipped = shipped_models()
-    folders = sorted({os.path.dirname(entry.path) for entry in shipped})
+    shipped = catalogue["shipped"]
+    folders = sorted({os.path.dirname(entry["path"]) for entry in shipped})
     table = Table(title=f"Shipped weights (in {', '.join(folders) or 'no weights folder'})")
     for column in ("name", "arch", "classes", "val accuracy", "used by default in", "size"):
         table.add_column(column, no_wrap=column == "name")
-    default = next((m.name for m in shipped if m.path.endswith(".pt")), None)  # the best checkpoint
     for entry in shipped:
-        accuracy = entry.val_accuracy
-        if not entry.path.endswith(".pt"):
-            role = "-"  # exported copies run only when named
-        else:
-            role = "predict, ensemble" if entry.name == default else "ensemble"
+        accuracy = entry["val_accuracy"]
         table.add_row(
-            entry.name,
-            entry.arch,
-            str(len(entry.class_names)),
+            entry["name"],
+            entry["arch"],
+            str(len(entry["class_names"])),
             f"{accuracy:.2%}" if accuracy is not None else "-",
-            role,
-            f"{os.path.getsize(entry.path) / 1e6:.1f} MB",
+            ", ".join(entry["used_by_default_in"]) or "-",
+            f"{entry['size_bytes'] / 1e6:.1f} MB",
         )
     out.print(table)
-    for names in dict.fromkeys(tuple(entry.class_names) for entry in shipped):
-        users = [entry.name for entry in shipped if tuple(entry.class_names) == names]
+    for names in dict.fromkeys(tuple(entry["class_names"]) for entry in shipped):
+        users = [entry["name"] for entry in shipped if tuple(entry["class_names"]) == names]
         which = "every shipped model" if len(users) == len(shipped) else ", ".join(users)
         out.print(f"Classes of {which}, in output order: {', '.join(names)}.", highlight=False)
     out.print("`fer models NAME` describes one model.", highlight=False)
@@ -939,6 +936,114 @@ def _write_ensemble_report(folder: Path, report: dict, labelled) -> None:
     except OSError as error:
         raise FerError(f"cannot write the report in {folder}: {error.strerror or error}") from None
     err_console.print(f"report in {_shown(folder)}{os.sep}index.html", highlight=False)
+
+
+@app.command(cls=_Command)
+@handles_user_errors
+def serve(
+    host: Annotated[
+        str, typer.Option("--host", metavar="ADDRESS", help="Address to listen on (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, metavar="N", help="Port to listen on (0: any free one).")
+    ] = 8000,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="NAME|FILE",
+            help="A shipped model's name or a checkpoint/.onnx file; repeat for an ensemble (mean vote). "
+            "Default: the best shipped model, as for predict.",
+        ),
+    ] = None,
+    faces: FacesOpt = Faces.auto,
+    tta: TtaOpt = TTA.none,
+    device: DeviceOpt = "auto",
+    max_upload_mb: Annotated[
+        float, typer.Option("--max-upload-mb", min=0.001, metavar="MB", help="Largest request body; larger: 413.")
+    ] = 20.0,
+    queue: Annotated[
+        int,
+        typer.Option("--queue", min=1, metavar="N", help="Images waiting at most; more: 503 with Retry-After."),
+    ] = 256,
+    batch_window_ms: Annotated[
+        float,
+        typer.Option(
+            "--batch-window-ms", min=0, metavar="MS", help="How long a short batch waits for concurrent requests."
+        ),
+    ] = 2.0,
+    max_batch: Annotated[
+        int,
+        typer.Option("--max-batch", min=1, metavar="N", help="Faces gathered into one model batch (more on a GPU)."),
+    ] = 16,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="A line per request.")] = True,
+) -> None:
+    """Serve predictions over HTTP, with a page to drop photos on.
+
+    POST /predict takes images (multipart, field "files") and answers the records `fer predict
+    --format json` prints, each with the client's file name as its path; ?annotate=true with one
+    image answers the annotated PNG. GET /models, GET /health; GET / is the page, /docs the API.
+    Models load once, before the server listens. Needs the serve extra: pip install '.[serve]'.
+
+    \b
+    Examples:
+      fer serve                          # http://127.0.0.1:8000/
+      fer serve --port 9000 -m fast      # another port, the ONNX model
+      curl -F files=@face.png http://127.0.0.1:8000/predict
+    """
+    import importlib.util
+
+    missing = [name for name in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise FerError(
+            f"fer serve needs the serve extra ({', '.join(missing)} not installed): pip install '.[serve]' "
+            "in a clone, or pip install 'fer-cli[serve]'"
+        )
+    import socket
+
+    from .engine.ensemble import default_vote
+    from .engine.predict import Predictor
+    from .models.zoo import resolve_model
+    from .serve.app import ServeConfig, create_app
+
+    classifiers = [resolve_model(name) for name in model] if model else [resolve_model(None)]
+    if len(classifiers) == 1:
+        vote, label = (lambda probs: probs[:, 0]), classifiers[0].name  # as fer predict
+    else:
+        name, vote = default_vote(classifiers, weighted=False)  # as fer ensemble on unlabelled images
+        label = f"ensemble: {name}"
+    predictor = Predictor(classifiers, device, faces.value, tta=tta)
+    config = ServeConfig(
+        max_upload_bytes=round(max_upload_mb * 2**20),
+        queue=queue,
+        batch_window_s=batch_window_ms / 1000,
+        max_batch=max_batch,
+    )
+    try:  # bound here, so that a port in use is one line and exit 2, and --port 0 can say which it got
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listening = socket.socket(family, socket.SOCK_STREAM)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+    except (OSError, OverflowError) as error:
+        raise typer.BadParameter(
+            f"cannot listen on {host}:{port}: {getattr(error, 'strerror', None) or error}", param_hint="--port"
+        ) from None
+    bound = listening.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    err_console.print(
+        f"serving {label} ({', '.join(predictor.devices)}) on http://{shown}:{bound}/ (API: /docs); Ctrl-C stops",
+        highlight=False,
+    )
+    _run_server(create_app(predictor, vote, label, config), listening, access_log)
+
+
+def _run_server(application, listening, access_log: bool) -> None:
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(application, access_log=access_log, log_level="info", lifespan="on"))
+    with listening:
+        server.run(sockets=[listening])
 
 
 def main() -> None:

@@ -306,7 +306,7 @@ def test_a_reading_worker_that_dies_is_a_clear_error_not_a_traceback():
 # --- a command line that explains itself ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["predict", "ensemble", "train", "models", "calibrate", "export"])
+@pytest.mark.parametrize("command", ["predict", "ensemble", "train", "models", "calibrate", "export", "serve"])
 def test_every_command_shows_examples_and_readable_usage(runner, command):
     result = invoke(runner, command, "--help")
     assert result.exit_code == 0

@@ -26,7 +26,7 @@ from PIL import UnidentifiedImageError
 
 from ..errors import FerError, ModelError
 from ..inputs.faces import FaceFinder, FacePolicy, size_warning
-from ..inputs.images import READ_ERRORS, MissingInput, model_pixels, read_image
+from ..inputs.images import READ_ERRORS, ImageBytes, MissingInput, model_pixels, read_image
 from ..models.classifier import Classifier
 from ..models.tta import TTA
 from ..outputs.results import Prediction
@@ -78,7 +78,8 @@ class _InputReader:
         self.preprocesses = preprocesses
         self.finder = finder
 
-    def read(self, index: int, item: str | MissingInput):
+    def read(self, index: int, item: str | MissingInput | ImageBytes):
+        """One input: (index, its faces' places, their pixels per preprocessing, the error or None)."""
         if isinstance(item, MissingInput):
             return index, [], [], item.reason
         try:
@@ -89,9 +90,12 @@ class _InputReader:
             return index, [], [], _describe_read_error(item, error)
         return index, [(face.index, face.box, face.score, face.fallback) for face in faces], pixels, None
 
-    def read_batch(self, batch: list[tuple[int, str | MissingInput]]):
-        """Read a batch and stack every face's pixels per preprocessing, remembering which input each came from."""
-        read = [self.read(index, item) for index, item in batch]
+    def read_batch(self, batch: list[tuple[int, str | MissingInput | ImageBytes]]):
+        return self.stack([self.read(index, item) for index, item in batch])
+
+    def stack(self, read: list[tuple]):
+        """Inputs read one by one (``read``'s results) -> every face's pixels stacked per preprocessing,
+        remembering which input each came from: (inputs with their errors, face owners, pixel stacks)."""
         owners = [(index, place) for index, places, _, _ in read for place in places]
         faces = [pixels for _, _, face_pixels, _ in read for pixels in face_pixels]
         stacks = [np.stack([pixels[k] for pixels in faces]) for k in range(len(self.preprocesses))] if faces else []
@@ -158,11 +162,10 @@ def in_order(
 
 
 def read_batches(
-    items: list[str | MissingInput], preprocesses: list[dict], finder: FaceFinder, batch_size: int, workers: int
+    items: list[str | MissingInput | ImageBytes], reader: _InputReader, batch_size: int, workers: int
 ) -> Iterator[tuple[list, list, list[np.ndarray]]]:
     """Every input read, searched for faces and made into model pixels, batch by batch in input
     order, in ``workers`` processes (0: here): (inputs with their errors, face owners, pixel stacks)."""
-    reader = _InputReader(preprocesses, finder)
     numbered = list(enumerate(items))
     batches = (numbered[start : start + batch_size] for start in range(0, len(numbered), batch_size))
     if workers > 0:
@@ -170,17 +173,72 @@ def read_batches(
     return map(reader.read_batch, batches)
 
 
-def _describe_read_error(path: str, error: Exception) -> str:
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
+def _describe_read_error(item: str | ImageBytes, error: Exception) -> str:
+    if isinstance(item, ImageBytes) and not item.data:
+        return "empty file"
+    if isinstance(item, str) and os.path.isfile(item) and os.path.getsize(item) == 0:
         return "empty file"
     if isinstance(error, UnidentifiedImageError):
         return "not an image (or an unsupported format)"
     return f"cannot read image: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
 
 
+class Predictor:
+    """Models made ready on a device, and the reader that feeds them: ``predict_stream``'s two
+    halves, for a caller that reads inputs and gathers batches itself (``fer serve`` reads each
+    request in its own thread and puts the faces of concurrent requests through the models together).
+
+    ``read`` may run in several threads at once; ``outcomes`` runs the models.
+    """
+
+    def __init__(
+        self,
+        classifiers: list[Classifier],
+        device: str = "auto",
+        faces: FacePolicy | str = FacePolicy.auto,
+        whole_image_if_no_face: bool = False,
+        tta: TTA | str = TTA.none,
+        detector_on_device: bool = True,
+    ):
+        self.classifiers = classifiers
+        self.class_names = align_classes(classifiers)
+        self.tta = tta
+        # Models that share a preprocessing share its pixels.
+        distinct: dict[tuple, dict] = {}
+        for classifier in classifiers:
+            distinct.setdefault(_preprocess_key(classifier.preprocess), classifier.preprocess)
+        keys, preprocesses = list(distinct), list(distinct.values())
+        self.which_input = [keys.index(_preprocess_key(c.preprocess)) for c in classifiers]
+        self.columns = [[c.class_names.index(name) for name in self.class_names] for c in classifiers]
+        self.devices = [classifier.runner.prepare(device) for classifier in classifiers]
+        detector_device = self.devices[0] if detector_on_device and self.devices[0].startswith("cuda") else "cpu"
+        finder = FaceFinder(faces, device=detector_device, whole_image_if_none=whole_image_if_no_face)
+        self.reader = _InputReader(preprocesses, finder)
+
+    def read(self, index: int, item: str | MissingInput | ImageBytes):
+        """One input read, its faces found and made into model pixels (see ``_InputReader.read``)."""
+        return self.reader.read(index, item)
+
+    def outcomes(self, items, inputs: list, owners: list, stacks: list[np.ndarray]) -> list[Outcome]:
+        """A read batch (``read_batches``' or ``reader.stack``'s) through every model: each input's
+        Outcome, in the batch's order; ``items[index]`` is the input numbered ``index``."""
+        outcomes = {index: Outcome(_path(items[index]), error=error) for index, error in inputs}
+        if owners:
+            stacked = np.stack(
+                [
+                    classifier.probabilities(stacks[k], tta=self.tta)[:, order]
+                    for classifier, k, order in zip(self.classifiers, self.which_input, self.columns)
+                ],
+                axis=1,
+            )  # (faces, M, C)
+            for row, (index, (face, box, score, fallback)) in enumerate(owners):
+                outcomes[index].faces.append(FaceOutcome(face, box, score, stacked[row], fallback))
+        return [outcomes[index] for index, _ in inputs]
+
+
 def predict_stream(
     classifiers: list[Classifier],
-    items: Iterable[str | MissingInput],
+    items: Iterable[str | MissingInput | ImageBytes],
     device: str = "auto",
     batch_size: int = 64,
     workers: int = 2,
@@ -195,36 +253,18 @@ def predict_stream(
     the CPU beside decoding (only crops leave a worker); with ``workers=0`` on CUDA the detector
     runs on the GPU.
     """
-    class_names = align_classes(classifiers)
+    align_classes(classifiers)
     items = list(items)
     if not items:
         return
-    # Models that share a preprocessing share its pixels.
-    distinct: dict[tuple, dict] = {}
-    for classifier in classifiers:
-        distinct.setdefault(_preprocess_key(classifier.preprocess), classifier.preprocess)
-    keys, preprocesses = list(distinct), list(distinct.values())
-    which_input = [keys.index(_preprocess_key(c.preprocess)) for c in classifiers]
-    columns = [[c.class_names.index(name) for name in class_names] for c in classifiers]
-    used = [classifier.runner.prepare(device) for classifier in classifiers]
-    detector_device = used[0] if workers == 0 and used[0].startswith("cuda") else "cpu"
-    finder = FaceFinder(faces, device=detector_device, whole_image_if_none=whole_image_if_no_face)
-    for inputs, owners, stacks in read_batches(items, preprocesses, finder, batch_size, workers):
-        outcomes = {index: Outcome(_path(items[index]), error=error) for index, error in inputs}
-        if owners:
-            stacked = np.stack(
-                [
-                    classifier.probabilities(stacks[k], tta=tta)[:, order]
-                    for classifier, k, order in zip(classifiers, which_input, columns)
-                ],
-                axis=1,
-            )  # (faces, M, C)
-            for row, (index, (face, box, score, fallback)) in enumerate(owners):
-                outcomes[index].faces.append(FaceOutcome(face, box, score, stacked[row], fallback))
-        yield [outcomes[index] for index, _ in inputs]
+    predictor = Predictor(classifiers, device, faces, whole_image_if_no_face, tta, detector_on_device=workers == 0)
+    for inputs, owners, stacks in read_batches(items, predictor.reader, batch_size, workers):
+        yield predictor.outcomes(items, inputs, owners, stacks)
 
 
-def _path(item: str | MissingInput) -> str:
+def _path(item: str | MissingInput | ImageBytes) -> str:
+    if isinstance(item, ImageBytes):
+        return item.name
     return item.source if isinstance(item, MissingInput) else item
 
 

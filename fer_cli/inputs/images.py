@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import io
 import os
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,19 @@ READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 # --- reading one image -------------------------------------------------------------------------
 
 
-def read_image(path: str | os.PathLike, channels: int) -> Image.Image:
-    """Open any still image as 8-bit grayscale (channels=1), RGB (channels=3) or, with channels=0,
-    whichever of the two the file holds (grayscale stays grayscale), upright.
+@dataclass(frozen=True)
+class ImageBytes:
+    """An image held in memory (an upload to ``fer serve``): read like a file, reported under
+    ``name``, never written anywhere."""
+
+    name: str
+    data: bytes = field(repr=False)
+
+
+def read_image(path: str | os.PathLike | ImageBytes, channels: int) -> Image.Image:
+    """Open any still image (a file, or ``ImageBytes``) as 8-bit grayscale (channels=1), RGB
+    (channels=3) or, with channels=0, whichever of the two the file holds (grayscale stays
+    grayscale), upright.
 
     EXIF orientation is applied, transparency is composited on white, and 16/32-bit images are
     rescaled to 8 bits instead of clipped. Raises ``OSError``/``ValueError`` for unreadable files.
@@ -45,7 +56,7 @@ def read_image(path: str | os.PathLike, channels: int) -> Image.Image:
         # image that cannot be read is an error per file; a raw library warning is neither.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.simplefilter("ignore", UserWarning)
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(path.data) if isinstance(path, ImageBytes) else path) as image:
             image.load()
             image = ImageOps.exif_transpose(image)
     if channels == 0:

@@ -155,3 +155,38 @@ def resolve_models(names_or_paths: list[str] | None, note=None) -> list[Classifi
     if note and exports:
         note(f"exported model(s) {', '.join(exports)} left out of the default ensemble (add one with -m NAME)")
     return [load_classifier(m.path) for m in checkpoints]
+
+
+def model_catalogue() -> dict:
+    """What `fer models` lists, as plain data: the architectures, and the shipped models (best
+    validation accuracy first) with the commands that use each by default."""
+    from .architectures import describe_model, list_models, model_options
+
+    shipped = shipped_models()
+    default = next((m.name for m in shipped if m.path.endswith(".pt")), None)  # the best checkpoint
+    return {
+        "architectures": [
+            {"name": name, "options": model_options(name), "description": describe_model(name)}
+            for name in list_models()
+        ],
+        "shipped": [
+            {
+                "name": entry.name,
+                "arch": entry.arch,
+                "class_names": entry.class_names,
+                "val_accuracy": entry.val_accuracy,
+                "used_by_default_in": _default_uses(entry, default),
+                "path": entry.path,
+                "size_bytes": os.path.getsize(entry.path),
+            }
+            for entry in shipped
+        ],
+    }
+
+
+def _default_uses(entry: ShippedModel, default: str | None) -> list[str]:
+    """The commands that use a shipped model unasked: every checkpoint votes in `fer ensemble`, the
+    best also predicts alone; exported copies run only when named."""
+    if not entry.path.endswith(".pt"):
+        return []
+    return ["predict", "ensemble"] if entry.name == default else ["ensemble"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..inputs.images import read_image
+from ..inputs.images import ImageBytes, read_image
 from .results import Prediction
 
 MIN_SIDE = 256  # smaller inputs (a 48x48 crop) are enlarged so the text stays readable
@@ -22,31 +22,11 @@ class Annotator:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=self.folder).close()  # OSError now, not one per copy later: cannot write here
-        self.colours = {name: _colour(i, len(class_names)) for i, name in enumerate(class_names)}
+        self.colours = class_colours(class_names)
         self.written = 0
 
     def annotate(self, path: str, predictions: list[Prediction]) -> Path:
-        image = read_image(path, channels=3)
-        scale = max(1.0, MIN_SIDE / min(image.size))
-        if scale > 1.0:
-            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
-        draw = ImageDraw.Draw(image)
-        font = _font(max(12, round(max(image.size) / 40)))
-        line = max(2, round(max(image.size) / 320))
-        if all(p.faces == 0 for p in predictions):
-            _label(draw, (0, 0), "no face found", (200, 200, 200), font)
-        for p in predictions:
-            if p.box is None or p.label is None:
-                continue
-            x, y, w, h = (round(v * scale) for v in p.box)
-            colour = self.colours.get(p.label, (255, 255, 0))
-            draw.rectangle((x, y, x + w - 1, y + h - 1), outline=colour, width=line)
-            text = (
-                f"{p.face + 1}: {p.label} {p.confidence:.0%}"
-                if p.faces and p.faces > 1
-                else (f"{p.label} {p.confidence:.0%}")
-            )
-            _label(draw, (x, y), text, colour, font)
+        image = annotated(path, predictions, self.colours)
         destination = self._free_name(Path(path))
         save_format = KEEP_FORMAT.get(destination.suffix.lower(), "PNG")
         image.save(destination, save_format, **({"quality": 92} if save_format == "JPEG" else {}))
@@ -61,6 +41,37 @@ class Annotator:
             n += 1
             candidate = self.folder / f"{source.stem}.fer-{n}{suffix}"
         return candidate
+
+
+def class_colours(class_names: list[str]) -> dict[str, tuple[int, int, int]]:
+    """Each class's colour on annotated copies (and on ``fer serve``'s page)."""
+    return {name: _colour(i, len(class_names)) for i, name in enumerate(class_names)}
+
+
+def annotated(source: str | ImageBytes, predictions: list[Prediction], colours: dict) -> Image.Image:
+    """An RGB copy of the input with each face's box, index, label and confidence drawn on it."""
+    image = read_image(source, channels=3)
+    scale = max(1.0, MIN_SIDE / min(image.size))
+    if scale > 1.0:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+    draw = ImageDraw.Draw(image)
+    font = _font(max(12, round(max(image.size) / 40)))
+    line = max(2, round(max(image.size) / 320))
+    if all(p.faces == 0 for p in predictions):
+        _label(draw, (0, 0), "no face found", (200, 200, 200), font)
+    for p in predictions:
+        if p.box is None or p.label is None:
+            continue
+        x, y, w, h = (round(v * scale) for v in p.box)
+        colour = colours.get(p.label, (255, 255, 0))
+        draw.rectangle((x, y, x + w - 1, y + h - 1), outline=colour, width=line)
+        text = (
+            f"{p.face + 1}: {p.label} {p.confidence:.0%}"
+            if p.faces and p.faces > 1
+            else f"{p.label} {p.confidence:.0%}"
+        )
+        _label(draw, (x, y), text, colour, font)
+    return image
 
 
 def _label(draw: ImageDraw.ImageDraw, corner: tuple[int, int], text: str, colour, font) -> None:

@@ -1,0 +1,1 @@
+"""`fer serve`: the HTTP front end, beside cli.py (FastAPI and uvicorn, the serve extra)."""
