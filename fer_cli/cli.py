@@ -342,6 +342,19 @@ def train(
         bool,
         typer.Option("--overwrite", help="Replace an earlier run's checkpoint, history and resume state at --out."),
     ] = False,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            metavar="NAME|FILE",
+            help="Start from a model's weights (a shipped name or a .pt), its architecture and input size "
+            "too; a new classifier head when DATA's classes differ.",
+        ),
+    ] = None,
+    freeze_epochs: Annotated[
+        int,
+        typer.Option("--freeze-epochs", min=0, metavar="N", help="With --init: only the head trains for N epochs."),
+    ] = 0,
     tensorboard: Annotated[
         Path | None,
         typer.Option(
@@ -398,6 +411,8 @@ def train(
             tensorboard=str(tensorboard) if tensorboard else None,
             resume=resume,
             overwrite=overwrite,
+            init=init,
+            freeze_epochs=freeze_epochs,
             command=shlex.join(["fer", *sys.argv[1:]]),
         )
         config.validate()

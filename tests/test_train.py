@@ -1,4 +1,5 @@
 import csv
+import hashlib
 
 import pytest
 import torch
@@ -117,3 +118,36 @@ def test_mixup_and_cutmix_blend_batches_into_soft_labels_and_still_learn(tiny_da
     assert best["accuracy"] >= 0.8
     config = read_checkpoint(out)["provenance"]["config"]
     assert config["mixup"] == 0.2 and config["cutmix"] == 1.0
+
+
+def test_init_starts_from_a_model_and_rebuilds_the_head_for_other_classes(tiny_dataset, tiny_checkpoint, tmp_path):
+    """--init: the model's architecture, input and weights; a fresh head for a different class set; early
+    layers frozen for the first epochs; provenance names the model."""
+    from fer_cli.engine.train import classifier_head
+    from fer_cli.models.checkpoint import build_model, read_checkpoint
+
+    source = read_checkpoint(tiny_checkpoint)
+    two = make_labelled_folder(tmp_path / "two", per_class=12, classes=["calm", "smile"])
+    out = tmp_path / "tuned.pt"
+    train(tiny_config(two, out, arch="resnet18", epochs=1, init=str(tiny_checkpoint), freeze_epochs=1, lr=0.0))
+    tuned = read_checkpoint(out)
+    assert (tuned["arch"], tuned["model_config"]) == (source["arch"], source["model_config"])  # not resnet18
+    assert tuned["preprocess"] == source["preprocess"] and tuned["class_names"] == ["calm", "smile"]
+    head = classifier_head(build_model(tuned))
+    for name, value in build_model(source).state_dict().items():
+        if name.startswith(head + "."):
+            assert value.shape[0] == 3 and tuned["state_dict"][name].shape[0] == 2  # rebuilt for two classes
+        elif "running_" not in name and "num_batches" not in name:  # frozen, lr 0: the body is the source's
+            assert torch.equal(value, tuned["state_dict"][name].float()), name
+    assert tuned["provenance"]["initialised_from"]["sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+
+    same = tmp_path / "same.pt"  # the same classes: the head is kept too, and one epoch at lr 0 changes nothing
+    train(tiny_config(tiny_dataset, same, epochs=1, init=str(tiny_checkpoint), lr=0.0))
+    kept = read_checkpoint(same)["state_dict"]
+    assert all(torch.equal(value, kept[name].float()) for name, value in build_model(source).state_dict().items()
+               if "running_" not in name and "num_batches" not in name)  # fmt: skip
+
+
+def test_freeze_epochs_without_init_is_a_usage_error(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="--freeze-epochs needs --init"):
+        train(tiny_config(tiny_dataset, tmp_path / "m.pt", freeze_epochs=2))

@@ -10,11 +10,12 @@ continue an interrupted run where it stopped). ``--tensorboard DIR`` logs the ep
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import multiprocessing
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,8 @@ class TrainConfig:
     tensorboard: str | None = None  # folder to log epochs to for TensorBoard (needs the tensorboard package)
     resume: bool = False
     overwrite: bool = False  # replace an earlier run's files at ``out`` (else refused)
+    init: str | None = None  # start from this model's weights (a shipped name or a .pt): its architecture and input
+    freeze_epochs: int = 0  # with init: for this many first epochs only the classifier head trains
     command: str = ""  # the command line, recorded for provenance
 
     @property
@@ -107,6 +110,8 @@ class TrainConfig:
             raise ValueError("--label-smoothing must be in [0, 1)")
         if self.mixup < 0 or self.cutmix < 0:
             raise ValueError("--mixup and --cutmix must be 0 (off) or positive")
+        if self.freeze_epochs < 0 or (self.freeze_epochs and not self.init):
+            raise ValueError("--freeze-epochs needs --init (the layers to freeze come from that model)")
         Augmentation.parse(self.augment)
         check_model_options(self.arch, self.arch_options)  # fail before decoding any data
 
@@ -213,6 +218,8 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
             resume=True,
             command=config.command,
         )
+    if config.init and not state:
+        config = _adopt_initial_model(config, log)
     config.validate()
     if config.tensorboard:
         tensorboard_log.check_available()  # before any data is decoded
@@ -305,6 +312,8 @@ def _train(config: TrainConfig, state: dict | None, group: distributed.Group, de
 def _epochs(run: TrainingRun, config: TrainConfig, group: distributed.Group, log: Console) -> None:
     with _progress(log) as progress:
         for epoch in range(run.start_epoch, config.epochs + 1):
+            if config.freeze_epochs:
+                _freeze_all_but_the_head(run, frozen=epoch <= config.freeze_epochs)
             started = time.perf_counter()
             # Everything random in an epoch derives from (seed, epoch, rank), so a resumed run repeats it exactly.
             torch.manual_seed(_epoch_seed(config, epoch, group.rank))
@@ -325,14 +334,19 @@ def _set_up(config: TrainConfig, state: dict | None, group: distributed.Group, d
     """Data, model, optimiser, schedule and loss for a run, fresh or (given ``state``) resumed."""
     if group.active and config.balance == "sampler":
         raise FerError("--balance sampler is not available under torchrun; use --balance loss")
+    if group.active and config.freeze_epochs:
+        raise FerError("--freeze-epochs is not available under torchrun (every process must train the same layers)")
     train_data, val_data, val_origin, val_path = load_training_data(config, log)
     class_names = train_data.class_names
     if state and state["class_names"] != class_names:
         raise CheckpointError(
             f"{last_path(config.out)} was trained on classes {state['class_names']}, not {class_names}"
         )
+    init = _initial_model(config) if config.init and not state else None
     if state:
         preprocess = state["preprocess"]
+    elif init:
+        preprocess = init["preprocess"]  # its features were learnt on pixels normalised this way
     else:
         mean, std = normalisation(train_data.images)
         preprocess = {"size": config.size, "channels": config.channels, "mean": mean, "std": std}
@@ -341,7 +355,7 @@ def _set_up(config: TrainConfig, state: dict | None, group: distributed.Group, d
         f"training {config.arch} on {len(train_data):,} images, validating on {len(val_data):,} ({val_origin}); "
         f"{len(class_names)} classes; device {device}{processes}"
     )
-    network, model = _build_network(config, len(class_names), state, group, device)
+    network, model = _build_network(config, class_names, state, group, device, init)
     optimizer = _make_optimizer(config, model)
     steps_per_epoch = math.ceil(len(train_data) / group.world / config.batch_size)
     # The data stays in memory (on the GPU when it fits), augmented a whole batch at a time there.
@@ -363,22 +377,74 @@ def _set_up(config: TrainConfig, state: dict | None, group: distributed.Group, d
         val_batches=InMemoryBatches(val_data, device, augment, batch_size=256),
         val_size=len(val_data),
         mix=batch_mixing(config, len(class_names)),
-        provenance=_provenance(config, val_origin, val_path, group, device),
+        provenance={**_provenance(config, val_origin, val_path, group, device), **_init_provenance(config, init)},
     )
 
 
-def _build_network(config: TrainConfig, num_classes: int, state: dict | None, group: distributed.Group, device):
-    """The model (its initial weights from the seed, or the resumed ones) on the device, and what trains it:
-    the model itself, or under torchrun its DistributedDataParallel wrapper."""
+def _build_network(
+    config: TrainConfig, class_names: list[str], state: dict | None, group: distributed.Group, device, init=None
+):
+    """The model (its initial weights from the seed, from ``--init``'s model, or the resumed ones) on the device, and
+    what trains it: the model itself, or under torchrun its DistributedDataParallel wrapper."""
     torch.manual_seed(config.seed)
-    network = create_model(config.arch, num_classes, config.channels, **config.arch_options)
+    network = create_model(config.arch, len(class_names), config.channels, **config.arch_options)
     if state:
         network.load_state_dict(state["state_dict"])
+    elif init:
+        _start_from(network, init, class_names)
     network = prepare_model(network, device)
     if not group.active:
         return network, network
     wrapped = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device] if device.type == "cuda" else None)
     return network, wrapped
+
+
+def _initial_model(config: TrainConfig) -> dict:
+    """The checkpoint ``--init`` names (a shipped model or a .pt file), with its file's sha256."""
+    from ..models.zoo import resolve_model
+
+    path = resolve_model(config.init).path
+    if not path.endswith(".pt"):
+        raise FerError(f"--init needs a checkpoint (.pt) to take weights from; {config.init} is an exported model")
+    checkpoint = read_checkpoint(path)
+    return {**checkpoint, "path": path, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
+def _adopt_initial_model(config: TrainConfig, log: Console) -> TrainConfig:
+    """A run that starts from a model takes its architecture and input (size, channels) along with its weights."""
+    init = _initial_model(config)
+    log.print(
+        f"starting from {config.init} ({init['arch']}, {init['preprocess']['size']} px, "
+        f"{init['preprocess']['channels']} channel(s); classes {', '.join(init['class_names'])})"
+    )
+    return replace(
+        config,
+        arch=init["arch"],
+        arch_options=dict(init["model_config"]),
+        size=init["preprocess"]["size"],
+        channels=init["preprocess"]["channels"],
+    )
+
+
+def _start_from(network: nn.Module, init: dict, class_names: list[str]) -> None:
+    """Copy ``init``'s weights into ``network``; its classifier head too if the classes are the same, in the
+    same order. Otherwise the head keeps its fresh (seeded) weights, sized for ``class_names``."""
+    source = build_model(init).state_dict()
+    head = classifier_head(network)
+    same_classes = list(init["class_names"]) == list(class_names)
+    kept = {name: value for name, value in source.items() if same_classes or not name.startswith(head + ".")}
+    network.load_state_dict(kept, strict=same_classes)
+
+
+def classifier_head(network: nn.Module) -> str:
+    """The name of the network's last linear layer: the one that gives each class its logit."""
+    return [name for name, module in network.named_modules() if isinstance(module, nn.Linear)][-1]
+
+
+def _freeze_all_but_the_head(run: TrainingRun, frozen: bool) -> None:
+    head = classifier_head(run.network) + "."
+    for name, parameter in run.network.named_parameters():
+        parameter.requires_grad_(not frozen or name.startswith(head))
 
 
 def _make_criterion(config: TrainConfig, labels: torch.Tensor, num_classes: int, device) -> nn.Module:
@@ -407,6 +473,15 @@ def _provenance(config: TrainConfig, val_origin: str, val_path: str | None, grou
         "device": str(device),
         "processes": group.world,
     }
+
+
+def _init_provenance(config: TrainConfig, init: dict | None) -> dict:
+    """Which model a run started from (``--init``), by name, file and sha256; a resumed run reads it again."""
+    if not config.init:
+        return {}
+    init = init or _initial_model(config)
+    return {"initialised_from": {"model": config.init, "path": init["path"], "sha256": init["sha256"],
+                                 "class_names": list(init["class_names"])}}  # fmt: skip
 
 
 def _resume(run: TrainingRun, state: dict) -> None:
