@@ -149,10 +149,11 @@ def _predict_process(tmp_path: Path, *extra: str) -> subprocess.Popen:
     photos = tmp_path / "photos"
     photos.mkdir()
     base = Image.fromarray(synthetic_face(0, 1)).resize((320, 320))
-    for i in range(120):
+    for i in range(600):  # minutes of work at 12 views a face on a CPU: still running when it is stopped
         base.save(photos / f"p{i:03d}.png")
+    command = ["predict", str(photos), "--faces", "detect", "--tta", "crops", "--device", "cpu", "--batch-size", "2"]
     return subprocess.Popen(
-        [sys.executable, "-m", "fer_cli", "predict", str(photos), "--faces", "detect", "--batch-size", "2", *extra],
+        [sys.executable, "-m", "fer_cli", *command, *extra],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -191,7 +192,8 @@ def _wait_for_workers(process: subprocess.Popen) -> list[int]:
     while time.monotonic() < stop and process.poll() is None:
         workers = _children(process.pid)
         if len(workers) >= 2:
-            time.sleep(2)  # reading, not starting
+            time.sleep(0.5)  # reading, not starting
+            assert process.poll() is None, "finished before it could be stopped: give it more work"
             return workers
         time.sleep(0.1)
     pytest.fail(f"no workers started: {process.communicate()[1]}")
