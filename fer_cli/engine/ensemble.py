@@ -108,21 +108,6 @@ def default_vote(classifiers: list[Classifier], weighted: bool):
     return "mean probability", mean_vote
 
 
-def score_folder(
-    classifiers: list[Classifier],
-    folder: str,
-    weighted: bool,
-    device: str = "auto",
-    batch_size: int = 64,
-    workers: int = 0,
-    on_skip=None,
-    faces: FacePolicy | str = FacePolicy.auto,
-    tta: TTA | str = TTA.none,
-) -> dict:
-    """Predict a labelled folder with every model and score the models and their votes."""
-    return score_labelled(classifiers, folder, weighted, device, batch_size, workers, on_skip, faces, tta)[0]
-
-
 def score_labelled(
     classifiers: list[Classifier],
     folder: str,
@@ -134,7 +119,8 @@ def score_labelled(
     faces: FacePolicy | str = FacePolicy.auto,
     tta: TTA | str = TTA.none,
 ) -> tuple[dict, LabelledPredictions]:
-    """``score_folder``'s report, and the per-image predictions it was made from (for the figures)."""
+    """Predict a labelled folder with every model and score the models and their votes: the report, and the
+    per-image predictions it was made from (for the figures)."""
     policy = FacePolicy(faces)
     labelled = predict_labelled(classifiers, folder, device, batch_size, workers, on_skip, policy, tta)
     class_names = align_classes(classifiers)

@@ -10,7 +10,6 @@ continue an interrupted run where it stopped). ``--tensorboard DIR`` logs the ep
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 import multiprocessing
 import time
@@ -218,14 +217,15 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
             resume=True,
             command=config.command,
         )
-    if config.init and not state:
-        config = _adopt_initial_model(config, log)
+    init = _initial_model(config) if config.init and not state else None  # read once: weights, input, hash
+    if init:
+        config = _adopt_initial_model(config, init, log)
     config.validate()
     if config.tensorboard:
         tensorboard_log.check_available()  # before any data is decoded
     group, device = distributed.join(select_device(config.device))
     # On an error this process just exits: torchrun then stops the others (a barrier here would hang).
-    best = _train(config, state, group, device, log if group.is_main else Console(stderr=True, quiet=True))
+    best = _train(config, state, group, device, log if group.is_main else Console(stderr=True, quiet=True), init)
     distributed.leave(group)
     return best
 
@@ -283,8 +283,10 @@ class TrainingRun:
         }
 
 
-def _train(config: TrainConfig, state: dict | None, group: distributed.Group, device, log: Console) -> dict:
-    run = _set_up(config, state, group, device, log)
+def _train(
+    config: TrainConfig, state: dict | None, group: distributed.Group, device, log: Console, init: dict | None = None
+) -> dict:
+    run = _set_up(config, state, group, device, log, init)
     if state:
         _resume(run, state)
     if run.start_epoch > config.epochs:
@@ -330,7 +332,9 @@ def _epochs(run: TrainingRun, config: TrainConfig, group: distributed.Group, log
             )
 
 
-def _set_up(config: TrainConfig, state: dict | None, group: distributed.Group, device, log: Console) -> TrainingRun:
+def _set_up(
+    config: TrainConfig, state: dict | None, group: distributed.Group, device, log: Console, init: dict | None = None
+) -> TrainingRun:
     """Data, model, optimiser, schedule and loss for a run, fresh or (given ``state``) resumed."""
     if group.active and config.balance == "sampler":
         raise FerError("--balance sampler is not available under torchrun; use --balance loss")
@@ -342,7 +346,6 @@ def _set_up(config: TrainConfig, state: dict | None, group: distributed.Group, d
         raise CheckpointError(
             f"{last_path(config.out)} was trained on classes {state['class_names']}, not {class_names}"
         )
-    init = _initial_model(config) if config.init and not state else None
     if state:
         preprocess = state["preprocess"]
     elif init:
@@ -401,18 +404,17 @@ def _build_network(
 
 def _initial_model(config: TrainConfig) -> dict:
     """The checkpoint ``--init`` names (a shipped model or a .pt file), with its file's sha256."""
-    from ..models.zoo import resolve_model
+    from ..models.zoo import file_sha256, resolve_model
 
     path = resolve_model(config.init).path
     if not path.endswith(".pt"):
         raise FerError(f"--init needs a checkpoint (.pt) to take weights from; {config.init} is an exported model")
     checkpoint = read_checkpoint(path)
-    return {**checkpoint, "path": path, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+    return {**checkpoint, "path": path, "sha256": file_sha256(path)}
 
 
-def _adopt_initial_model(config: TrainConfig, log: Console) -> TrainConfig:
+def _adopt_initial_model(config: TrainConfig, init: dict, log: Console) -> TrainConfig:
     """A run that starts from a model takes its architecture and input (size, channels) along with its weights."""
-    init = _initial_model(config)
     log.print(
         f"starting from {config.init} ({init['arch']}, {init['preprocess']['size']} px, "
         f"{init['preprocess']['channels']} channel(s); classes {', '.join(init['class_names'])})"

@@ -37,8 +37,7 @@ def verify_shipped(path: str | os.PathLike) -> None:
     expected = _listed_checksums(path.parent / CHECKSUMS).get(path.name)
     if expected is None:
         return
-    stat = path.stat()
-    if _sha256(str(path), stat.st_size, stat.st_mtime_ns) != expected:
+    if file_sha256(path) != expected:
         raise ModelError(
             f"{path} is not the file that was shipped (its sha256 differs from {path.parent / CHECKSUMS}): "
             "damaged or replaced; reinstall fer-cli, or in a source checkout `git checkout weights/`"
@@ -50,6 +49,12 @@ def _listed_checksums(listing: Path) -> dict[str, str]:
         return {}
     entries = (line.split(maxsplit=1) for line in listing.read_text().splitlines() if line.strip())
     return {name.lstrip("*").strip(): digest.lower() for digest, name in entries}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """A file's sha256, hashed once per process while the file stays as it is."""
+    stat = os.stat(path)
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=32)
