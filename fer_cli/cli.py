@@ -355,6 +355,31 @@ def train(
         int,
         typer.Option("--freeze-epochs", min=0, metavar="N", help="With --init: only the head trains for N epochs."),
     ] = 0,
+    teacher: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--teacher",
+            metavar="NAME|FILE",
+            help="Distil from this model (a shipped name, a .pt or .onnx; repeatable: the teachers' "
+            "probabilities are averaged). Its classes must be DATA's.",
+        ),
+    ] = None,
+    distill_weight: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, metavar="A", help="With --teacher: the teachers' share of the loss."),
+    ] = 0.9,
+    distill_temperature: Annotated[
+        float,
+        typer.Option(min=0.01, metavar="T", help="With --teacher: softmax temperature of teachers and student."),
+    ] = 4.0,
+    teacher_cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--teacher-cache",
+            metavar="DIR",
+            help="Where the teachers' outputs on DATA are cached (default $FER_CACHE_DIR or ~/.cache/fer_cli).",
+        ),
+    ] = None,
     tensorboard: Annotated[
         Path | None,
         typer.Option(
@@ -378,6 +403,7 @@ def train(
       fer train fer2013.csv --arch resnet18 --optimizer adamw --out r18.pt
       fer train --resume --out r18.pt    # go on after an interruption
       fer train data/ --tensorboard runs/tb    # tensorboard --logdir runs/tb
+      fer train data/ --arch-option width=32 --teacher resnet18_adamw --teacher vgg64_sgd_mixup_b128
     """
     from .engine.train import TrainConfig
     from .engine.train import train as run_training
@@ -413,6 +439,10 @@ def train(
             overwrite=overwrite,
             init=init,
             freeze_epochs=freeze_epochs,
+            teachers=tuple(teacher or ()),
+            distill_weight=distill_weight,
+            distill_temperature=distill_temperature,
+            teacher_cache=str(teacher_cache) if teacher_cache else None,
             command=shlex.join(["fer", *sys.argv[1:]]),
         )
         config.validate()
@@ -494,10 +524,21 @@ def _describe_model(classifier, out: Console) -> None:
     if metrics.get("accuracy") is not None:
         on = f" on {metrics['count']:,} images" if metrics.get("count") else ""
         lines.append(("val accuracy", f"{metrics['accuracy']:.2%}{on}"))
-    for key, label in (("val_data", "validated on"), ("data", "trained on"), ("command", "command"), ("date", "date")):
+    for key, label in (
+        ("val_data", "validated on"),
+        ("train_data", "trained on"),
+        ("command", "command"),
+        ("date", "date"),
+    ):
         if provenance.get(key):
             lines.append((label, str(provenance[key])))
-    hashed = provenance.get("val_images", {}).get("hashes")
+    if provenance.get("initialised_from"):
+        lines.append(("initialised from", provenance["initialised_from"]["model"]))
+    if provenance.get("distilled_from"):
+        taught = provenance["distilled_from"]
+        teachers = ", ".join(teacher["model"] for teacher in taught["teachers"])
+        lines.append(("distilled from", f"{teachers} (weight {taught['weight']}, temperature {taught['temperature']})"))
+    hashed = (provenance.get("val_images") or {}).get("hashes")  # None when validation was held out of DATA
     if hashed:
         lines.append(("val images", f"{len(hashed):,} content hashes (fer ensemble notices them wherever they are)"))
     from rich.table import Table

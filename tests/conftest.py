@@ -28,9 +28,11 @@ settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)
-def caller_environment_ignored(monkeypatch):
-    """The suite tests fer, not the caller's shell: FER_DEBUG (re-raise user errors) is unset."""
+def caller_environment_ignored(monkeypatch, tmp_path):
+    """The suite tests fer, not the caller's shell: FER_DEBUG (re-raise user errors) is unset, and
+    what fer caches (a distilling run's teacher outputs) goes to the test's own folder."""
     monkeypatch.delenv("FER_DEBUG", raising=False)
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "fer-cache"))
 
 
 @pytest.fixture

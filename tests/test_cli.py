@@ -347,6 +347,27 @@ def test_models_describes_one_model_with_its_classes(runner, tiny_checkpoint):
     assert invoke(runner, "models", "no-such-model").exit_code == 2
 
 
+def test_models_describes_a_model_validated_on_images_held_out_of_its_data(runner, labelled_dir, tmp_path):
+    """Such a model has no validation folder to hash (it crashed `fer models NAME` once), and says what it
+    was trained on and which model it learnt from."""
+    from fer_cli.engine.train import train
+
+    from .synthetic import tiny_config
+
+    teacher = tmp_path / "teacher.pt"
+    train(tiny_config(labelled_dir, teacher, epochs=1))
+    student = tmp_path / "student.pt"
+    train(tiny_config(labelled_dir, student, epochs=1, teachers=(str(teacher),), init=str(teacher)))
+    result = invoke(runner, "models", student)
+    assert result.exit_code == 0, result.output
+    facts = {
+        label.strip(): value.strip() for label, value in (line.split("  ", 1) for line in result.stdout.splitlines())
+    }
+    assert "held out" in facts["validated on"] and facts["trained on"] == str(labelled_dir)
+    assert facts["distilled from"] == f"{teacher} (weight 0.9, temperature 4.0)"
+    assert facts["initialised from"] == str(teacher)
+
+
 def test_a_face_too_small_to_read_is_labelled_with_a_warning(runner, tmp_path, tiny_checkpoint):
     from PIL import Image
 

@@ -42,8 +42,9 @@ from ..models.architectures import check_model_options, create_model
 from ..models.checkpoint import build_model, now_iso, read_checkpoint, save_checkpoint, store_calibration
 from ..outputs import figures
 from ..outputs import tensorboard as tensorboard_log
-from . import distributed
+from . import distill, distributed
 from .calibration import calibrate, describe
+from .distill import DistillationLoss
 from .metrics import summarize
 from .predict import stay_quiet_and_die_with_parent
 
@@ -81,6 +82,10 @@ class TrainConfig:
     overwrite: bool = False  # replace an earlier run's files at ``out`` (else refused)
     init: str | None = None  # start from this model's weights (a shipped name or a .pt): its architecture and input
     freeze_epochs: int = 0  # with init: for this many first epochs only the classifier head trains
+    teachers: tuple[str, ...] = ()  # distil from these models (shipped names or files): their softened probabilities
+    distill_weight: float = 0.9  # the share of the loss that is the teachers' (the rest: the labels')
+    distill_temperature: float = 4.0  # the softmax temperature of teachers and student in that share
+    teacher_cache: str | None = None  # where the teachers' logits are cached; default: distill.default_cache_dir()
     command: str = ""  # the command line, recorded for provenance
 
     @property
@@ -111,6 +116,15 @@ class TrainConfig:
             raise ValueError("--mixup and --cutmix must be 0 (off) or positive")
         if self.freeze_epochs < 0 or (self.freeze_epochs and not self.init):
             raise ValueError("--freeze-epochs needs --init (the layers to freeze come from that model)")
+        if self.teachers:
+            if not 0.0 <= self.distill_weight <= 1.0:
+                raise ValueError("--distill-weight must be in [0, 1]")
+            if self.distill_temperature <= 0:
+                raise ValueError("--distill-temperature must be positive")
+            if self.mixup or self.cutmix:
+                raise ValueError(
+                    "--teacher does not combine with --mixup or --cutmix (the teachers saw unmixed images)"
+                )
         Augmentation.parse(self.augment)
         check_model_options(self.arch, self.arch_options)  # fail before decoding any data
 
@@ -211,9 +225,11 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
             "device": config.device,
             "workers": config.workers,
             "tensorboard": config.tensorboard,
+            "teacher_cache": config.teacher_cache,
         }
+        saved = {**state["config"], "teachers": tuple(state["config"].get("teachers", ()))}
         config = TrainConfig(
-            **{**state["config"], **where},
+            **{**saved, **where},
             resume=True,
             command=config.command,
         )
@@ -363,6 +379,10 @@ def _set_up(
     steps_per_epoch = math.ceil(len(train_data) / group.world / config.batch_size)
     # The data stays in memory (on the GPU when it fits), augmented a whole batch at a time there.
     augment = BatchAugment(preprocess, Augmentation.parse(config.augment), device)
+    criterion = _make_criterion(config, train_data.labels, len(class_names), device)
+    teaching = _teaching(config, train_data, state, device, log) if config.teachers else None
+    if teaching:
+        criterion = DistillationLoss(criterion, config.distill_weight, config.distill_temperature)
     return TrainingRun(
         config=config,
         group=group,
@@ -375,13 +395,49 @@ def _set_up(
         optimizer=optimizer,
         scheduler=_make_scheduler(config, optimizer, steps_per_epoch),
         scaler=grad_scaler(device),
-        criterion=_make_criterion(config, train_data.labels, len(class_names), device),
-        train_batches=InMemoryBatches(train_data, device, augment, config.batch_size),
+        criterion=criterion,
+        train_batches=InMemoryBatches(
+            train_data, device, augment, config.batch_size, extra=teaching["targets"] if teaching else None
+        ),
         val_batches=InMemoryBatches(val_data, device, augment, batch_size=256),
         val_size=len(val_data),
         mix=batch_mixing(config, len(class_names)),
-        provenance={**_provenance(config, val_origin, val_path, group, device), **_init_provenance(config, init)},
+        provenance={
+            **_provenance(config, val_origin, val_path, group, device),
+            **_init_provenance(config, init),
+            **({"distilled_from": teaching["provenance"]} if teaching else {}),
+        },
     )
+
+
+def _teaching(config: TrainConfig, train_data: LabelledTensors, state: dict | None, device, log: Console) -> dict:
+    """The teachers' soft targets for every training image (cached on disk), and what provenance says of them."""
+    teachers = distill.load_teachers(list(config.teachers), train_data.class_names)
+    hashes = [teacher.sha256 for teacher in teachers]
+    started_with = (state or {}).get("teachers")
+    if started_with is not None and [t["sha256"] for t in started_with] != hashes:
+        changed = [t.name for t, before in zip(teachers, started_with) if t.sha256 != before["sha256"]]
+        raise FerError(
+            f"--resume: teacher(s) {', '.join(changed)} changed since the run started (another sha256); "
+            "resume with the same files, or start a new run"
+        )
+    cache_dir = config.teacher_cache or distill.default_cache_dir()
+    logits = distill.teacher_logits(teachers, train_data, cache_dir, str(device), log)
+    log.print(
+        f"distilling from {', '.join(config.teachers)} (weight {config.distill_weight}, temperature "
+        f"{config.distill_temperature}); their vote is right on {distill.teacher_accuracy(logits, train_data.labels):.1%}"
+        " of the training images"
+    )
+    return {
+        "targets": distill.soft_targets(logits, config.distill_temperature),
+        "provenance": {
+            "teachers": [teacher.describe() for teacher in teachers],
+            "weight": config.distill_weight,
+            "temperature": config.distill_temperature,
+            "views": ["none"],  # the teachers saw each training image once, unaugmented
+            "cache_key": distill.cache_key(teachers, train_data),
+        },
+    }
 
 
 def _build_network(
@@ -675,6 +731,7 @@ def _save_resume_state(run: TrainingRun, network: dict, epoch: int) -> None:
             "best_metrics": run.best_metrics,
             "config": _plain_config(run.config),
             "device": str(run.device),  # where the last epoch ran; a resumed run may move
+            "teachers": run.provenance.get("distilled_from", {}).get("teachers"),  # a resumed run checks them
         },
     )
 
@@ -714,14 +771,15 @@ def train_one_epoch(
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    for step, (images, labels) in enumerate(loader, start=1):
+    for step, (images, labels, *teacher) in enumerate(loader, start=1):  # teacher: with --teacher, soft targets
         images, labels = to_device(images, device), labels.to(device, non_blocking=True)
+        teacher = [t.to(device, non_blocking=True) for t in teacher]
         targets = labels
         if mix is not None:
             images, targets = mix(images, labels)
         with autocast(device):
             logits = model(images)
-            loss = criterion(logits, targets)
+            loss = criterion(logits, targets, *teacher)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -798,7 +856,11 @@ def _state_dict(model: nn.Module) -> dict:
 
 
 def _plain_config(config: TrainConfig) -> dict:
-    return {k: v for k, v in asdict(config).items() if k not in ("resume", "overwrite", "command", "tensorboard")}
+    return {
+        k: v
+        for k, v in asdict(config).items()
+        if k not in ("resume", "overwrite", "command", "tensorboard", "teacher_cache")
+    }
 
 
 def _refuse_to_replace(out: Path) -> None:

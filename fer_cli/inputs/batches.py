@@ -19,12 +19,21 @@ class InMemoryBatches:
     """Batches of (normalised images, labels) on ``device``, in the given order of indices.
 
     With a ``generator`` the images are augmented by ``augment``; without one only normalised.
+    ``extra``, a tensor with a row per image (a distilling run's soft targets), adds its rows to each batch.
     """
 
-    def __init__(self, data: LabelledTensors, device: torch.device, augment: BatchAugment, batch_size: int):
+    def __init__(
+        self,
+        data: LabelledTensors,
+        device: torch.device,
+        augment: BatchAugment,
+        batch_size: int,
+        extra: torch.Tensor | None = None,
+    ):
         self.device = device
         self.images = _place(data.images, device)
         self.labels = data.labels.to(self.images.device)
+        self.extra = extra.to(self.images.device) if extra is not None else None
         self.augment = augment
         self.batch_size = batch_size
 
@@ -49,10 +58,11 @@ class _Epoch:
             index = order[start : start + size]
             images = source.images[index].to(source.device, non_blocking=True)
             labels = source.labels[index].to(source.device, non_blocking=True)
+            extra = () if source.extra is None else (source.extra[index].to(source.device, non_blocking=True),)
             if self.generator is None:
-                yield source.augment.normalise(images), labels
+                yield source.augment.normalise(images), labels, *extra
             else:
-                yield source.augment(images, self.generator), labels
+                yield source.augment(images, self.generator), labels, *extra
 
 
 def shuffled_order(labels: torch.Tensor, generator: torch.Generator, balanced: bool = False) -> torch.Tensor:
