@@ -403,7 +403,7 @@ def train(
       fer train fer2013.csv --arch resnet18 --optimizer adamw --out r18.pt
       fer train --resume --out r18.pt    # go on after an interruption
       fer train data/ --tensorboard runs/tb    # tensorboard --logdir runs/tb
-      fer train data/ --arch-option width=32 --teacher resnet18_adamw --teacher vgg64_sgd_mixup_b128
+      fer train data/ --teacher resnet18_adamw --teacher vgg64_sgd_mixup_b128
     """
     from .engine.train import TrainConfig
     from .engine.train import train as run_training

@@ -451,7 +451,7 @@ def _build_network(
         network.load_state_dict(state["state_dict"])
     elif init:
         _start_from(network, init, class_names)
-    network = prepare_model(network, device)
+    network = prepare_model(network, device, training=True)
     if not group.active:
         return network, network
     wrapped = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device] if device.type == "cuda" else None)

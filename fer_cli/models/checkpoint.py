@@ -169,6 +169,8 @@ class TorchRunner:
         batch = torch.from_numpy(np.ascontiguousarray(pixels))
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        else:
+            batch = batch.contiguous(memory_format=torch.channels_last)  # the model's layout (prepare_model)
         with autocast(self.device):
             return self.model(batch.to(self.device)).float().cpu().numpy()
 
