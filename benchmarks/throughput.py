@@ -4,6 +4,7 @@
     python benchmarks/throughput.py --copies 100000       # also 100,000 images (hard links), memory over time
     python benchmarks/throughput.py --engines             # also model-only images/s per engine and precision
     python benchmarks/throughput.py --model m.pt          # also `fer predict --model m.pt` (repeatable)
+    python benchmarks/throughput.py --fast-only           # only the fast model's rows (seconds, not minutes)
 
 Every `fer` figure is a whole process, start-up included, run the way a user runs it (results as
 JSONL to a file). Peak RSS is the main process's, sampled every 50 ms from /proc (Linux); "largest
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=0, help="also predict this many copies of the images")
     parser.add_argument("--engines", action="store_true", help="also time the models alone, per engine")
     parser.add_argument("--model", action="append", default=[], help="also time `fer predict --model M`; repeatable")
+    parser.add_argument("--fast-only", action="store_true", help="only the fast model's rows (skip the slow ones)")
     args = parser.parse_args()
 
     images = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
@@ -53,9 +55,13 @@ def main() -> None:
         ("`fer predict --model fast`", ["predict", args.images, "--model", "fast"]),
         ("`fer predict --model fast --tta flip`", ["predict", args.images, "--model", "fast", "--tta", "flip"]),
         ("`fer predict --model fast --tta crops`", ["predict", args.images, "--model", "fast", "--tta", "crops"]),
-        ("`fer predict` (default model)", ["predict", args.images]),
-        ("`fer ensemble` (every shipped model)", ["ensemble", args.images]),
-    ] + [(f"`fer predict --model {m}`", ["predict", args.images, "--model", m]) for m in args.model]
+    ]
+    if not args.fast_only:
+        runs += [
+            ("`fer predict` (default model)", ["predict", args.images]),
+            ("`fer ensemble` (every shipped model)", ["ensemble", args.images]),
+        ]
+    runs += [(f"`fer predict --model {m}`", ["predict", args.images, "--model", m]) for m in args.model]
     for label, command in runs:
         run = median_run([*command, "--workers", str(args.workers)], args.repeat)
         accuracy = f"{run.accuracy:.1%}" if run.accuracy is not None else ""
