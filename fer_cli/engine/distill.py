@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from rich.progress import Progress
 from torch import nn
 
 from ..errors import FerError
@@ -97,11 +98,17 @@ def load_teachers(names: list[str], class_names: list[str]) -> list[Teacher]:
 
 
 def teacher_logits(
-    teachers: list[Teacher], data: LabelledTensors, cache_dir: str | os.PathLike, device: str, log: Console
+    teachers: list[Teacher],
+    data: LabelledTensors,
+    cache_dir: str | os.PathLike,
+    device: str,
+    log: Console,
+    key: str | None = None,
 ) -> torch.Tensor:
     """The teachers' calibrated logits on every training image, (teachers, N, classes) in the data's class
-    order: from the cache when these teachers already saw these images, else computed and cached."""
-    key = cache_key(teachers, data)
+    order: from the cache when these teachers already saw these images, else computed and cached.
+    ``key``: their ``cache_key``, when the caller has it already (it hashes every image)."""
+    key = key or cache_key(teachers, data)
     path = Path(cache_dir) / f"teachers-{key[:24]}.pt"
     if path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)
@@ -154,8 +161,6 @@ def _run_teacher(teacher: Teacher, data: LabelledTensors, device: str, log: Cons
     columns = [classifier.class_names.index(name) for name in data.class_names]
     images = _as_model_input(data.images, classifier.preprocess)
     out = np.empty((len(images), len(columns)), dtype=np.float32)
-    from rich.progress import Progress
-
     with Progress(console=log, transient=True) as progress:
         task = progress.add_task(f"teacher {teacher.name} ({used})", total=len(images))
         for start in range(0, len(images), BATCH):

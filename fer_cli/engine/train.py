@@ -422,7 +422,8 @@ def _teaching(config: TrainConfig, train_data: LabelledTensors, state: dict | No
             "resume with the same files, or start a new run"
         )
     cache_dir = config.teacher_cache or distill.default_cache_dir()
-    logits = distill.teacher_logits(teachers, train_data, cache_dir, str(device), log)
+    key = distill.cache_key(teachers, train_data)  # hashes every training image: once
+    logits = distill.teacher_logits(teachers, train_data, cache_dir, str(device), log, key)
     log.print(
         f"distilling from {', '.join(config.teachers)} (weight {config.distill_weight}, temperature "
         f"{config.distill_temperature}); their vote is right on {distill.teacher_accuracy(logits, train_data.labels):.1%}"
@@ -435,7 +436,7 @@ def _teaching(config: TrainConfig, train_data: LabelledTensors, state: dict | No
             "weight": config.distill_weight,
             "temperature": config.distill_temperature,
             "views": ["none"],  # the teachers saw each training image once, unaugmented
-            "cache_key": distill.cache_key(teachers, train_data),
+            "cache_key": key,
         },
     }
 
