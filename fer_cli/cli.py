@@ -1081,6 +1081,7 @@ def serve(
         listening = socket.socket(family, socket.SOCK_STREAM)
         listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listening.bind((host, port))
+        listening.listen(2048)  # before the line below: a client that reads it may connect at once
     except (OSError, OverflowError) as error:
         raise typer.BadParameter(
             f"cannot listen on {host}:{port}: {getattr(error, 'strerror', None) or error}", param_hint="--port"
@@ -1102,10 +1103,22 @@ def _run_server(application, listening, access_log: bool) -> None:
         server.run(sockets=[listening])
 
 
+_MAIN_PROCESS = os.getpid()
+
+
 def main() -> None:
+    global _MAIN_PROCESS
+    _MAIN_PROCESS = os.getpid()
     signal.signal(signal.SIGTERM, _stop)  # unwind as for Ctrl-C: outputs finished, workers stopped
+    signal.signal(signal.SIGINT, _stop)
     app(prog_name="fer")
 
 
 def _stop(signal_number, frame) -> None:
+    if os.getpid() != _MAIN_PROCESS:
+        # A worker forked a moment ago still has the main process's handlers until it sets its own:
+        # the signal that reached the whole group is the main process's to report, the worker just ends.
+        os._exit(128 + signal_number)
+    if signal_number == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Interrupted(signal_number)

@@ -254,9 +254,11 @@ def real_server(tiny_checkpoint):
     try:
         for line in process.stderr:
             lines.append(line)
-            if "Application startup complete" in line:
+            if line.startswith("serving "):  # the socket listens before this line is printed
                 break
-        url = next(line.split(" on ")[1].split()[0] for line in lines if line.startswith("serving "))
+        if not lines or not lines[-1].startswith("serving "):
+            pytest.fail("fer serve did not start: " + "".join(lines))
+        url = lines[-1].split(" on ")[1].split()[0]
         threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe from filling
         yield url.rstrip("/")
     finally:
