@@ -111,6 +111,11 @@ class Balance(str, Enum):
     loss = "loss"
 
 
+class Targets(str, Enum):
+    distribution = "distribution"
+    majority = "majority"
+
+
 DeviceOpt = Annotated[
     str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N (the N-th GPU) or mps.")
 ]
@@ -380,6 +385,35 @@ def train(
             help="Where the teachers' outputs on DATA are cached (default $FER_CACHE_DIR or ~/.cache/fer_cli).",
         ),
     ] = None,
+    votes: Annotated[
+        Path | None,
+        typer.Option(
+            "--votes",
+            metavar="CSV",
+            help="Learn label distributions: a CSV with a column of votes per class for each image of DATA "
+            "(paths relative to DATA, or rows in a FER2013 CSV's order: FER+'s fer2013new.csv).",
+        ),
+    ] = None,
+    targets: Annotated[
+        Targets,
+        typer.Option(case_sensitive=False, help="With --votes: learn the vote shares or the majority class."),
+    ] = Targets.distribution,
+    label_weight: Annotated[
+        float,
+        typer.Option(
+            "--label-weight", min=0.0, max=1.0, metavar="W",
+            help="With --votes: this share of each target is the image's own single label (FER2013's).",
+        ),
+    ] = 0.0,
+    prior_correction: Annotated[
+        str,
+        typer.Option(
+            "--prior-correction",
+            metavar="auto|none|TAU",
+            help="Take TAU x log(training class prior) off the logits, so rare classes are not drowned by common "
+            "ones; auto: the TAU (0-1.5) best for accuracy + balanced accuracy on validation.",
+        ),
+    ] = "auto",
     tensorboard: Annotated[
         Path | None,
         typer.Option(
@@ -443,6 +477,10 @@ def train(
             distill_weight=distill_weight,
             distill_temperature=distill_temperature,
             teacher_cache=str(teacher_cache) if teacher_cache else None,
+            votes=str(votes) if votes else None,
+            targets=Targets(targets).value,
+            label_weight=label_weight,
+            prior_correction=prior_correction,
             command=shlex.join(["fer", *sys.argv[1:]]),
         )
         config.validate()
@@ -903,6 +941,19 @@ def ensemble(
     weighted: Annotated[
         bool, typer.Option("--weighted", help="Add votes weighted by each model's stored validation metrics.")
     ] = False,
+    votes: Annotated[
+        Path | None,
+        typer.Option(
+            "--votes",
+            metavar="CSV",
+            help="Score against label distributions: a CSV with a column of votes per class for images under "
+            "FOLDER (e.g. FER+); accuracy against each image's majority.",
+        ),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", metavar="NAME", help="With --votes: only the rows of this split (train, val)."),
+    ] = None,
     faces: FacesOpt = Faces.auto,
     tta: TtaOpt = TTA.none,
     annotate: AnnotateOpt = None,
@@ -939,13 +990,23 @@ def ensemble(
       fer ensemble -m resnet18_adamw -m my.pt val/
       fer ensemble photos/                       # unlabelled: the mean vote
     """
-    from .engine.ensemble import default_vote, score_labelled
+    from .engine.ensemble import default_vote, score_labelled, voted_files
     from .engine.predict import align_classes
     from .inputs.data import is_labelled_folder
+    from .inputs.votes import split_of
     from .models.zoo import resolve_models
 
+    if split is not None and votes is None:
+        raise typer.BadParameter("--split picks rows of a votes file; give it with --votes", param_hint="--split")
+    if split is not None and split_of(split) is None:
+        raise typer.BadParameter(f"'{split}' is not a split this tool reads (train, val)", param_hint="--split")
+    voted = None
+    if votes is not None:
+        if not Path(folder).is_dir():
+            raise SourceError(f"no such folder: {folder} (with --votes, FOLDER holds the images the votes file names)")
+        voted = voted_files(folder, str(votes), split_of(split) if split else None)
     classifiers = resolve_models(model, note=lambda message: err_console.print(message, highlight=False))
-    if not is_labelled_folder(folder, align_classes(classifiers)):
+    if voted is None and not is_labelled_folder(folder, align_classes(classifiers)):
         err_console.print(f"{folder} is not a labelled folder (class subfolders): predicting with the ensemble")
         name, vote = default_vote(classifiers, weighted)
         _predict_and_write(
@@ -961,8 +1022,9 @@ def ensemble(
     report_folder = _open_report_folder(report)
     started = time.perf_counter()
     scored, labelled = score_labelled(
-        classifiers, folder, weighted, device, batch_size, workers, on_skip=_report_skipped, faces=faces.value, tta=tta
-    )
+        classifiers, folder, weighted, device, batch_size, workers, on_skip=_report_skipped, faces=faces.value, tta=tta,
+        votes=voted,
+    )  # fmt: skip
     destination, chosen = _open_output(output, fmt)
     with destination as stream:
         if chosen == "json":

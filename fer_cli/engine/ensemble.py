@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ModelError, SourceError
-from ..inputs.data import CONTENT_HASH, content_hash, find_labelled_images, labelled_digest
+from ..inputs.data import CONTENT_HASH, LabelledFiles, content_hash, find_labelled_images, labelled_digest
+from ..inputs.votes import describe_left_out, outcome, read_votes
 from ..inputs.faces import FacePolicy
 from ..models.classifier import Classifier
 from ..models.tta import TTA
-from .metrics import confident_mistakes, coverage, reliability, summarize
+from .metrics import confident_mistakes, coverage, reliability, summarize, summarize_votes
 from .predict import align_classes, predict_stream
 
 WEIGHTS_SOURCE = (
@@ -118,15 +119,28 @@ def score_labelled(
     on_skip=None,
     faces: FacePolicy | str = FacePolicy.auto,
     tta: TTA | str = TTA.none,
+    votes: VotedFiles | None = None,
 ) -> tuple[dict, LabelledPredictions]:
-    """Predict a labelled folder with every model and score the models and their votes: the report, and the
-    per-image predictions it was made from (for the figures)."""
+    """Predict a labelled folder (or, with ``votes``, the images a votes file names) with every model and score the
+    models and their votes: the report, and the per-image predictions it was made from (for the figures)."""
     policy = FacePolicy(faces)
-    labelled = predict_labelled(classifiers, folder, device, batch_size, workers, on_skip, policy, tta)
-    class_names = align_classes(classifiers)
+    labelled = predict_labelled(classifiers, folder, device, batch_size, workers, on_skip, policy, tta, votes)
+    class_names = labelled.class_names
     report = evaluate_ensemble(
-        labelled.probs, labelled.labels, classifiers, class_names, weighted, folder, paths=labelled.paths
-    )
+        labelled.probs, labelled.labels, classifiers, class_names, weighted, folder, paths=labelled.paths,
+        votes=labelled.votes,
+    )  # fmt: skip
+    if votes is not None:
+        report["votes"] = {
+            "file": votes.origin,
+            "split": votes.split,
+            "left_out": votes.left_out,
+            "images_without_majority": int((labelled.labels < 0).sum()),
+        }
+        report["notes"].insert(0, votes_note(votes, int((labelled.labels < 0).sum()), len(labelled.labels)))
+        if labelled.unpredicted:
+            report["notes"].insert(1, f"no model predicts {', '.join(labelled.unpredicted)}: images whose majority "
+                                      "is that count as wrong for every model")  # fmt: skip
     report["unreadable_images"] = labelled.unreadable
     report["face_policy"] = policy.value
     report["tta"] = TTA(tta).value
@@ -137,13 +151,53 @@ def score_labelled(
 
 
 @dataclass
+class VotedFiles:
+    """The images a votes file names (one split, or all), each with its vote shares and majority."""
+
+    origin: str
+    split: str | None
+    files: LabelledFiles  # labels: the majority class, -1 where there is none (a tie at the top)
+    votes: np.ndarray  # (N, classes of ``files``) vote shares
+    left_out: dict  # reason -> images
+
+
+def voted_files(root: str, votes_csv: str, split: str | None) -> VotedFiles:
+    """Read a votes CSV (``inputs.votes``) whose paths are relative to ``root``; leave out what its votes say to."""
+    table = read_votes(votes_csv)
+    if split is not None and not table.has_split:
+        raise SourceError(f"{votes_csv} has no split column (split or Usage), so --split {split} cannot pick rows")
+    rows = table.rows(split)
+    if len(rows) == 0:
+        raise SourceError(f"{votes_csv} has no {split} rows")
+    verdict = outcome(table.votes[rows], table.no_class[rows])
+    rows = rows[verdict.keep]
+    paths = [os.path.join(root, table.images[r]) for r in rows]
+    files = LabelledFiles(paths, verdict.majority.tolist(), list(table.class_names), votes_csv)
+    return VotedFiles(votes_csv, split, files, verdict.distributions.astype(np.float64), dict(verdict.left_out))
+
+
+def votes_note(votes: VotedFiles, without_majority: int, scored: int) -> str:
+    """E.g. 'against the majority of 10 votes ... : 3,396 of 3,553 images (157 tied at the top) ...'."""
+    left = describe_left_out(votes.left_out)
+    return (
+        f"labels: the majority of the votes in {votes.origin}" + (f" ({votes.split} rows)" if votes.split else "")
+        + f"; accuracy and the tables count the {scored - without_majority:,} of {scored:,} images with one "
+        + f"({without_majority:,} tied at the top)" + (f"; left out before scoring: {left}" if left else "")
+        + "; tagger agreement (all images): the mean share of the votes the answer got"
+    )  # fmt: skip
+
+
+@dataclass
 class LabelledPredictions:
     probs: np.ndarray  # (N, M, C): every model's probabilities, columns in align_classes order
-    labels: np.ndarray  # (N,) indices into the same classes
+    labels: np.ndarray  # (N,) indices into the same classes (-1: no single label, an image whose votes tie)
     unreadable: int
     without_face: int  # images classified whole because the detector found no face
     paths: list[str] = field(default_factory=list)  # the images scored, in the rows' order
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # the face scored in each, (x, y, w, h)
+    votes: np.ndarray | None = None  # (N, C) vote shares, columns as ``probs``'s, when scored against votes
+    class_names: list[str] = field(default_factory=list)  # the columns: the models' classes, then any only the votes have
+    unpredicted: list[str] = field(default_factory=list)  # classes of the votes that no model gives
 
 
 def predict_labelled(
@@ -155,8 +209,9 @@ def predict_labelled(
     on_skip=None,
     faces: FacePolicy | str = FacePolicy.auto,
     tta: TTA | str = TTA.none,
+    votes: VotedFiles | None = None,
 ) -> LabelledPredictions:
-    """Every model's probabilities for every readable image of a labelled folder, with its label.
+    """Every model's probabilities for every readable image of a labelled folder (or of ``votes``), with its label.
 
     Class folders are matched to the models' classes by name; a folder class no model knows is
     an error. Unreadable images are skipped (reported through ``on_skip``) and counted. Each
@@ -164,15 +219,19 @@ def predict_labelled(
     detector searched and found none (counted, whatever the policy).
     """
     class_names = align_classes(classifiers)
-    files = find_labelled_images(folder)
+    files = find_labelled_images(folder) if votes is None else votes.files
     unknown = sorted(set(files.class_names) - set(class_names))
-    if unknown:
+    if unknown and votes is not None:  # scored as a class no model gives: its images count as wrong
+        class_names = class_names + [name for name in files.class_names if name in unknown]
+    elif unknown:
         raise ModelError(
-            f"{folder} has class folders the models do not predict: {', '.join(unknown)} "
-            f"(models predict {', '.join(class_names)})"
+            f"{files.origin} has {'class folders' if votes is None else 'classes'} the models do not predict: "
+            f"{', '.join(unknown)} (models predict {', '.join(class_names)})"
         )
     to_model_label = [class_names.index(name) for name in files.class_names]
     label_of = dict(zip(files.paths, files.labels))
+    row_of = {path: i for i, path in enumerate(files.paths)}
+    vote_rows = []
     probs, labels, paths, boxes, unreadable, no_face = [], [], [], [], 0, 0
     stream = predict_stream(
         classifiers, files.paths, device, batch_size, workers, faces=faces, whole_image_if_no_face=True, tta=tta
@@ -186,13 +245,21 @@ def predict_labelled(
                 continue
             largest = max(outcome.faces, key=lambda face: face.box[2] * face.box[3])
             no_face += largest.fallback
-            probs.append(largest.probs)
-            labels.append(to_model_label[label_of[outcome.path]])
+            probs.append(np.pad(largest.probs, ((0, 0), (0, len(class_names) - largest.probs.shape[-1]))))
+            label = label_of[outcome.path]
+            labels.append(to_model_label[label] if label >= 0 else -1)
+            vote_rows.append(row_of[outcome.path])
             paths.append(outcome.path)
             boxes.append(tuple(largest.box))
     if not probs:
-        raise SourceError(f"no readable images in {folder}")
-    return LabelledPredictions(np.stack(probs), np.array(labels), unreadable, no_face, paths, boxes)
+        raise SourceError(f"no readable images in {files.origin}")
+    shares = None
+    if votes is not None:  # the votes' columns in the models' class order (0 for a class the file does not have)
+        shares = np.zeros((len(vote_rows), len(class_names)))
+        shares[:, to_model_label] = votes.votes[vote_rows]
+    return LabelledPredictions(
+        np.stack(probs), np.array(labels), unreadable, no_face, paths, boxes, shares, class_names, unknown
+    )
 
 
 def score_model(
@@ -211,11 +278,24 @@ def evaluate_ensemble(
     weighted: bool,
     folder: str,
     paths: list[str] | None = None,
+    votes: np.ndarray | None = None,
 ) -> dict:
     """The whole report for a labelled folder, as one plain dict (what --format json prints).
 
-    ``paths`` (the images scored) let it notice models that were selected on some of them.
+    ``paths`` (the images scored) let it notice models that were selected on some of them. With ``votes`` (N, C)
+    the labels are the majorities (-1: none): accuracies count the images with one, and each model's metrics have
+    the votes' own measures (``metrics.summarize_votes``).
     """
+    clear = labels >= 0
+
+    def summarize_scores(scores: np.ndarray) -> dict:
+        if votes is None:
+            return summarize(labels, scores, class_names)
+        return summarize_votes(votes, labels, scores, class_names)
+
+    def curves(scores: np.ndarray) -> dict:
+        return _curves(labels[clear], scores[clear])
+
     models = []
     for m, classifier in enumerate(classifiers):
         models.append(
@@ -224,8 +304,8 @@ def evaluate_ensemble(
                 "path": classifier.path,
                 "arch": classifier.arch,
                 "val_accuracy_in_checkpoint": classifier.val_accuracy,
-                "metrics": summarize(labels, probs[:, m], class_names),
-                **_curves(labels, probs[:, m]),
+                "metrics": summarize_scores(probs[:, m]),
+                **curves(probs[:, m]),
             }
         )
     weights, notes = None, []
@@ -241,21 +321,19 @@ def evaluate_ensemble(
     ensembles = []
     if len(classifiers) > 1:
         for name, scores in combine(probs, weights).items():
-            ensembles.append(
-                {"name": name, "metrics": summarize(labels, scores, class_names), **_curves(labels, scores)}
-            )
-    correct = probs.argmax(axis=2) == labels[:, None]
+            ensembles.append({"name": name, "metrics": summarize_scores(scores), **curves(scores)})
+    correct = probs[clear].argmax(axis=2) == labels[clear, None]
     return {
         "folder": folder,
-        "images": int(len(labels)),
+        "images": int(clear.sum()),
         "class_names": class_names,
         "weights_source": WEIGHTS_SOURCE if weighted else None,
         "notes": notes,
         "validation_overlap": overlap,
         "models": models,
         "ensembles": ensembles,
-        "oracle_accuracy": float(correct.any(axis=1).mean()) if len(labels) else 0.0,
-        "all_wrong_rate": float((~correct).all(axis=1).mean()) if len(labels) else 0.0,
+        "oracle_accuracy": float(correct.any(axis=1).mean()) if len(correct) else 0.0,
+        "all_wrong_rate": float((~correct).all(axis=1).mean()) if len(correct) else 0.0,
         "errors_fixed_by": errors_fixed_by(correct).tolist(),
     }
 

@@ -22,6 +22,9 @@ def summarize(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> 
         "count": int(len(labels)),
         "accuracy": float(correct.mean()) if len(labels) else 0.0,
         "macro_f1": float(f1.mean()),
+        # the mean recall of the classes that occur (a model that answers the commonest class for every
+        # image scores 1/classes here, whatever its accuracy)
+        "balanced_accuracy": float(recall[support > 0].mean()) if support.any() else 0.0,
         "mean_confidence_correct": float(confidence[correct].mean()) if correct.any() else None,
         "mean_confidence_incorrect": float(confidence[~correct].mean()) if (~correct).any() else None,
         "expected_calibration_error": expected_calibration_error(labels, probs),
@@ -37,6 +40,33 @@ def summarize(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> 
         "confusion_matrix": confusion_matrix(labels, predicted, labels=indices).tolist(),
         "class_names": list(class_names),
     }
+
+
+def summarize_votes(votes: np.ndarray, majority: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
+    """``summarize`` against each image's majority class, the images without one (-1: a tie at the top) left out
+    and counted, and under ``votes`` what only votes tell (``votes`` (N, C): each image's vote shares):
+
+    * ``tagger_agreement``: the mean share of the taggers who chose the class given, i.e. how often a tagger
+      drawn at random agrees with the model;
+    * ``plurality_accuracy``: the share of all images (ties included) whose answer got the most votes;
+    * ``cross_entropy``: of the probabilities against the vote shares (what training on votes lowers).
+    """
+    votes = np.asarray(votes, dtype=np.float64)
+    majority = np.asarray(majority)
+    probs = np.asarray(probs, dtype=np.float64)
+    clear = majority >= 0
+    metrics = summarize(majority[clear], probs[clear], class_names)
+    predicted = probs.argmax(axis=1)
+    given = votes[np.arange(len(votes)), predicted]
+    metrics["votes"] = {
+        "images": int(len(votes)),
+        "with_majority": int(clear.sum()),
+        "without_majority": int((~clear).sum()),
+        "tagger_agreement": float(given.mean()) if len(votes) else 0.0,
+        "plurality_accuracy": float((given >= votes.max(axis=1) - 1e-9).mean()) if len(votes) else 0.0,
+        "cross_entropy": float(-(votes * np.log(np.clip(probs, 1e-12, None))).sum(axis=1).mean()) if len(votes) else 0.0,
+    }
+    return metrics
 
 
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -36,21 +37,26 @@ from ..inputs.data import (
     find_labelled_images,
     labelled_digest,
     read_fer2013_csv,
+    images_fingerprint,
+    read_voted_images,
     validation_images,
 )
+from ..inputs.votes import canonical_class, describe_left_out, read_votes
 from ..models.architectures import check_model_options, create_model
-from ..models.checkpoint import build_model, now_iso, read_checkpoint, save_checkpoint, store_calibration
+from ..models.checkpoint import build_model, now_iso, read_checkpoint, save_checkpoint
+from ..models.classifier import softmax
 from ..outputs import figures
 from ..outputs import tensorboard as tensorboard_log
 from . import distill, distributed
-from .calibration import calibrate, describe
+from .calibration import calibrate, describe, describe_prior_correction, fit_prior_correction
 from .distill import DistillationLoss
-from .metrics import summarize
+from .metrics import summarize, summarize_votes
 from .predict import stay_quiet_and_die_with_parent
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "plateau", "none")
 BALANCING = ("none", "sampler", "loss")
+TARGETS = ("distribution", "majority")
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,10 @@ class TrainConfig:
     distill_weight: float = 0.9  # the share of the loss that is the teachers' (the rest: the labels')
     distill_temperature: float = 4.0  # the softmax temperature of teachers and student in that share
     teacher_cache: str | None = None  # where the teachers' logits are cached; default: distill.default_cache_dir()
+    votes: str | None = None  # a votes CSV: each image's label distribution (DATA holds the images; see inputs.votes)
+    targets: str = "distribution"  # with votes: learn the vote shares, or the majority class (one-hot)
+    label_weight: float = 0.0  # with votes: this share of each target is the image's own single label (FER2013's)
+    prior_correction: str = "auto"  # tau of logits - tau * log(class prior): 'auto' (chosen on val), 'none', a number
     command: str = ""  # the command line, recorded for provenance
 
     @property
@@ -103,6 +113,7 @@ class TrainConfig:
             (self.optimizer, OPTIMIZERS, "--optimizer"),
             (self.schedule, SCHEDULES, "--schedule"),
             (self.balance, BALANCING, "--balance"),
+            (self.targets, TARGETS, "--targets"),
         ):
             if value not in valid:
                 raise ValueError(f"{option} must be one of {', '.join(valid)}, not '{value}'")
@@ -114,6 +125,17 @@ class TrainConfig:
             raise ValueError("--label-smoothing must be in [0, 1)")
         if self.mixup < 0 or self.cutmix < 0:
             raise ValueError("--mixup and --cutmix must be 0 (off) or positive")
+        if self.prior_correction not in ("auto", "none"):
+            try:
+                tau = float(self.prior_correction)
+            except ValueError:
+                raise ValueError("--prior-correction must be auto, none or a number (tau)") from None
+            if not 0.0 <= tau <= 10.0:
+                raise ValueError("--prior-correction must be between 0 and 10")
+        if not 0.0 <= self.label_weight <= 1.0:
+            raise ValueError("--label-weight must be in [0, 1]")
+        if not self.votes and (self.label_weight or self.targets != "distribution"):
+            raise ValueError("--label-weight and --targets need --votes (they say how to learn from votes)")
         if self.freeze_epochs < 0 or (self.freeze_epochs and not self.init):
             raise ValueError("--freeze-epochs needs --init (the layers to freeze come from that model)")
         if self.teachers:
@@ -154,6 +176,8 @@ def load_training_data(config: TrainConfig, log: Console) -> tuple[LabelledTenso
     (None when it was held out of the training data).
     """
     preprocess = {"size": config.size, "channels": config.channels}
+    if config.votes:
+        return _load_voted_data(config, preprocess, log)
     data = Path(config.data)
     train_source = data
     val_source = Path(config.val) if config.val else None
@@ -185,6 +209,91 @@ def load_training_data(config: TrainConfig, log: Console) -> tuple[LabelledTenso
     return train, val, f"10% of {train_source} held out (stratified, seed {config.seed})", None
 
 
+def _load_voted_data(config: TrainConfig, preprocess: dict, log: Console):
+    """``load_training_data`` for images labelled by votes: DATA holds the images (a folder the votes CSV's paths
+    are relative to, or a FER2013 CSV whose rows pair up with its rows), validation is the votes' val rows, ``--val``
+    (another votes CSV over DATA's images), or 10% of the training rows held out."""
+    data = Path(config.data)
+    if not data.exists():
+        raise SourceError(f"no such file or folder: {data}")
+    by_row = data.is_file()
+    table = read_votes(config.votes, by_row=by_row)
+    warn = lambda m: log.print(f"[yellow]warning:[/] {escape(m)}")  # noqa: E731
+    log.print(
+        f"votes: {table.origin}, {len(table.images):,} images, classes {', '.join(table.class_names)}"
+        + (f"; {table.unnamed:,} rows without an image left out" if table.unnamed else "")
+    )
+    decode = lambda t, split: read_voted_images(  # noqa: E731
+        data, t, split, preprocess, workers=config.workers, warn=warn, fer2013_labels=by_row
+    )
+    train = _targets_usable(decode(table, "train" if table.has_split else None), config, log, "training")
+    if config.val:
+        other = read_votes(config.val, by_row=by_row)
+        split = "val" if other.has_split and other.count("val") else None
+        val = decode(other, split).reorder_classes(train.class_names)
+        val_origin, val_path = val.origin, str(config.val)
+    elif table.has_split and table.count("val"):
+        val, val_origin, val_path = decode(table, "val"), f"{table.origin} (val rows)", str(config.votes)
+    else:
+        train, val = _hold_out(train, fraction=0.1, seed=config.seed)
+        val_origin, val_path = f"10% of {table.origin}'s rows held out (stratified, seed {config.seed})", None
+    without = int((val.majority < 0).sum())
+    log.print(
+        f"validation: {len(val):,} images" + (f" ({describe_left_out(val.left_out)})" if val.left_out else "")
+        + f"; accuracy against the majority of the votes on the {len(val) - without:,} with one"
+        + f" ({without:,} tied at the top)"
+    )  # fmt: skip
+    return train, val, val_origin, val_path
+
+
+def _targets_usable(data: LabelledTensors, config: TrainConfig, log: Console, what: str) -> LabelledTensors:
+    """Training images by votes: with ``--targets majority`` only those with a clear majority; with
+    ``--label-weight`` only those whose single label is one of the classes. Says what was left out."""
+    left_out = dict(data.left_out)
+    if config.targets == "majority":
+        keep = data.majority >= 0
+        left_out["no majority (tied at the top)"] = int((~keep).sum())
+        data = data.subset(torch.nonzero(keep).flatten())
+    if config.label_weight:
+        if data.given is None:
+            raise SourceError(
+                f"--label-weight mixes in each image's own label, but {config.votes} has no label column "
+                "(label or fer2013_label), and DATA is not a FER2013 CSV"
+            )
+        keep = data.given >= 0
+        left_out["single label not among the classes"] = int((~keep).sum())
+        data = data.subset(torch.nonzero(keep).flatten())
+    data.left_out = {reason: count for reason, count in left_out.items() if count}
+    note = f" ({describe_left_out(data.left_out)})" if data.left_out else ""
+    log.print(f"{what}: {len(data):,} images{note}")
+    return data
+
+
+def _class_prior(data: LabelledTensors, config: TrainConfig) -> list[float]:
+    """Each class's share of what the training images teach: the mean target (vote shares), or label frequencies."""
+    targets = training_targets(data, config)
+    if targets is None:
+        targets = torch.nn.functional.one_hot(data.labels.cpu(), len(data.class_names)).float()
+    return [round(float(share), 6) for share in targets.float().mean(dim=0)]
+
+
+def training_targets(data: LabelledTensors, config: TrainConfig) -> torch.Tensor | None:
+    """What the loss compares each training image's output with: None for one label per image (the labels
+    themselves), else a distribution over the classes: the vote shares, or the majority one-hot, with
+    ``--label-weight`` of the image's own label mixed in."""
+    if data.votes is None:
+        return None
+    classes = len(data.class_names)
+    if config.targets == "majority":
+        targets = torch.nn.functional.one_hot(data.majority.clamp_min(0), classes).float()
+    else:
+        targets = data.votes.float()
+    if config.label_weight:
+        given = torch.nn.functional.one_hot(data.given.clamp_min(0), classes).float()
+        targets = (1 - config.label_weight) * targets + config.label_weight * given
+    return targets
+
+
 def _hold_out(data: LabelledTensors, fraction: float, seed: int) -> tuple[LabelledTensors, LabelledTensors]:
     """A stratified validation split: ``fraction`` of the images, at least one per class."""
     labels = data.labels.cpu().numpy()
@@ -195,8 +304,7 @@ def _hold_out(data: LabelledTensors, fraction: float, seed: int) -> tuple[Labell
             f"{data.origin} is too small to hold out a validation set (every class needs 2+ images); pass --val"
         )
     keep, held = train_test_split(np.arange(len(labels)), test_size=held_count, random_state=seed, stratify=labels)
-    pick = lambda idx: LabelledTensors(data.images[idx], data.labels[idx], data.class_names, data.origin)  # noqa: E731
-    return pick(torch.as_tensor(np.sort(keep))), pick(torch.as_tensor(np.sort(held)))
+    return data.subset(torch.as_tensor(np.sort(keep))), data.subset(torch.as_tensor(np.sort(held)))
 
 
 def normalisation(images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -265,6 +373,8 @@ class TrainingRun:
     train_batches: InMemoryBatches
     val_batches: InMemoryBatches
     val_size: int
+    val_majority: np.ndarray | None  # with votes: each validation image's majority class (-1: none)
+    class_prior: list[float]  # each class's share of the training targets
     mix: object
     provenance: dict
     start_epoch: int = 1
@@ -282,11 +392,21 @@ class TrainingRun:
     def per_batch_scheduler(self):
         return self.scheduler if self.config.schedule in ("onecycle", "cosine") else None
 
-    def val_loader(self, everything: bool = False):
-        """The validation batches: this rank's share (each rank validates every world-th image), or all."""
+    def val_share(self, everything: bool = False) -> torch.Tensor:
+        """The validation images this rank validates (every world-th), or all of them."""
         indices = torch.arange(self.val_size)
-        share = indices if everything else share_of(indices, self.group.rank, self.group.world, equal=False)
-        return self.val_batches.epoch(share)
+        return indices if everything else share_of(indices, self.group.rank, self.group.world, equal=False)
+
+    def val_loader(self, everything: bool = False):
+        """The validation batches: this rank's share, or all."""
+        return self.val_batches.epoch(self.val_share(everything))
+
+    def scores(self, probs: np.ndarray, targets: np.ndarray, indices: np.ndarray) -> dict:
+        """Validation metrics of ``probs`` for the validation images ``indices``: against their labels, or with
+        votes against their majority (ties left out, counted), with the votes' own measures beside."""
+        if self.val_majority is None:
+            return summarize(targets, probs, self.class_names)
+        return summarize_votes(targets, self.val_majority[indices], probs, self.class_names)
 
     def network_state(self) -> dict:
         """What any checkpoint needs to rebuild and feed the model."""
@@ -295,6 +415,7 @@ class TrainingRun:
             "model_config": dict(self.config.arch_options),
             "class_names": self.class_names,
             "preprocess": self.preprocess,
+            "class_prior": self.class_prior,
             "state_dict": _state_dict(self.network),
         }
 
@@ -341,9 +462,13 @@ def _epochs(run: TrainingRun, config: TrainConfig, group: distributed.Group, log
             _save(run, epoch, improved=record["best"])
             if run.tensorboard is not None:
                 run.tensorboard.epoch(record, metrics, run.class_names)
+            voted = (
+                f"  val_bal {metrics['balanced_accuracy']:.4f}  agree {metrics['votes']['tagger_agreement']:.4f}"
+                if "votes" in metrics else ""
+            )  # fmt: skip
             log.print(
                 f"epoch {epoch}/{config.epochs}  loss {train_loss:.4f}  acc {train_accuracy:.4f}  "
-                f"val_loss {metrics['loss']:.4f}  val_acc {metrics['accuracy']:.4f}"
+                f"val_loss {metrics['loss']:.4f}  val_acc {metrics['accuracy']:.4f}{voted}"
                 f"{'  [green]best, saved[/]' if record['best'] else ''}  {record['seconds']:.0f}s"
             )
 
@@ -374,12 +499,14 @@ def _set_up(
         f"training {config.arch} on {len(train_data):,} images, validating on {len(val_data):,} ({val_origin}); "
         f"{len(class_names)} classes; device {device}{processes}"
     )
-    network, model = _build_network(config, class_names, state, group, device, init)
+    network, model = _build_network(config, class_names, state, group, device, init, log)
     optimizer = _make_optimizer(config, model)
     steps_per_epoch = math.ceil(len(train_data) / group.world / config.batch_size)
     # The data stays in memory (on the GPU when it fits), augmented a whole batch at a time there.
     augment = BatchAugment(preprocess, Augmentation.parse(config.augment), device)
     criterion = _make_criterion(config, train_data.labels, len(class_names), device)
+    if train_data.votes is not None:
+        log.print(_describe_targets(config))
     teaching = _teaching(config, train_data, state, device, log) if config.teachers else None
     if teaching:
         criterion = DistillationLoss(criterion, config.distill_weight, config.distill_temperature)
@@ -397,13 +524,17 @@ def _set_up(
         scaler=grad_scaler(device),
         criterion=criterion,
         train_batches=InMemoryBatches(
-            train_data, device, augment, config.batch_size, extra=teaching["targets"] if teaching else None
-        ),
-        val_batches=InMemoryBatches(val_data, device, augment, batch_size=256),
+            train_data, device, augment, config.batch_size, extra=teaching["targets"] if teaching else None,
+            targets=training_targets(train_data, config),
+        ),  # fmt: skip
+        val_batches=InMemoryBatches(val_data, device, augment, batch_size=256, targets=val_data.votes),
         val_size=len(val_data),
+        val_majority=None if val_data.majority is None else val_data.majority.numpy(),
+        class_prior=_class_prior(train_data, config),
         mix=batch_mixing(config, len(class_names)),
         provenance={
-            **_provenance(config, val_origin, val_path, group, device),
+            **_provenance(config, val_origin, val_path, group, device, val_data),
+            "labels": _labels_provenance(config, train_data, val_data),
             **_init_provenance(config, init),
             **({"distilled_from": teaching["provenance"]} if teaching else {}),
         },
@@ -442,8 +573,9 @@ def _teaching(config: TrainConfig, train_data: LabelledTensors, state: dict | No
 
 
 def _build_network(
-    config: TrainConfig, class_names: list[str], state: dict | None, group: distributed.Group, device, init=None
-):
+    config: TrainConfig, class_names: list[str], state: dict | None, group: distributed.Group, device, init=None,
+    log: Console | None = None,
+):  # fmt: skip
     """The model (its initial weights from the seed, from ``--init``'s model, or the resumed ones) on the device, and
     what trains it: the model itself, or under torchrun its DistributedDataParallel wrapper."""
     torch.manual_seed(config.seed)
@@ -451,7 +583,7 @@ def _build_network(
     if state:
         network.load_state_dict(state["state_dict"])
     elif init:
-        _start_from(network, init, class_names)
+        _start_from(network, init, class_names, log)
     network = prepare_model(network, device, training=True)
     if not group.active:
         return network, network
@@ -485,14 +617,34 @@ def _adopt_initial_model(config: TrainConfig, init: dict, log: Console) -> Train
     )
 
 
-def _start_from(network: nn.Module, init: dict, class_names: list[str]) -> None:
-    """Copy ``init``'s weights into ``network``; its classifier head too if the classes are the same, in the
-    same order. Otherwise the head keeps its fresh (seeded) weights, sized for ``class_names``."""
+def _start_from(network: nn.Module, init: dict, class_names: list[str], log: Console | None = None) -> None:
+    """Copy ``init``'s weights into ``network``, its classifier head row by row: a class of ``class_names`` that
+    ``init`` knows, by name or alias (FER+'s anger is angry), keeps its row wherever it was; a new class keeps
+    the fresh (seeded) row the network was built with. The log says which is which."""
     source = build_model(init).state_dict()
     head = classifier_head(network)
-    same_classes = list(init["class_names"]) == list(class_names)
-    kept = {name: value for name, value in source.items() if same_classes or not name.startswith(head + ".")}
-    network.load_state_dict(kept, strict=same_classes)
+    fresh = network.state_dict()
+    known = {canonical_class(name): row for row, name in enumerate(init["class_names"])}
+    rows = [known.get(canonical_class(name)) for name in class_names]
+    weights = {name: value for name, value in source.items() if not name.startswith(head + ".")}
+    for part in ("weight", "bias"):
+        key = f"{head}.{part}"
+        if key in fresh:
+            weights[key] = torch.stack(
+                [source[key][row].to(fresh[key].dtype) if row is not None else fresh[key][i] for i, row in enumerate(rows)]
+            )
+    network.load_state_dict(weights)
+    if log is not None:
+        kept = [name for name, row in zip(class_names, rows) if row is not None]
+        new = [name for name, row in zip(class_names, rows) if row is None]
+        moved = [name for i, (name, row) in enumerate(zip(class_names, rows)) if row is not None and row != i]
+        dropped = [name for name in init["class_names"] if canonical_class(name) not in map(canonical_class, class_names)]
+        log.print(
+            f"classifier head: {len(kept)} row(s) kept by class ({', '.join(kept) or 'none'})"
+            + (f", {len(moved)} of them moved to the data's order" if moved else "")
+            + (f"; new, untrained: {', '.join(new)}" if new else "")
+            + (f"; not in the data, dropped: {', '.join(dropped)}" if dropped else "")
+        )
 
 
 def classifier_head(network: nn.Module) -> str:
@@ -515,7 +667,35 @@ def _make_criterion(config: TrainConfig, labels: torch.Tensor, num_classes: int,
     return nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
 
 
-def _provenance(config: TrainConfig, val_origin: str, val_path: str | None, group: distributed.Group, device) -> dict:
+def _describe_targets(config: TrainConfig) -> str:
+    what = "each image's share of the votes" if config.targets == "distribution" else "the majority of the votes"
+    if config.label_weight:
+        what += f", {config.label_weight:g} of each target its own single label"
+    return f"learning {what}; the best epoch is the most accurate against the majority on validation"
+
+
+def _labels_provenance(config: TrainConfig, train: LabelledTensors, val: LabelledTensors) -> dict:
+    """What the checkpoint learnt from and was selected on (one label per image, or votes, and how)."""
+    if train.votes is None:
+        return {"kind": "one label per image", "selected_on": "accuracy against the validation labels"}
+    return {
+        "kind": "votes",
+        "votes": str(config.votes),
+        "targets": config.targets,
+        "label_weight": config.label_weight,
+        "left_out": {"training": train.left_out, "validation": val.left_out},
+        "validation_without_majority": int((val.majority < 0).sum()),
+        "selected_on": "accuracy against the majority of the validation votes (ties at the top left out)",
+    }
+
+
+def _provenance(
+    config: TrainConfig, val_origin: str, val_path: str | None, group: distributed.Group, device,
+    val_data: LabelledTensors | None = None,
+) -> dict:  # fmt: skip
+    if val_data is not None and val_data.paths is not None:  # votes over a folder: the images themselves
+        return {**_provenance(config, val_origin, None, group, device), "val_path": val_path,
+                "val_images": images_fingerprint(val_data.paths)}  # fmt: skip
     return {
         "train_data": str(config.data),
         "val_data": val_origin,
@@ -585,9 +765,13 @@ def _train_epoch(run: TrainingRun, epoch: int, progress: Progress) -> tuple[floa
 
 def _validate(run: TrainingRun) -> dict:
     """The metrics on the validation data (gathered from every rank), its mean loss under ``loss``."""
-    probs, labels, loss = predict_tensors(run.model, run.val_loader(), run.device, run.criterion)
-    probs, labels, loss_sums = distributed.gather_arrays(run.group, probs, labels, np.array([loss * len(labels)]))
-    metrics = summarize(labels, probs, run.class_names)
+    share = run.val_share().numpy()
+    probs, labels, loss = predict_tensors(run.model, run.val_batches.epoch(torch.from_numpy(share)), run.device,
+                                          run.criterion)  # fmt: skip
+    probs, labels, share, loss_sums = distributed.gather_arrays(
+        run.group, probs, labels, share, np.array([loss * len(labels)])
+    )
+    metrics = run.scores(probs, labels, share)
     metrics["loss"] = float(loss_sums.sum() / max(len(labels), 1))
     if run.scheduler is not None and run.config.schedule == "plateau":
         run.scheduler.step(metrics["accuracy"])
@@ -608,6 +792,8 @@ def _record_epoch(
         "val_loss": round(metrics["loss"], 5),
         "val_accuracy": round(metrics["accuracy"], 5),
         "val_macro_f1": round(metrics["macro_f1"], 5),
+        "val_balanced_accuracy": round(metrics["balanced_accuracy"], 5),
+        **({"val_tagger_agreement": round(metrics["votes"]["tagger_agreement"], 5)} if "votes" in metrics else {}),
         "lr": run.optimizer.param_groups[0]["lr"],
         "seconds": round(seconds, 2),
         "best": improved,
@@ -640,7 +826,9 @@ def _finish(run: TrainingRun) -> None:
             raise FerError(f"the {run.group.world} processes ended with different weights: {prints}")
         run.log.print(f"all {run.group.world} processes hold the same weights (fingerprint {prints[0]})")
     if run.group.is_main:
-        calibration = _calibrate_best(run.out, run.val_loader(everything=True), run.provenance["val_data"], run.device)
+        correction, calibration = _fit_outputs(run)
+        if correction is not None:
+            run.log.print(f"validation data: {describe_prior_correction(correction)}")
         run.log.print(f"validation data: {describe(calibration)}")
     if run.tensorboard is not None:
         run.tensorboard.hyperparameters(_plain_config(run.config), run.best_metrics)
@@ -708,13 +896,42 @@ def restore_scaler(scaler: torch.amp.GradScaler, saved: dict) -> None:
         scaler.load_state_dict(saved)
 
 
-def _calibrate_best(out: Path, val_loader, val_origin: str, device) -> dict:
-    """Fit the best checkpoint's temperature on all the validation data, its weights as stored (float16 or not)."""
-    model = prepare_model(build_model(read_checkpoint(out)), device)
-    probs, labels, _ = predict_tensors(model, val_loader, device)
-    calibration = calibrate(probs, labels, fitted_on=val_origin)
-    store_calibration(out, calibration)
-    return calibration
+def _fit_outputs(run: TrainingRun) -> tuple[dict | None, dict]:
+    """On all the validation data, with the best checkpoint's weights as stored (float16 or not): choose its prior
+    correction (``--prior-correction``), then fit its temperature to the corrected logits. With votes both are fitted
+    on the images with a majority, against it. With a correction the stored metrics become the corrected model's."""
+    out, config = run.out, run.config
+    checkpoint = read_checkpoint(out)
+    model = prepare_model(build_model(checkpoint), run.device)
+    probs, targets, _ = predict_tensors(model, run.val_loader(everything=True), run.device)
+    labels = targets if run.val_majority is None else run.val_majority
+    clear = labels >= 0
+    fitted_on = run.provenance["val_data"] + (", against the majority of the votes" if run.val_majority is not None else "")
+    log_probs = np.log(np.clip(probs, 1e-12, None))
+    correction = None
+    if config.prior_correction != "none":
+        correction = fit_prior_correction(log_probs[clear], labels[clear], run.class_prior, fitted_on)
+        if config.prior_correction != "auto":
+            correction = {**correction, "tau": float(config.prior_correction), "rule": "given (--prior-correction)"}
+            correction["after"] = _corrected_scores(correction, log_probs[clear], labels[clear])
+    tau = correction["tau"] if correction else 0.0
+    adjusted = log_probs - tau * np.log(np.clip(np.asarray(run.class_prior), 1e-6, None))
+    calibration = calibrate(softmax(adjusted)[clear], labels[clear], fitted_on=fitted_on)
+    checkpoint["temperature"] = float(calibration["temperature"])
+    checkpoint["prior_correction"] = tau
+    metrics = dict(checkpoint.get("metrics", {}))
+    if tau:  # the model as it now predicts (the best epoch's figures were without the correction)
+        metrics = {**run.scores(softmax(adjusted), targets, np.arange(len(targets))), "epoch": metrics.get("epoch")}
+    checkpoint["metrics"] = {**metrics, "calibration": calibration, **({"prior_correction": correction} if correction else {})}
+    save_checkpoint(out, checkpoint)
+    return correction, calibration
+
+
+def _corrected_scores(correction: dict, log_probs: np.ndarray, labels: np.ndarray) -> dict:
+    predicted = (log_probs - correction["tau"] * np.log(np.clip(np.asarray(correction["prior"]), 1e-6, None))).argmax(1)
+    recall = [float((predicted[labels == c] == c).mean()) for c in np.unique(labels)]
+    return {"accuracy": float((predicted == labels).mean()), "balanced_accuracy": float(np.mean(recall))}
+
 
 
 def _save_resume_state(run: TrainingRun, network: dict, epoch: int) -> None:
@@ -789,7 +1006,7 @@ def train_one_epoch(
             scheduler.step()
         batch = len(labels)
         total_loss += loss.detach().float() * batch
-        correct += (logits.detach().argmax(dim=1) == labels).sum()
+        correct += (logits.detach().argmax(dim=1) == (labels.argmax(dim=1) if labels.ndim == 2 else labels)).sum()
         seen += batch
         if on_batch:
             if step % report_every == 0 or step == len(loader):
@@ -803,7 +1020,8 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict_tensors(model, loader, device, criterion=None) -> tuple[np.ndarray, np.ndarray, float]:
-    """Softmax probabilities and labels for a labelled loader, and the mean loss if ``criterion`` given."""
+    """Softmax probabilities and labels (or the loader's targets, e.g. vote shares) for a labelled loader, and the
+    mean loss if ``criterion`` given."""
     model.eval()
     all_probs, all_labels, total_loss = [], [], 0.0
     for images, labels in loader:

@@ -16,10 +16,12 @@ DEVICE_SHARE = 0.25  # keep the data on the GPU when it takes at most this share
 
 
 class InMemoryBatches:
-    """Batches of (normalised images, labels) on ``device``, in the given order of indices.
+    """Batches of (normalised images, targets) on ``device``, in the given order of indices.
 
-    With a ``generator`` the images are augmented by ``augment``; without one only normalised.
-    ``extra``, a tensor with a row per image (a distilling run's soft targets), adds its rows to each batch.
+    The targets are the labels, or ``targets`` when given: a row per image, e.g. each image's distribution over
+    the classes (votes); ``labels`` stay what sampling balances on. With a ``generator`` the images are augmented
+    by ``augment``; without one only normalised. ``extra``, a tensor with a row per image (a distilling run's soft
+    targets), adds its rows to each batch.
     """
 
     def __init__(
@@ -29,10 +31,12 @@ class InMemoryBatches:
         augment: BatchAugment,
         batch_size: int,
         extra: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
     ):
         self.device = device
         self.images = _place(data.images, device)
         self.labels = data.labels.to(self.images.device)
+        self.targets = self.labels if targets is None else targets.to(self.images.device)
         self.extra = extra.to(self.images.device) if extra is not None else None
         self.augment = augment
         self.batch_size = batch_size
@@ -57,7 +61,7 @@ class _Epoch:
         for start in range(0, self.count * size, size):
             index = order[start : start + size]
             images = source.images[index].to(source.device, non_blocking=True)
-            labels = source.labels[index].to(source.device, non_blocking=True)
+            labels = source.targets[index].to(source.device, non_blocking=True)
             extra = () if source.extra is None else (source.extra[index].to(source.device, non_blocking=True),)
             if self.generator is None:
                 yield source.augment.normalise(images), labels, *extra

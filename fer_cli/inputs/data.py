@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from torchvision.datasets.folder import find_classes
 
 from ..errors import SourceError
 from .images import READ_ERRORS, images_in_folder, is_image_file, model_pixels, read_image
+from .votes import VoteTable, outcome
 
 # FER2013's CSV labels 0..6, in that order.
 FER2013_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -105,8 +106,12 @@ def content_hash(path: str | os.PathLike) -> str | None:
 def validation_images(root: str | os.PathLike) -> dict:
     """What a checkpoint records of its validation folder's images: the content hashes (sorted,
     each once; 3,589 FER2013 faces take about 60 KB) and how many images there were."""
-    files = find_labelled_images(root)
-    hashes = [h for h in map(content_hash, files.paths) if h is not None]
+    return images_fingerprint(find_labelled_images(root).paths)
+
+
+def images_fingerprint(paths: list[str]) -> dict:
+    """``validation_images`` for a list of image files."""
+    hashes = [h for h in map(content_hash, paths) if h is not None]
     return {"method": CONTENT_HASH, "count": len(hashes), "hashes": sorted(set(hashes))}
 
 
@@ -124,15 +129,36 @@ def is_labelled_folder(root: str | os.PathLike, class_names: list[str]) -> bool:
 
 @dataclass
 class LabelledTensors:
-    """A whole labelled dataset decoded once: uint8 images (N, C, H, W) and labels (N,)."""
+    """A whole labelled dataset decoded once: uint8 images (N, C, H, W) and labels (N,).
+
+    Data labelled by votes (``votes``) also has, per image, the share of votes each class got
+    (N, classes; each row sums to 1), the class of the clear majority (``majority``, -1 where the top
+    is tied or "unknown"/"not a face" had as many votes) and the image's single label where the
+    votes file gives one (``given``, -1 otherwise; FER2013's own label for FER+). ``labels`` is then the
+    most voted class, for what needs one class per image (balanced sampling, stratified hold-out).
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     class_names: list[str]
     origin: str
+    votes: torch.Tensor | None = None
+    majority: torch.Tensor | None = None
+    given: torch.Tensor | None = None
+    left_out: dict = field(default_factory=dict)  # why images were left out, and how many
+    paths: list[str] | None = None  # each image's file, where known (votes over a folder)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> LabelledTensors:
+        """The images at ``index``, with everything known of them."""
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        paths = None if self.paths is None else [self.paths[i] for i in torch.as_tensor(index).reshape(-1).tolist()]
+        return LabelledTensors(
+            self.images[index], self.labels[index], self.class_names, self.origin,
+            pick(self.votes), pick(self.majority), pick(self.given), dict(self.left_out), paths,
+        )  # fmt: skip
 
     def reorder_classes(self, class_names: list[str]) -> LabelledTensors:
         """Relabel to another ordering of the same class names (e.g. a model's)."""
@@ -142,7 +168,13 @@ class LabelledTensors:
                 f"but the training data has {', '.join(class_names)}"
             )
         mapping = torch.tensor([class_names.index(name) for name in self.class_names])
-        return LabelledTensors(self.images, mapping[self.labels], list(class_names), self.origin)
+        relabel = lambda t: None if t is None else torch.where(t >= 0, mapping[t.clamp_min(0)], t)  # noqa: E731
+        columns = torch.tensor([self.class_names.index(name) for name in class_names])
+        return LabelledTensors(
+            self.images, mapping[self.labels], list(class_names), self.origin,
+            None if self.votes is None else self.votes[:, columns],
+            relabel(self.majority), relabel(self.given), dict(self.left_out), self.paths,
+        )  # fmt: skip
 
 
 class _DecodeFiles(torch.utils.data.Dataset):
@@ -167,7 +199,14 @@ def decode_labelled_files(files: LabelledFiles, preprocess: dict, workers: int =
     Unreadable files are skipped and counted through ``warn``, so one bad file in a dataset of
     thousands does not stop a training run.
     """
-    loader = torch.utils.data.DataLoader(_DecodeFiles(files.paths, preprocess), batch_size=256, num_workers=workers)
+    images, kept = _decode_paths(files.paths, files.origin, preprocess, workers, warn)
+    labels = torch.tensor([files.labels[i] for i in kept])
+    return LabelledTensors(images, labels, files.class_names, files.origin)
+
+
+def _decode_paths(paths: list[str], origin: str, preprocess: dict, workers: int, warn) -> tuple[torch.Tensor, list]:
+    """The readable images of ``paths`` decoded (N, C, H, W), and which of ``paths`` they are."""
+    loader = torch.utils.data.DataLoader(_DecodeFiles(paths, preprocess), batch_size=256, num_workers=workers)
     images, kept = [], []
     for batch, indices in loader:
         good = indices >= 0
@@ -175,11 +214,10 @@ def decode_labelled_files(files: LabelledFiles, preprocess: dict, workers: int =
         kept.extend(indices[good].tolist())
         if warn:
             for bad in (-1 - indices[~good]).tolist():
-                warn(f"skipped unreadable image {files.paths[bad]}")
+                warn(f"skipped unreadable image {paths[bad]}")
     if not kept:
-        raise SourceError(f"no readable images in {files.origin}")
-    labels = torch.tensor([files.labels[i] for i in kept])
-    return LabelledTensors(torch.cat(images), labels, files.class_names, files.origin)
+        raise SourceError(f"no readable images in {origin}")
+    return torch.cat(images), kept
 
 
 def read_fer2013_csv(path: str | os.PathLike, usage: Iterable[str], preprocess: dict) -> LabelledTensors:
@@ -187,31 +225,105 @@ def read_fer2013_csv(path: str | os.PathLike, usage: Iterable[str], preprocess: 
 
     A CSV without a Usage column counts every row as Training. Pixels are square grayscale.
     """
-    usage = {u.lower() for u in usage}
-    images, labels = [], []
+    rows = list(_fer2013_rows(path, lambda row: row is not None and row in usage))
+    if not rows:
+        raise SourceError(f"{path} has no rows with Usage {' or '.join(sorted(usage))}")
+    tensors = [decode(Image.fromarray(img, mode="L"), preprocess) for _, img, _ in rows]
+    labels = torch.tensor([label for _, _, label in rows])
+    return LabelledTensors(torch.stack(tensors), labels, list(FER2013_CLASSES), str(path))
+
+
+def _fer2013_rows(path: str | os.PathLike, wanted):
+    """(row number from 0, 48x48-like uint8 image, label) for every row of a FER2013-style CSV whose usage
+    (lower case; "training" when the CSV has no Usage column) ``wanted`` accepts. A bad row is an error
+    naming its line."""
     try:
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or not {"emotion", "pixels"} <= set(reader.fieldnames):
                 raise SourceError(f"{path} is not a FER2013-style CSV: it needs 'emotion' and 'pixels' columns")
-            for line, row in enumerate(reader, start=2):
-                if row.get("Usage", "Training").strip().lower() not in usage:
+            for index, row in enumerate(reader):
+                if not wanted((row.get("Usage") or "Training").strip().lower()):
                     continue
                 try:
-                    pixels = np.array(row["pixels"].split(), dtype=np.uint8)
+                    pixels = np.array((row["pixels"] or "").split(), dtype=np.uint8)
                     side = int(round(len(pixels) ** 0.5))
                     if side * side != len(pixels) or side == 0:
                         raise ValueError(f"{len(pixels)} pixels do not make a square image")
                     label = int(row["emotion"])
                     if not 0 <= label < len(FER2013_CLASSES):
                         raise ValueError(f"emotion {label} is outside 0..{len(FER2013_CLASSES) - 1}")
-                except (ValueError, AttributeError) as error:
-                    raise SourceError(f"{path}, line {line}: {error}") from None
-                images.append(pixels.reshape(side, side))
-                labels.append(label)
+                except (ValueError, AttributeError, OverflowError) as error:
+                    raise SourceError(f"{path}, line {index + 2}: {error}") from None
+                yield index, pixels.reshape(side, side), label
     except (OSError, UnicodeDecodeError) as error:
         raise SourceError(f"cannot read {path}: {error}") from None
-    if not images:
-        raise SourceError(f"{path} has no rows with Usage {' or '.join(sorted(usage))}")
-    tensors = [decode(Image.fromarray(img, mode="L"), preprocess) for img in images]
-    return LabelledTensors(torch.stack(tensors), torch.tensor(labels), list(FER2013_CLASSES), str(path))
+
+
+# --- images labelled by votes --------------------------------------------------------------------
+
+
+def read_voted_images(
+    images: str | os.PathLike,
+    table: VoteTable,
+    split: str | None,
+    preprocess: dict,
+    workers: int = 0,
+    warn=None,
+    fer2013_labels: bool = True,
+) -> LabelledTensors:
+    """The images of one split of a votes table (``split`` 'train', 'val', or None for every row) decoded, with their
+    vote shares, majorities and single labels (see ``LabelledTensors``).
+
+    ``images`` is the folder the table's paths are relative to, or a FER2013-style CSV whose rows pair up with
+    the table's in order (FER+'s ``fer2013new.csv`` beside Kaggle's ``fer2013.csv``). Images left out by their votes
+    and unreadable ones are counted in ``left_out``. An image's single label (``given``) is the table's label column,
+    or the FER2013 CSV's emotion (``fer2013_labels``).
+    """
+    rows = table.rows(split)
+    if len(rows) == 0:
+        raise SourceError(f"{table.origin} has no {split} rows")
+    verdict = outcome(table.votes[rows], table.no_class[rows])
+    rows = rows[verdict.keep]
+    left_out = dict(verdict.left_out)
+    source = Path(images)
+    given = [table.given[r] for r in rows]
+    if source.is_file():
+        by_number = {table.images[r]: i for i, r in enumerate(rows)}
+        found, emotion = {}, {}
+        for index, pixels, label in _fer2013_rows(source, lambda usage: True):
+            if index in by_number:
+                found[by_number[index]] = decode(Image.fromarray(pixels, mode="L"), preprocess)
+                emotion[by_number[index]] = FER2013_CLASSES[label]
+        if len(found) < len(rows):
+            raise SourceError(
+                f"{table.origin} has rows beyond the rows of {source}: a votes file beside a FER2013 CSV must list "
+                "its images in the same order (FER+'s fer2013new.csv beside fer2013.csv)"
+            )
+        kept = sorted(found)
+        decoded = torch.stack([found[i] for i in kept])
+        paths = None
+        if fer2013_labels and not any(given):
+            given = [emotion[i] for i in range(len(rows))]
+    else:
+        if not source.is_dir():
+            raise SourceError(f"no such folder: {source}")
+        paths = [str(source / table.images[r]) for r in rows]
+        decoded, kept = _decode_paths(paths, table.origin, preprocess, workers, warn)
+        paths = [paths[i] for i in kept]
+        if len(kept) < len(rows):
+            left_out["unreadable or missing"] = len(rows) - len(kept)
+    kept_t = torch.as_tensor(kept, dtype=torch.long)
+    distributions = torch.from_numpy(verdict.distributions)[kept_t]
+    given_index = [table.class_names.index(g) if g in table.class_names else -1 for g in given]
+    return LabelledTensors(
+        images=decoded,
+        labels=distributions.argmax(dim=1),
+        class_names=list(table.class_names),
+        origin=f"{table.origin}" + (f" ({split} rows)" if split else ""),
+        votes=distributions,
+        majority=torch.from_numpy(verdict.majority)[kept_t],
+        given=torch.tensor(given_index, dtype=torch.long)[kept_t] if any(g is not None for g in given) else None,
+        left_out=left_out,
+        paths=paths,
+    )

@@ -36,6 +36,8 @@ class Classifier:
     class_names: list[str]
     preprocess: dict
     temperature: float = 1.0  # logits are divided by it before the softmax (fitted on val: calibration)
+    class_prior: list[float] | None = None  # each class's share of the training targets
+    prior_correction: float = 0.0  # tau: the logits lose tau * log(class prior) before the temperature
     metrics: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     path: str = ""
@@ -43,6 +45,14 @@ class Classifier:
     @property
     def val_accuracy(self) -> float | None:
         return self.metrics.get("accuracy")
+
+    @property
+    def logit_adjustment(self) -> np.ndarray | float:
+        """What is added to the logits before the temperature: -tau * log(prior) (Menon et al. 2021, "Long-tail
+        learning via logit adjustment"), which lifts the classes the training data had few of; 0 without."""
+        if not self.prior_correction or self.class_prior is None:
+            return 0.0
+        return -self.prior_correction * np.log(np.asarray(self.class_prior, dtype=np.float32))
 
     def probabilities(self, pixels: np.ndarray, tta: TTA | str = TTA.none) -> np.ndarray:
         """Calibrated class probabilities (N, classes) in ``class_names`` order.
@@ -52,7 +62,7 @@ class Classifier:
         """
         total = None
         for view in views(pixels, tta):
-            probs = softmax(self.runner.logits(view) / self.temperature)
+            probs = softmax((self.runner.logits(view) + self.logit_adjustment) / self.temperature)
             total = probs if total is None else total + probs
         return total / TTA(tta).view_count
 
@@ -66,6 +76,8 @@ def described_by(path: str | os.PathLike, description: dict, runner: Runner, arc
         class_names=list(description["class_names"]),
         preprocess=dict(description["preprocess"]),
         temperature=float(description.get("temperature", 1.0)),
+        class_prior=list(description["class_prior"]) if description.get("class_prior") is not None else None,
+        prior_correction=float(description.get("prior_correction", 0.0)),
         metrics=dict(description.get("metrics", {})),
         provenance=dict(description.get("provenance", {})),
         path=str(path),

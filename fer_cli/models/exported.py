@@ -167,6 +167,8 @@ def _metadata(checkpoint: dict, checkpoint_path, int8: bool, calibration: str | 
         "class_names": checkpoint["class_names"],
         "preprocess": checkpoint["preprocess"],
         "temperature": float(checkpoint.get("temperature", 1.0)),
+        "class_prior": checkpoint.get("class_prior"),
+        "prior_correction": float(checkpoint.get("prior_correction", 0.0)),
         "metrics": checkpoint.get("metrics", {}),
         "metrics_source": "the checkpoint it was exported from",
         "provenance": {
@@ -186,7 +188,7 @@ def _agreement(network, out: Path, samples: np.ndarray) -> dict:
     with torch.inference_mode():
         reference = torch.softmax(network(torch.from_numpy(samples)), dim=1).numpy()
     exported = load_exported(out)
-    exported.temperature = 1.0
+    exported.temperature, exported.prior_correction = 1.0, 0.0  # the network's own outputs
     probs = exported.probabilities(samples)
     return {
         "checked_on": len(samples),

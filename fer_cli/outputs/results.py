@@ -280,20 +280,26 @@ def print_ensemble_report(report: dict, console: Console) -> None:
 
 
 SUMMARY_CAPTION = (
+    "balanced accuracy: the mean recall of the classes. "
     "conf. when right/wrong: mean confidence of the correct/wrong answers (a majority vote's is the share "
     "of models agreeing). ECE: expected calibration error, the gap between confidence and accuracy (0 is best)."
 )
+VOTES_CAPTION = " tagger agreement: the mean share of the votes the answer got, over every image (ties too)."
 
 
 def _summary_table(report: dict, rows: list, best_name: str) -> Table:
+    voted = "votes" in report
+    what = "images with a majority of the votes" if voted else "labelled images"
     summary = Table(
-        title=f"{printable(report['folder'])}: {report['images']:,} labelled images",
-        caption=SUMMARY_CAPTION,
+        title=f"{printable(report['folder'])}: {report['images']:,} {what}",
+        caption=SUMMARY_CAPTION + (VOTES_CAPTION if voted else ""),
         caption_justify="left",
     )
     # Two-line headers keep the numbers' columns narrow, leaving the width to the model names (which
     # fold rather than end in an ellipsis when there is still too little).
-    for column in ("model", "kind", "accuracy", "macro F1", "conf. when\nright", "conf. when\nwrong", "ECE"):
+    columns = ["model", "kind", "accuracy", "balanced\naccuracy", *(["tagger\nagreement"] if voted else []),
+               "macro F1", "conf. when\nright", "conf. when\nwrong", "ECE"]  # fmt: skip
+    for column in columns:
         if column in ("model", "kind"):
             summary.add_column(column, overflow="fold")
         else:
@@ -303,6 +309,8 @@ def _summary_table(report: dict, rows: list, best_name: str) -> Table:
             Text(name),
             kind,
             _pct(metrics["accuracy"]),
+            _pct(metrics.get("balanced_accuracy")),
+            *([_pct(metrics["votes"]["tagger_agreement"])] if voted else []),
             f"{metrics['macro_f1']:.3f}",
             _pct(metrics["mean_confidence_correct"]),
             _pct(metrics["mean_confidence_incorrect"]),
