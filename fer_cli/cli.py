@@ -296,14 +296,19 @@ def train(
         list[str] | None,
         typer.Option("--arch-option", metavar="KEY=VALUE", help="Architecture option, e.g. width=32 (repeatable)."),
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1, metavar="N")] = 30,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="Default: 30, or 10 with --init.")
+    ] = None,
     batch_size: BatchSizeOpt = 64,
     optimizer: Annotated[
-        Optimizer, typer.Option(case_sensitive=False, help="sgd (Nesterov, momentum 0.9) or adamw.")
-    ] = Optimizer.sgd,
+        Optimizer | None,
+        typer.Option(case_sensitive=False, help="sgd (Nesterov, momentum 0.9) or adamw. Default: sgd, adamw with --init."),
+    ] = None,
     lr: Annotated[
         float | None,
-        typer.Option(metavar="LR", help="Peak learning rate. Default: 0.01 for sgd, 0.001 for adamw."),
+        typer.Option(
+            metavar="LR", help="Peak learning rate. Default: 0.01 for sgd, 0.001 for adamw; half that with --init."
+        ),
     ] = None,
     weight_decay: Annotated[
         float | None, typer.Option(min=0.0, metavar="W", help="Default: 5e-4 for sgd, 0.05 for adamw.")
@@ -358,8 +363,11 @@ def train(
     ] = None,
     freeze_epochs: Annotated[
         int,
-        typer.Option("--freeze-epochs", min=0, metavar="N", help="With --init: only the head trains for N epochs."),
-    ] = 0,
+        typer.Option(
+            "--freeze-epochs", min=0, metavar="N",
+            help="With --init: only the head trains for N epochs. Default: 1 when most of the head is new, else 0.",
+        ),
+    ] = None,
     teacher: Annotated[
         list[str] | None,
         typer.Option(
@@ -453,7 +461,7 @@ def train(
             arch_options=_parse_options(arch_option or []),
             epochs=epochs,
             batch_size=batch_size,
-            optimizer=optimizer.value,
+            optimizer=optimizer.value if optimizer else None,
             lr=lr,
             weight_decay=weight_decay,
             schedule=schedule.value,
@@ -559,9 +567,19 @@ def _describe_model(classifier, out: Console) -> None:
         ("input", f"{preprocess['size']}x{preprocess['size']} {'grayscale' if preprocess['channels'] == 1 else 'RGB'}"),
         ("temperature", f"{classifier.temperature:.3f}" + (" (uncalibrated)" if classifier.temperature == 1 else "")),
     ]
+    if classifier.prior_correction:
+        lines.append(("prior correction", f"tau {classifier.prior_correction:g}: logits - tau x log(training class "
+                      "prior), which lifts the rare classes"))  # fmt: skip
+    learnt = provenance.get("labels") or {}
+    if learnt.get("kind") == "votes":
+        mixed = f", {learnt['label_weight']:g} of each target the image's own label" if learnt.get("label_weight") else ""
+        lines.append(("learnt from", f"votes in {learnt['votes']} ({learnt['targets']}{mixed})"))
     if metrics.get("accuracy") is not None:
         on = f" on {metrics['count']:,} images" if metrics.get("count") else ""
-        lines.append(("val accuracy", f"{metrics['accuracy']:.2%}{on}"))
+        against = " (against the majority of the votes)" if "votes" in metrics else ""
+        lines.append(("val accuracy", f"{metrics['accuracy']:.2%}{on}{against}"))
+        if metrics.get("balanced_accuracy") is not None:
+            lines.append(("balanced accuracy", f"{metrics['balanced_accuracy']:.2%} (mean recall of the classes)"))
     for key, label in (
         ("val_data", "validated on"),
         ("train_data", "trained on"),
@@ -592,12 +610,28 @@ def _describe_model(classifier, out: Console) -> None:
 @app.command(cls=_Command)
 @handles_user_errors
 def calibrate(
-    model: Annotated[
-        str, typer.Argument(metavar="NAME|FILE", help="Shipped model name or checkpoint (.pt) path; updated in place.")
-    ],
+    model: Annotated[str, typer.Argument(metavar="NAME|FILE", help="Shipped model name or checkpoint (.pt) path.")],
     folder: Annotated[
-        str, typer.Argument(metavar="FOLDER", help="Labelled validation images (one subfolder per class).")
+        str,
+        typer.Argument(
+            metavar="FOLDER", help="Labelled validation images (one subfolder per class), or with --votes their root."
+        ),
     ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", metavar="FILE",
+            help="Write the calibrated checkpoint here. Default: update MODEL in place (never a shipped model).",
+        ),
+    ] = None,
+    votes: Annotated[
+        Path | None,
+        typer.Option("--votes", metavar="CSV", help="Fit against the majority of these votes (images under FOLDER)."),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", metavar="NAME", help="With --votes: only the rows of this split (e.g. val)."),
+    ] = None,
     faces: FacesOpt = Faces.auto,
     batch_size: BatchSizeOpt = 64,
     workers: WorkersOpt = DEFAULT_WORKERS,
@@ -605,32 +639,65 @@ def calibrate(
 ) -> None:
     """Fit a model's temperature so confidences match accuracy.
 
-    The softmax temperature is fitted on labelled validation images and written into the checkpoint.
+    The softmax temperature is fitted on labelled validation images and written into the checkpoint
+    (MODEL itself, or a copy with --out; a shipped model is never changed: give --out). A model
+    whose temperature stays as it was is not rewritten.
 
     `fer train` already does this on its validation data; use this for other data or older checkpoints.
 
     \b
     Examples:
-      fer calibrate runs/model.pt val/   # the temperature, into the file
+      fer calibrate runs/model.pt val/                     # the temperature, into the file
+      fer calibrate resnet18_adamw val/ --out mine.pt      # a shipped model: a calibrated copy
+      fer calibrate runs/m.pt ../shared/data/fer2013 --votes fer2013plus.csv --split val
     """
+    import shutil
+
     from .engine.calibration import calibrate as fit
     from .engine.calibration import describe
-    from .engine.ensemble import predict_labelled
+    from .engine.ensemble import predict_labelled, voted_files
+    from .inputs.votes import split_of
     from .models.checkpoint import store_calibration
-    from .models.zoo import resolve_model
+    from .models.zoo import is_shipped, resolve_model
 
     classifier = resolve_model(model)
     if not classifier.path.endswith(".pt"):
         raise typer.BadParameter("calibrate the checkpoint (.pt), then export it again", param_hint="MODEL")
+    if out is None and is_shipped(classifier.path):
+        raise typer.BadParameter(
+            f"{classifier.name} is a shipped model, which fer calibrate never changes: write a calibrated copy with "
+            "--out FILE",
+            param_hint="MODEL",
+        )
+    if out is not None and out.exists() and out.resolve() == Path(classifier.path).resolve() and is_shipped(out):
+        raise typer.BadParameter(f"{out} is the shipped model itself; choose another file", param_hint="--out")
+    if split is not None and votes is None:
+        raise typer.BadParameter("--split picks rows of a votes file; give it with --votes", param_hint="--split")
+    if split is not None and split_of(split) is None:
+        raise typer.BadParameter(f"'{split}' is not a split this tool reads (train, val)", param_hint="--split")
+    voted = voted_files(folder, str(votes), split_of(split) if split else None) if votes is not None else None
     labelled = predict_labelled(
-        [classifier], folder, device, batch_size, workers, on_skip=_report_skipped, faces=faces.value
+        [classifier], folder, device, batch_size, workers, on_skip=_report_skipped, faces=faces.value, votes=voted
     )
-    report = fit(labelled.probs[:, 0], labelled.labels, classifier.temperature, fitted_on=folder)
-    store_calibration(classifier.path, report)
-    err_console.print(
-        f"{classifier.name}: {describe(report, classifier.temperature)} (written to {classifier.path})",
-        highlight=False,
-    )
+    clear = labelled.labels >= 0  # with votes: the images with a majority
+    fitted_on = folder if voted is None else f"{votes} under {folder}, against the majority of the votes"
+    report = fit(labelled.probs[clear, 0], labelled.labels[clear], classifier.temperature, fitted_on=fitted_on)
+    changed = report["temperature"] != classifier.temperature
+    if out is not None:
+        destination = out
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(classifier.path, out)
+        except OSError as error:
+            raise FerError(f"cannot write {out}: {error.strerror or error}") from None
+    else:
+        destination = Path(classifier.path)
+    if changed or out is not None:
+        store_calibration(destination, report)
+        where = f"written to {destination}"
+    else:
+        where = f"{destination} left as it was"
+    err_console.print(f"{classifier.name}: {describe(report, classifier.temperature)} ({where})", highlight=False)
 
 
 @app.command(cls=_Command)

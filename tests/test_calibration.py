@@ -85,3 +85,34 @@ def test_a_temperature_that_does_not_help_held_out_images_is_not_applied():
     sharp = probs**4 / (probs**4).sum(axis=1, keepdims=True)
     report = calibrate(sharp, labels)
     assert report["applied"] and report["temperature"] > 2 and report["nll_after"] < report["nll_before"]
+
+
+def test_calibrate_never_changes_a_shipped_model_and_writes_a_copy_instead(tiny_checkpoint, tmp_path, monkeypatch):
+    """A shipped model (listed in its folder's SHA256SUMS) is refused in place; --out writes a calibrated copy."""
+    import hashlib
+
+    shipped = tmp_path / "weights"
+    shipped.mkdir()
+    model = shipped / "tiny.pt"
+    shutil.copyfile(tiny_checkpoint, model)
+    (shipped / "SHA256SUMS").write_text(f"{hashlib.sha256(model.read_bytes()).hexdigest()}  tiny.pt\n")
+    monkeypatch.setenv("FER_WEIGHTS_DIR", str(shipped))
+    folder = make_labelled_folder(tmp_path / "val", per_class=40, seed=7)
+    before = model.read_bytes()
+    done = CliRunner().invoke(app, ["calibrate", "tiny", str(folder), "--workers", "0"])
+    assert done.exit_code == 2 and "shipped model" in done.stderr and "--out" in done.stderr
+    copy = tmp_path / "mine.pt"
+    done = CliRunner().invoke(app, ["calibrate", "tiny", str(folder), "--workers", "0", "--out", str(copy)])
+    assert done.exit_code == 0, done.output
+    assert model.read_bytes() == before  # the shipped file, untouched: the default ensemble still loads it
+    assert read_checkpoint(copy)["metrics"]["calibration"]["fitted_on"] == str(folder)
+    assert CliRunner().invoke(app, ["models", "tiny"]).exit_code == 0
+
+
+def test_a_model_whose_temperature_is_kept_is_not_rewritten(tiny_checkpoint, tiny_dataset, tmp_path):
+    model = tmp_path / "model.pt"
+    shutil.copyfile(tiny_checkpoint, model)
+    stamp = model.stat().st_mtime_ns
+    done = CliRunner().invoke(app, ["calibrate", str(model), str(tiny_dataset / "val"), "--workers", "0"])
+    assert "temperature kept" in done.output and "left as it was" in done.output
+    assert model.stat().st_mtime_ns == stamp

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from fer_cli.errors import SourceError
 from fer_cli.inputs.votes import outcome, read_votes
 from fer_cli.models.checkpoint import build_model, read_checkpoint
 
-from .synthetic import CLASSES, synthetic_face, tiny_config
+from .synthetic import CLASSES, make_labelled_folder, synthetic_face, tiny_config
 
 FERPLUS_HEADER = "split,path,fer2013_label,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,not_a_face"
 
@@ -368,3 +369,29 @@ def test_the_prior_correction_is_chosen_on_validation_and_stored(tmp_path):
 
     model = Classifier("m", "x", Fixed(), ["a", "b"], {}, class_prior=prior, prior_correction=report["tau"])
     assert (model.probabilities(np.zeros((200, 1, 2, 2), np.uint8)).argmax(1) == labels).mean() > 0.9
+
+
+def test_fine_tuning_has_its_own_defaults(tiny_dataset, tiny_checkpoint, tmp_path):
+    from fer_cli.engine.train import TrainConfig, _new_head_share, read_checkpoint as read
+
+    fresh = TrainConfig(data=str(tiny_dataset), out="m.pt").with_defaults()
+    assert (fresh.epochs, fresh.optimizer, fresh.learning_rate, fresh.freeze_epochs) == (30, "sgd", 0.01, 0)
+    tuning = TrainConfig(data=str(tiny_dataset), out="m.pt", init=str(tiny_checkpoint))
+    assert _new_head_share(tuning, read(tiny_checkpoint)) == 0  # the same classes
+    tuned = tuning.with_defaults(0.0)
+    assert (tuned.epochs, tuned.optimizer, tuned.learning_rate, tuned.freeze_epochs) == (10, "adamw", 0.0005, 0)
+    assert tuning.with_defaults(0.75).freeze_epochs == 1  # most of the head is new: it learns alone first
+    given = TrainConfig(data="d", out="m.pt", init="x", epochs=3, optimizer="sgd", lr=0.1, freeze_epochs=0)
+    assert given.with_defaults(1.0) == given  # what the user says stands
+    other = make_labelled_folder(tmp_path / "other", per_class=2, classes=["calm", "grin", "wink", "yawn"])
+    assert _new_head_share(replace(tuning, data=str(other)), read(tiny_checkpoint)) == 0.75
+
+
+def test_calibrate_against_votes(voted, tiny_checkpoint, tmp_path):
+    root, votes = voted
+    out = tmp_path / "calibrated.pt"
+    done = invoke("calibrate", tiny_checkpoint, root, "--votes", votes, "--out", out, "-j", 0)
+    assert done.exit_code == 0, done.output
+    calibration = read_checkpoint(out)["metrics"]["calibration"]
+    assert calibration["images"] == 71 + 11  # every row with a majority: the tie and the unknown one left out
+    assert "against the majority of the votes" in calibration["fitted_on"]

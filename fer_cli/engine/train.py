@@ -56,6 +56,9 @@ from .predict import stay_quiet_and_die_with_parent
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "plateau", "none")
 BALANCING = ("none", "sampler", "loss")
+# Starting from a trained model (--init), what a user does not say: fewer epochs, AdamW at half its usual rate
+# (measured on FER+ votes from the shipped FER2013 models: see weights/README.md).
+FINE_TUNING = {"epochs": 10, "optimizer": "adamw", "lr_factor": 0.5, "freeze_epochs": 1}
 TARGETS = ("distribution", "majority")
 
 
@@ -66,10 +69,10 @@ class TrainConfig:
     val: str | None = None  # labelled folder or CSV; default: DATA/val, the CSV's PublicTest rows, or 10% held out
     arch: str = "vgg"
     arch_options: dict = field(default_factory=dict)
-    epochs: int = 30
+    epochs: int | None = None  # default: 30, or FINE_TUNING's with init
     batch_size: int = 64
-    optimizer: str = "sgd"  # sgd (Nesterov momentum 0.9) or adamw
-    lr: float | None = None  # default: 0.01 for sgd, 0.001 for adamw
+    optimizer: str | None = None  # sgd (Nesterov momentum 0.9) or adamw; default: sgd, or FINE_TUNING's with init
+    lr: float | None = None  # default: 0.01 for sgd, 0.001 for adamw; half that with init
     weight_decay: float | None = None  # default: 5e-4 for sgd, 0.05 for adamw (decoupled)
     schedule: str = "onecycle"  # onecycle | cosine | plateau (on val accuracy) | none
     label_smoothing: float = 0.1
@@ -87,7 +90,8 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False  # replace an earlier run's files at ``out`` (else refused)
     init: str | None = None  # start from this model's weights (a shipped name or a .pt): its architecture and input
-    freeze_epochs: int = 0  # with init: for this many first epochs only the classifier head trains
+    freeze_epochs: int | None = None  # with init: only the classifier head trains for this many first epochs (default:
+    # 1 when most of the head is new, else 0)
     teachers: tuple[str, ...] = ()  # distil from these models (shipped names or files): their softened probabilities
     distill_weight: float = 0.9  # the share of the loss that is the teachers' (the rest: the labels')
     distill_temperature: float = 4.0  # the softmax temperature of teachers and student in that share
@@ -100,24 +104,40 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else {"sgd": 0.01, "adamw": 1e-3}[self.optimizer]
+        if self.lr is not None:
+            return self.lr
+        return {"sgd": 0.01, "adamw": 1e-3}[self.optimizer] * (FINE_TUNING["lr_factor"] if self.init else 1.0)
+
+    def with_defaults(self, head_rows_new: float = 0.0) -> TrainConfig:
+        """The settings a user left out filled in: a fresh run's, or with ``init`` a fine-tuning's (FINE_TUNING;
+        ``head_rows_new``: the share of the classifier head that starts untrained)."""
+        tuning = bool(self.init)
+        freeze = self.freeze_epochs
+        if freeze is None:
+            freeze = FINE_TUNING["freeze_epochs"] if tuning and head_rows_new > 0.5 else 0
+        return replace(
+            self,
+            epochs=self.epochs or (FINE_TUNING["epochs"] if tuning else 30),
+            optimizer=self.optimizer or (FINE_TUNING["optimizer"] if tuning else "sgd"),
+            freeze_epochs=freeze,
+        )
 
     @property
     def decay(self) -> float:
         if self.weight_decay is not None:
             return self.weight_decay
-        return {"sgd": 5e-4, "adamw": 0.05}[self.optimizer]
+        return {"sgd": 5e-4, "adamw": 0.05}[self.optimizer or "sgd"]
 
     def validate(self) -> None:
         for value, valid, option in (
-            (self.optimizer, OPTIMIZERS, "--optimizer"),
+            (self.optimizer or "sgd", OPTIMIZERS, "--optimizer"),
             (self.schedule, SCHEDULES, "--schedule"),
             (self.balance, BALANCING, "--balance"),
             (self.targets, TARGETS, "--targets"),
         ):
             if value not in valid:
                 raise ValueError(f"{option} must be one of {', '.join(valid)}, not '{value}'")
-        if self.epochs < 1 or self.batch_size < 1:
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1:
             raise ValueError("--epochs and --batch-size must be at least 1")
         if self.channels not in (1, 3):
             raise ValueError("--channels must be 1 (grayscale) or 3 (RGB)")
@@ -136,7 +156,7 @@ class TrainConfig:
             raise ValueError("--label-weight must be in [0, 1]")
         if not self.votes and (self.label_weight or self.targets != "distribution"):
             raise ValueError("--label-weight and --targets need --votes (they say how to learn from votes)")
-        if self.freeze_epochs < 0 or (self.freeze_epochs and not self.init):
+        if (self.freeze_epochs or 0) < 0 or (self.freeze_epochs and not self.init):
             raise ValueError("--freeze-epochs needs --init (the layers to freeze come from that model)")
         if self.teachers:
             if not 0.0 <= self.distill_weight <= 1.0:
@@ -344,6 +364,8 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
     init = _initial_model(config) if config.init and not state else None  # read once: weights, input, hash
     if init:
         config = _adopt_initial_model(config, init, log)
+    if not state:
+        config = config.with_defaults(_new_head_share(config, init) if init else 0.0)
     config.validate()
     if config.tensorboard:
         tensorboard_log.check_available()  # before any data is decoded
@@ -600,6 +622,26 @@ def _initial_model(config: TrainConfig) -> dict:
         raise FerError(f"--init needs a checkpoint (.pt) to take weights from; {config.init} is an exported model")
     checkpoint = read_checkpoint(path)
     return {**checkpoint, "path": path, "sha256": file_sha256(path)}
+
+
+def _new_head_share(config: TrainConfig, init: dict) -> float:
+    """The share of the classes of DATA that ``init`` does not know (by name or alias): rows of the head that start
+    untrained. Read from the data's class names without decoding it (a folder's subfolders, a votes file's columns)."""
+    known = {canonical_class(name) for name in init["class_names"]}
+    try:
+        if config.votes:
+            names = read_votes(config.votes, by_row=Path(config.data).is_file()).class_names
+        elif Path(config.data).is_dir():
+            root = Path(config.data)
+            root = root / "train" if (root / "train").is_dir() and not config.val else root
+            names = find_labelled_images(root).class_names
+        else:
+            from ..inputs.data import FER2013_CLASSES
+
+            names = FER2013_CLASSES
+    except SourceError:
+        return 0.0  # the data's own error comes when it is loaded
+    return sum(canonical_class(name) not in known for name in names) / max(len(names), 1)
 
 
 def _adopt_initial_model(config: TrainConfig, init: dict, log: Console) -> TrainConfig:

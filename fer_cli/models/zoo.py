@@ -44,6 +44,12 @@ def verify_shipped(path: str | os.PathLike) -> None:
         )
 
 
+def is_shipped(path: str | os.PathLike) -> bool:
+    """A file that its folder's ``SHA256SUMS`` lists: a shipped model, which no command may change."""
+    path = Path(path)
+    return path.name in _listed_checksums(path.parent / CHECKSUMS)
+
+
 def _listed_checksums(listing: Path) -> dict[str, str]:
     if not listing.is_file():
         return {}
