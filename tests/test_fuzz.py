@@ -206,5 +206,102 @@ def _has_image_extension(name: str) -> bool:
     return name.lower().rsplit(".", 1)[-1] in FORMATS
 
 
+# --- mutated files, in every format the tool opens and in formats it must refuse -------------------------
+
+# Formats Pillow writes, so a valid file of each can be made and mutated: those the tool opens, and others it must
+# never decode (their decoders raised NotImplementedError, AttributeError... on crafted files; PostScript runs
+# Ghostscript), each saved under an image name.
+MUTATED_FORMATS = {
+    "PNG": "L", "JPEG": "RGB", "BMP": "RGB", "GIF": "P", "TIFF": "RGB", "WEBP": "RGB", "PPM": "L",  # opened
+    "DDS": "RGB", "SPIDER": "F", "EPS": "L", "TGA": "RGB", "PCX": "L", "ICO": "RGBA", "SGI": "L",
+    "JPEG2000": "RGB", "MSP": "1", "XBM": "1", "QOI": "RGB",  # refused
+}  # fmt: skip
+
+
+def _base_file(image_format: str, mode: str) -> bytes:
+    rng = np.random.default_rng(len(image_format))
+    image = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, image_format)
+    return buffer.getvalue()
+
+
+@st.composite
+def mutant(draw) -> tuple[str, bytes]:
+    """A valid file of some format with a few bytes flipped, overwritten, inserted, deleted, or cut short."""
+    image_format = draw(st.sampled_from(sorted(MUTATED_FORMATS)))
+    try:
+        data = bytearray(_base_file(image_format, MUTATED_FORMATS[image_format]))
+    except (OSError, KeyError, ValueError):  # a codec this Pillow was built without
+        data = bytearray(b"\0" * 64)
+    for _ in range(draw(st.integers(1, 8))):
+        if not data:
+            break
+        where = draw(st.integers(0, len(data) - 1))
+        action = draw(st.sampled_from(["flip", "byte", "insert", "delete", "cut", "int"]))
+        if action == "flip":
+            data[where] ^= 1 << draw(st.integers(0, 7))
+        elif action == "byte":
+            data[where] = draw(st.integers(0, 255))
+        elif action == "insert":
+            data[where:where] = draw(st.binary(min_size=1, max_size=16))
+        elif action == "delete":
+            del data[where : where + draw(st.integers(1, 16))]
+        elif action == "cut":
+            del data[where:]
+        else:  # an integer field made huge, zero or negative
+            data[where : where + 4] = draw(st.sampled_from([b"\xff\xff\xff\x7f", b"\0\0\0\0", b"\xff\xff\xff\xff"]))
+    return image_format, bytes(data)
+
+
+@settings(max_examples=150)  # each example is one read: quick
+@given(case=mutant())
+def test_reading_a_mutated_file_is_an_image_or_one_known_error(case):
+    from fer_cli.inputs.images import IMAGE_FORMATS, READ_ERRORS, ImageBytes, read_image
+
+    image_format, data = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no library warning may reach the user
+        try:
+            image = read_image(ImageBytes("x.png", data), channels=0)
+        except READ_ERRORS:
+            return
+    assert image.mode in ("L", "RGB") and image_format in (*IMAGE_FORMATS, "MPO")  # refused formats never decode
+
+
+@settings(max_examples=4)
+@given(cases=st.lists(mutant(), min_size=2, max_size=6))
+def test_predict_keeps_its_invariants_on_mutated_files(model, cases):
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        for index, (image_format, data) in enumerate(cases):
+            (root / f"m{index}.png").write_bytes(data)
+        Image.new("L", (48, 48), 90).save(root / "good.png")
+        code, stdout, _ = run("predict", root, "-m", model, "--workers", "0", "-f", "jsonl")
+        records = [json.loads(line) for line in stdout.splitlines()]
+        paths = {record["path"] for record in records}
+        assert paths == {str(path) for path in root.glob("*.png")}  # every input, the good one included
+        assert code == (1 if any(record["error"] for record in records) else 0)
+
+
+def test_the_crafted_files_that_crashed_the_reader_are_one_error_each(model, tmp_path):
+    """The DDS a fuzzer found (NotImplementedError inside Pillow), named crafted.png, and PostScript (which would run
+    Ghostscript): each is 'not an image', and the good image beside them is still predicted."""
+    import struct
+
+    (tmp_path / "crafted.png").write_bytes(
+        b"DDS " + struct.pack("<7I", 124, 0x1007, 48, 48, 0, 0, 0) + b"\0" * 44 + struct.pack("<8I", 32, *[0] * 7)
+        + struct.pack("<5I", 0x1000, 0, 0, 0, 0) + b"\0" * 9216
+    )  # fmt: skip
+    (tmp_path / "script.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    Image.new("L", (48, 48), 90).save(tmp_path / "good.png")
+    code, stdout, stderr = run("predict", tmp_path, "-m", model, "--workers", "0", "-f", "csv")
+    rows = list(csv.DictReader(io.StringIO(stdout)))
+    errors = {Path(row["path"]).name: row["error"] for row in rows}
+    assert errors == {"crafted.png": "not an image (or an unsupported format)", "good.png": "",
+                      "script.png": "not an image (or an unsupported format)"}  # fmt: skip
+    assert code == 1 and "2 input(s) could not be read" in stderr
+
+
 def test_the_long_profile_exists():
     assert settings.get_profile("long").max_examples > settings.get_profile("ci").max_examples

@@ -23,9 +23,18 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+# The only Pillow decoders a file or upload reaches, whatever its name: the formats the extensions above name
+# (JPEG includes cameras' multi-picture JPEGs, MPO). PostScript (Ghostscript), FITS, WMF, DDS, SPIDER, PSD... are
+# not opened at all: a file in one of them is "not an image (or an unsupported format)".
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 
-# What reading a broken or hostile file can raise (UnidentifiedImageError is an OSError;
-# PIL raises SyntaxError for some malformed chunks; DecompressionBombError for absurd sizes).
+
+class UnreadableImage(ValueError):
+    """A file a decoder failed on in a way of its own (a crafted file can make Pillow raise nearly anything)."""
+
+
+# What reading a broken or hostile file can raise: read_image turns every decoder failure into one of these
+# (UnidentifiedImageError is an OSError; DecompressionBombError for absurd sizes).
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -56,9 +65,21 @@ def read_image(path: str | os.PathLike | ImageBytes, channels: int) -> Image.Ima
         # image that cannot be read is an error per file; a raw library warning is neither.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.simplefilter("ignore", UserWarning)
-        with Image.open(io.BytesIO(path.data) if isinstance(path, ImageBytes) else path) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image)
+        source = io.BytesIO(path.data) if isinstance(path, ImageBytes) else path
+        try:
+            with Image.open(source, formats=IMAGE_FORMATS) as image:
+                image.load()
+                image = ImageOps.exif_transpose(image)
+            return _to_channels(image, channels)
+        except READ_ERRORS:
+            raise
+        except (MemoryError, RecursionError):
+            raise UnreadableImage("the image is too large or too deeply nested to decode") from None
+        except Exception as error:  # noqa: BLE001: e.g. NotImplementedError (DDS), AttributeError (SPIDER)
+            raise UnreadableImage(f"the decoder failed ({type(error).__name__})") from None
+
+
+def _to_channels(image: Image.Image, channels: int) -> Image.Image:
     if channels == 0:
         channels = 1 if image.mode in ("1", "L", "LA", "I", "F") or image.mode.startswith("I;") else 3
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
