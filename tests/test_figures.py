@@ -237,3 +237,23 @@ def test_unlabelled_ensemble_report_is_the_predict_report(image_folder, tiny_che
     assert result.exit_code == 0, result.output
     summary = json.loads((folder / "report.json").read_text())
     assert summary["faces"] == 2 and summary["model"].startswith("ensemble")
+
+
+def test_hostile_names_are_text_in_the_page_and_the_figures(labelled_dir, tiny_checkpoint, second_checkpoint, tmp_path):
+    """A model file named like markup, and names with TeX's $...$: escaped in index.html (no stored XSS), drawn as
+    they are by matplotlib (math text once failed to parse and lost the whole report after the run)."""
+    import shutil
+
+    hostile = tmp_path / "<svg onload=alert(1)>$x^$.pt"
+    shutil.copyfile(tiny_checkpoint, hostile)
+    (labelled_dir / "calm" / "$\\frac{$.png").write_bytes((labelled_dir / "calm" / "calm_0.png").read_bytes())
+    folder = tmp_path / "report"
+    result = invoke("ensemble", labelled_dir, "-m", hostile, "-m", second_checkpoint, "-j", "0", "--report", folder)
+    assert result.exit_code == 0, result.output
+    page = (folder / "index.html").read_text()
+    assert "<svg" not in page and "&lt;svg onload=alert(1)&gt;$x^$" in page
+    assert {"report.json", "index.html", "mistakes.png", "recall.png"} <= {p.name for p in folder.iterdir()}
+    faces = tmp_path / "faces"
+    result = invoke("predict", labelled_dir, "-m", hostile, "-j", "0", "-f", "jsonl", "--report", faces)
+    assert result.exit_code == 0, result.output
+    assert "<svg" not in (faces / "index.html").read_text() and (faces / "faces.png").is_file()

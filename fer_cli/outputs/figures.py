@@ -15,12 +15,17 @@ import json
 import os
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..files import remove_orphans, temporary_sibling
+
+# Names come from outside (files, models, classes): "$x$" in one is text, never TeX math, which can fail to
+# parse and lose a whole report. Every text this process draws is taken as it is.
+matplotlib.rcParams["text.parse_math"] = False
 
 DPI = 100
 TRAIN_COLOUR, VAL_COLOUR, BEST_COLOUR = "#1f77b4", "#d62728", "#2ca02c"

@@ -226,7 +226,7 @@ def _ensemble_page(report, entries, confusions, mistakes, mistakes_of) -> list[s
     sections.append(
         _figure(
             "mistakes.png",
-            f"{len(mistakes):,} wrong answers {_e(mistakes_of)} was surest of, per true class (left), each "
+            f"{len(mistakes):,} wrong answers {mistakes_of} was surest of, per true class (left), each "
             "with the label it gave and its confidence. Some are mislabelled images rather than model errors.",
         )
     )
@@ -407,7 +407,7 @@ def _table(header: list, rows: list[list], highlight: list[bool] | None = None) 
 
 def _figure(source: str, caption: str) -> str:
     link = html.escape(source, quote=True)
-    return f'<figure><a href="{link}"><img src="{link}" alt="{_e(caption)}"></a><figcaption>{caption}</figcaption></figure>'
+    return f'<figure><a href="{link}"><img src="{link}" alt="{_e(caption)}"></a><figcaption>{_e(caption)}</figcaption></figure>'
 
 
 STYLE = """
