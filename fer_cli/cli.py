@@ -39,6 +39,7 @@ from typer.core import TyperCommand
 
 from . import __version__
 from .errors import FerError, Interrupted, SourceError
+from .files import writable_folder
 from .models.tta import TTA
 from .outputs.destination import KNOWN_SUFFIXES, ResultsFile, format_from_path
 from .outputs.results import WRITERS, print_ensemble_report, printable
@@ -268,6 +269,7 @@ def _parse_options(pairs: list[str]) -> dict:
 @app.command(cls=_Command)
 @handles_user_errors
 def train(
+    ctx: typer.Context,
     data: Annotated[
         str | None,
         typer.Argument(
@@ -419,7 +421,7 @@ def train(
             "--prior-correction",
             metavar="auto|none|TAU",
             help="Take TAU x log(training class prior) off the logits, so rare classes are not drowned by common "
-            "ones; auto: the TAU (0-1.5) best for accuracy + balanced accuracy on validation.",
+            "ones; auto: the TAU (-1.5 to 1.5) best for accuracy + balanced accuracy on validation.",
         ),
     ] = "auto",
     tensorboard: Annotated[
@@ -490,11 +492,23 @@ def train(
             label_weight=label_weight,
             prior_correction=prior_correction,
             command=shlex.join(["fer", *sys.argv[1:]]),
+            given=tuple(sorted(_given_on_the_command_line(ctx))),
         )
         config.validate()
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     run_training(config, err_console)
+
+
+def _given_on_the_command_line(ctx: typer.Context) -> set[str]:
+    """The parameters the user wrote (not left to their defaults). By the source's name: Typer may bring a click
+    of its own, whose ParameterSource is not click's."""
+    given = set()
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name) if param.name else None
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            given.add(param.name)
+    return given
 
 
 @app.command(cls=_Command)
@@ -749,10 +763,27 @@ def export(
     source = resolve_model(model)
     if not source.path.endswith(".pt"):
         raise typer.BadParameter(f"{model} is already an exported model; export a checkpoint (.pt)", param_hint="MODEL")
-    summary = export_checkpoint(source.path, out, int8=int8, calibration=calibration, calibration_size=calibration_size)
-    if val:  # the exported model's own accuracy, in place of its checkpoint's
-        metrics = score_model(load_classifier(out), val, "cpu", 256, workers)
-        store_metrics(out, metrics, scored_on=val)
+    try:
+        writable_folder(out.parent)  # before the work, not after it
+    except OSError as error:
+        raise typer.BadParameter(f"cannot write to {out.parent}: {error.strerror or error}", param_hint="OUT") from None
+    # Written beside OUT under a hidden name, scored there, and only then renamed: a failure leaves no OUT behind.
+    temporary = out.with_name(f".{out.stem}.{os.getpid()}.tmp.onnx")
+    try:
+        summary = export_checkpoint(
+            source.path, temporary, int8=int8, calibration=calibration, calibration_size=calibration_size
+        )
+        if val:  # the exported model's own accuracy, in place of its checkpoint's
+            metrics = score_model(load_classifier(temporary), val, "cpu", 256, workers)
+            store_metrics(temporary, metrics, scored_on=val)
+        os.replace(temporary, out)
+    finally:
+        temporary.unlink(missing_ok=True)
+    if int8 and summary.get("checked_on", 0) < 100:
+        err_console.print(
+            f"[yellow]warning:[/] the int8 value ranges were set on {summary.get('checked_on', 0):,} image(s); "
+            "a few hundred or more (--calibration-size, 1,000 by default) make them reliable"
+        )
     kind = "int8" if int8 else "float32"
     err_console.print(f"wrote {out} ({kind}, {out.stat().st_size / 1e6:.1f} MB)", highlight=False)
     if val:
@@ -844,6 +875,7 @@ def _predict_and_write(
     if shard is not None:
         total, items = len(items), shard.select(items)
         err_console.print(f"shard {shard.index}/{shard.count}: {len(items):,} of {total:,} inputs", highlight=False)
+    _refuse_clashing_outputs(output, report, annotate, items)
     destination, chosen = _open_output(output, fmt)
     annotator = _open_annotator(annotate, class_names)
     tally = _Tally()
@@ -865,6 +897,25 @@ def _predict_and_write(
         collector.write()
         err_console.print(f"report in {_shown(report)}{os.sep}index.html", highlight=False)
     _summarise(tally, started, annotator, annotate)
+
+
+def _refuse_clashing_outputs(output: Path | None, report: Path | None, annotate: Path | None, items: list) -> None:
+    """-o never replaces an input, nor a file --report writes; checked before any work."""
+    if output is None:
+        return
+    from .outputs.report import REPORT_FILES
+
+    target = os.path.realpath(output)
+    inputs = {os.path.realpath(item) for item in items if isinstance(item, str)}
+    if target in inputs:
+        raise typer.BadParameter(f"{output} is one of the inputs; results would replace it", param_hint="--output")
+    if report is not None and os.path.dirname(target) == os.path.realpath(report):
+        if os.path.basename(target) in REPORT_FILES or os.path.basename(target).startswith("confusion-"):
+            raise typer.BadParameter(
+                f"{output} is a file --report writes in {report}; choose another name or folder", param_hint="--output"
+            )
+    if annotate is not None and os.path.dirname(target) == os.path.realpath(annotate) and ".fer." in output.name:
+        raise typer.BadParameter(f"{output} is where an annotated copy may go; choose another name", param_hint="--output")
 
 
 @dataclasses.dataclass
@@ -896,9 +947,10 @@ def _write_predictions(batches, total, writer, destination, vote, model_label, a
                     if row.warning:
                         _report_warning(row.path, row.warning)
                 tally.found += len(outcome.faces)
-                if outcome.error:
+                error = outcome.error or next((row.error for row in rows if row.error), None)
+                if error:
                     tally.failed += 1
-                    _report_skipped(outcome.path, outcome.error)
+                    _report_skipped(outcome.path, error)
                 elif annotator:
                     try:
                         annotator.annotate(outcome.path, rows)
@@ -1087,19 +1139,21 @@ def ensemble(
     if fmt not in (None, OutputFormat.table, OutputFormat.json):
         raise typer.BadParameter("a labelled folder's report is a table or json", param_hint="--format")
     report_folder = _open_report_folder(report)
+    _refuse_clashing_outputs(output, report, None, [])
     started = time.perf_counter()
-    scored, labelled = score_labelled(
-        classifiers, folder, weighted, device, batch_size, workers, on_skip=_report_skipped, faces=faces.value, tta=tta,
-        votes=voted,
-    )  # fmt: skip
-    destination, chosen = _open_output(output, fmt)
+    destination, chosen = _open_output(output, fmt)  # before the work: an unwritable -o fails at once
     with destination as stream:
+        scored, labelled = score_labelled(
+            classifiers, folder, weighted, device, batch_size, workers, on_skip=_report_skipped, faces=faces.value,
+            tta=tta, votes=voted,
+        )  # fmt: skip
         if chosen == "json":
             stream.write(json.dumps(scored, indent=2) + "\n")
         else:
             print_ensemble_report(scored, Console(file=stream))
+    models_scored = f"{len(classifiers)} model{'s' if len(classifiers) != 1 else ''}"
     err_console.print(
-        f"scored {len(classifiers)} model(s) on {scored['images']:,} images in {time.perf_counter() - started:.1f}s",
+        f"scored {models_scored} on {scored['images']:,} images in {time.perf_counter() - started:.1f}s",
         highlight=False,
     )
     if report_folder is not None:

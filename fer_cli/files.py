@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -29,3 +31,15 @@ def _alive(pid: int) -> bool:
     except OSError:
         return True  # someone else's process
     return True
+
+
+def writable_folder(folder: str | os.PathLike) -> Path:
+    """``folder``, made if needed, after checking that a file can be created in it: outputs are checked before any
+    work, not found unwritable after it. ``OSError`` says why not (read-only, a file of that name, no space...)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "a file of that name is there, not a folder", str(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+    return folder

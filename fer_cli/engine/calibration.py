@@ -68,11 +68,12 @@ def calibrate(probs: np.ndarray, labels: np.ndarray, current_temperature: float 
     return {**report, "temperature": temperature, "fitted_on": fitted_on, "applied": True, "reason": ""}
 
 
-# The prior corrections tried, in steps of 0.1 (beyond 1.5 no model here gained anything)
-PRIOR_CORRECTIONS = tuple(round(0.1 * step, 1) for step in range(16))
+# The prior corrections tried, in steps of 0.1. A negative tau gives the common classes more weight: for a model
+# trained on balanced batches (--balance), which answers the rare classes more often than they occur.
+PRIOR_CORRECTIONS = tuple(round(0.1 * step, 1) for step in range(-15, 16))
 PRIOR_RULE = (
-    "the tau in 0, 0.1 .. 1.5 with the highest accuracy + balanced accuracy (mean recall of the classes) on the "
-    "validation images (the smallest at a tie)"
+    "the tau in -1.5, -1.4 .. 1.5 with the highest accuracy + balanced accuracy (mean recall of the classes) on the "
+    "validation images (the one nearest 0 at a tie)"
 )
 
 
@@ -95,19 +96,20 @@ def fit_prior_correction(log_probs: np.ndarray, labels: np.ndarray, prior, fitte
         recall = [float((predicted[labels == c] == c).mean()) for c in present]
         accuracy = float((predicted == labels).mean()) if len(labels) else 0.0
         sweep.append({"tau": tau, "accuracy": accuracy, "balanced_accuracy": float(np.mean(recall)) if recall else 0.0})
-    best = max(sweep, key=lambda row: (round(row["accuracy"] + row["balanced_accuracy"], 9), -row["tau"]))
+    best = max(sweep, key=lambda row: (round(row["accuracy"] + row["balanced_accuracy"], 9), -abs(row["tau"])))
+    none = next(row for row in sweep if row["tau"] == 0)
     reason = ""
     if len(labels) < MIN_IMAGES:
-        best, reason = sweep[0], f"too few images ({len(labels):,}) to choose it on; it takes at least {MIN_IMAGES}"
+        best, reason = none, f"too few images ({len(labels):,}) to choose it on; it takes at least {MIN_IMAGES}"
     elif np.ptp(log_prior) < 1e-6:
-        best, reason = sweep[0], "the training classes were balanced: nothing to correct"
+        best, reason = none, "the training classes were balanced: nothing to correct"
     return {
         "tau": best["tau"],
         "prior": [float(p) for p in np.exp(log_prior)],
         "rule": PRIOR_RULE,
         "fitted_on": fitted_on,
         "images": int(len(labels)),
-        "before": {key: sweep[0][key] for key in ("accuracy", "balanced_accuracy")},
+        "before": {key: none[key] for key in ("accuracy", "balanced_accuracy")},
         "after": {key: best[key] for key in ("accuracy", "balanced_accuracy")},
         "sweep": sweep,
         "reason": reason,

@@ -19,6 +19,7 @@ probabilities. T^2 keeps the soft part's gradients the size of the hard part's a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,10 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from torch import nn
 
-from ..errors import FerError
+from ..errors import CheckpointError, FerError
 from ..inputs.data import LabelledTensors
 from ..models.checkpoint import save_checkpoint
 from ..models.classifier import Classifier
@@ -110,11 +112,10 @@ def teacher_logits(
     ``key``: their ``cache_key``, when the caller has it already (it hashes every image)."""
     key = key or cache_key(teachers, data)
     path = Path(cache_dir) / f"teachers-{key[:24]}.pt"
-    if path.is_file():
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        if cached.get("key") == key and cached["logits"].shape[1:] == (len(data), len(data.class_names)):
-            log.print(f"teachers' logits on the {len(data):,} training images read from {path}")
-            return cached["logits"]
+    cached = _read_cache(path, key, (len(data), len(data.class_names)), log)
+    if cached is not None:
+        log.print(f"teachers' logits on the {len(data):,} training images read from {path}")
+        return cached
     logits = torch.stack([_run_teacher(teacher, data, device, log) for teacher in teachers])
     entry = {
         "key": key,
@@ -123,9 +124,30 @@ def teacher_logits(
         "class_names": list(data.class_names),
         "logits": logits,
     }
-    save_checkpoint(path, entry)  # written whole, or not at all
-    log.print(f"teachers' logits cached in {path}")
+    try:
+        save_checkpoint(path, entry)  # written whole, or not at all
+        log.print(f"teachers' logits cached in {path}")
+    except (CheckpointError, OSError) as error:  # the cache is a convenience: the run goes on without it
+        log.print(f"[yellow]warning:[/] the teachers' logits could not be cached ({escape(str(error))}); "
+                  "a later run computes them again")  # fmt: skip
     return logits
+
+
+def _read_cache(path: Path, key: str, shape: tuple[int, int], log: Console) -> torch.Tensor | None:
+    """A cache entry's logits, or None when there is none; a damaged entry is said and replaced, never fatal."""
+    if not path.is_file():
+        return None
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        if cached.get("key") == key and tuple(cached["logits"].shape[1:]) == shape:
+            return cached["logits"].float()
+        reason = "it belongs to other teachers or data"
+    except Exception as error:  # noqa: BLE001: a truncated, corrupt or foreign file, whatever torch raises
+        reason = f"it cannot be read ({type(error).__name__})"
+    log.print(f"[yellow]warning:[/] the teachers' cache {escape(str(path))} is not usable ({reason}); computing again")
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return None
 
 
 def cache_key(teachers: list[Teacher], data: LabelledTensors) -> str:

@@ -268,6 +268,9 @@ def _path(item: str | MissingInput | ImageBytes) -> str:
     return item.source if isinstance(item, MissingInput) else item
 
 
+NOT_FINITE = "the model gave no usable probabilities (NaN or infinite): it may have diverged in training"
+
+
 def to_predictions(outcome: Outcome, vote, class_names: list[str], model: str) -> list[Prediction]:
     """One Prediction per face of the outcome, with ``vote`` turning (N, M, C) into (N, C);
     one row saying so for an input without a face or that could not be read."""
@@ -278,6 +281,12 @@ def to_predictions(outcome: Outcome, vote, class_names: list[str], model: str) -
     final = vote(np.stack([face.probs for face in outcome.faces]))
     predictions = []
     for face, probs in zip(outcome.faces, final):
+        if not np.isfinite(probs).all():  # a diverged model: no label, and never NaN in JSON
+            predictions.append(
+                Prediction(path=outcome.path, face=face.index, faces=len(outcome.faces), box=face.box,
+                           detector_score=face.score, model=model, error=NOT_FINITE)
+            )  # fmt: skip
+            continue
         best = int(np.argmax(probs))
         predictions.append(
             Prediction(

@@ -29,6 +29,7 @@ from torchvision.transforms import v2
 from .. import __version__
 from ..device import autocast, grad_scaler, prepare_model, select_device, to_device
 from ..errors import CheckpointError, FerError, SourceError
+from ..files import writable_folder
 from ..inputs.augment import Augmentation, BatchAugment
 from ..inputs.batches import InMemoryBatches, share_of, shuffled_order
 from ..inputs.data import (
@@ -101,6 +102,7 @@ class TrainConfig:
     label_weight: float = 0.0  # with votes: this share of each target is the image's own single label (FER2013's)
     prior_correction: str = "auto"  # tau of logits - tau * log(class prior): 'auto' (chosen on val), 'none', a number
     command: str = ""  # the command line, recorded for provenance
+    given: tuple[str, ...] = ()  # the options the user wrote (the command line's parameter names), for --resume
 
     @property
     def learning_rate(self) -> float:
@@ -150,8 +152,8 @@ class TrainConfig:
                 tau = float(self.prior_correction)
             except ValueError:
                 raise ValueError("--prior-correction must be auto, none or a number (tau)") from None
-            if not 0.0 <= tau <= 10.0:
-                raise ValueError("--prior-correction must be between 0 and 10")
+            if not -10.0 <= tau <= 10.0:
+                raise ValueError("--prior-correction must be between -10 and 10")
         if not 0.0 <= self.label_weight <= 1.0:
             raise ValueError("--label-weight must be in [0, 1]")
         if not self.votes and (self.label_weight or self.targets != "distribution"):
@@ -346,21 +348,11 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
     state = _read_resume_state(out) if config.resume else None
     if not config.resume and not config.overwrite:
         _refuse_to_replace(out)
+    if config.tensorboard:
+        tensorboard_log.check_available()  # before anything is made or decoded
+    _check_outputs(config, log)  # before any data is decoded: a run never finds out at its end that it cannot write
     if state:
-        # A resumed run keeps the settings it started with; only where it runs may change.
-        where = {
-            "out": config.out,
-            "device": config.device,
-            "workers": config.workers,
-            "tensorboard": config.tensorboard,
-            "teacher_cache": config.teacher_cache,
-        }
-        saved = {**state["config"], "teachers": tuple(state["config"].get("teachers", ()))}
-        config = TrainConfig(
-            **{**saved, **where},
-            resume=True,
-            command=config.command,
-        )
+        config = _resumed_config(config, state, log)
     init = _initial_model(config) if config.init and not state else None  # read once: weights, input, hash
     if init:
         config = _adopt_initial_model(config, init, log)
@@ -396,6 +388,7 @@ class TrainingRun:
     val_batches: InMemoryBatches
     val_size: int
     val_majority: np.ndarray | None  # with votes: each validation image's majority class (-1: none)
+    steps_per_epoch: int
     class_prior: list[float]  # each class's share of the training targets
     mix: object
     provenance: dict
@@ -480,6 +473,7 @@ def _epochs(run: TrainingRun, config: TrainConfig, group: distributed.Group, log
             torch.manual_seed(_epoch_seed(config, epoch, group.rank))
             train_loss, train_accuracy = _train_epoch(run, epoch, progress)
             metrics = _validate(run)
+            _stop_if_diverged(run, epoch, train_loss, metrics)
             record = _record_epoch(run, epoch, train_loss, train_accuracy, metrics, time.perf_counter() - started)
             _save(run, epoch, improved=record["best"])
             if run.tensorboard is not None:
@@ -553,11 +547,12 @@ def _set_up(
         val_size=len(val_data),
         val_majority=None if val_data.majority is None else val_data.majority.numpy(),
         class_prior=_class_prior(train_data, config),
+        steps_per_epoch=steps_per_epoch,
         mix=batch_mixing(config, len(class_names)),
         provenance={
             **_provenance(config, val_origin, val_path, group, device, val_data),
             "labels": _labels_provenance(config, train_data, val_data),
-            **_init_provenance(config, init),
+            **_init_provenance(config, init, state),
             **({"distilled_from": teaching["provenance"]} if teaching else {}),
         },
     )
@@ -642,6 +637,63 @@ def _new_head_share(config: TrainConfig, init: dict) -> float:
     except SourceError:
         return 0.0  # the data's own error comes when it is loaded
     return sum(canonical_class(name) not in known for name in names) / max(len(names), 1)
+
+
+# What a resumed run takes from its command line: where it runs and writes, and --epochs (to extend it).
+RESUME_TAKES = ("out", "device", "workers", "tensorboard", "teacher_cache", "epochs")
+
+
+def _resumed_config(config: TrainConfig, state: dict, log: Console) -> TrainConfig:
+    """A resumed run keeps the settings it started with: where it runs may change, and --epochs may extend it; any
+    other option given is ignored, and the log says which."""
+    saved = {**state["config"], "teachers": tuple(state["config"].get("teachers", ()))}
+    where = {name: getattr(config, name) for name in RESUME_TAKES if name != "epochs"}
+    epochs = saved["epochs"]
+    if "epochs" in config.given and config.epochs != saved["epochs"]:
+        if config.epochs < state["epoch"]:
+            raise FerError(f"--resume --epochs {config.epochs}: the run has done {state['epoch']} epochs already")
+        epochs = config.epochs
+        log.print(f"extending the run from {saved['epochs']} to {epochs} epochs")
+    option = {"data": "DATA", "resume": None, "overwrite": None}
+    ignored = [
+        option.get(name, f"--{name.replace('_', '-')}") for name in config.given
+        if name not in RESUME_TAKES and option.get(name, "") is not None
+        and (name not in saved or _differs(getattr(config, name, None), saved[name]))
+    ]  # fmt: skip
+    if ignored:
+        log.print(f"[yellow]note:[/] --resume continues with the run's own settings; ignored: {', '.join(ignored)}")
+    return TrainConfig(**{**saved, **where, "epochs": epochs}, resume=True, command=config.command, given=config.given)
+
+
+def _differs(given, saved) -> bool:
+    if isinstance(given, tuple | list) and isinstance(saved, tuple | list):
+        return list(given) != list(saved)
+    return given != saved
+
+
+def _check_outputs(config: TrainConfig, log: Console) -> None:
+    """Every folder the run will write to, checked (and made) before any work; an earlier run's TensorBoard events
+    in --tensorboard are refused, or with --overwrite removed, so that two runs never mix in one folder."""
+    try:
+        writable_folder(Path(config.out).parent)
+    except OSError as error:
+        raise FerError(f"cannot write to {Path(config.out).parent} (--out): {error.strerror or error}") from None
+    if config.tensorboard:
+        folder = Path(config.tensorboard)
+        try:
+            writable_folder(folder)
+        except OSError as error:
+            raise FerError(f"cannot write TensorBoard events to {folder}: {error.strerror or error}") from None
+        earlier = sorted(folder.glob("events.out.tfevents.*"))
+        if earlier and not config.resume:
+            if not config.overwrite:
+                raise FerError(
+                    f"{folder} holds an earlier run's TensorBoard events ({len(earlier)} file(s)); --overwrite "
+                    "replaces them, or choose another --tensorboard folder"
+                )
+            for path in earlier:
+                path.unlink()
+            log.print(f"removed the earlier run's TensorBoard events from {folder}")
 
 
 def _adopt_initial_model(config: TrainConfig, init: dict, log: Console) -> TrainConfig:
@@ -756,11 +808,14 @@ def _provenance(
     }
 
 
-def _init_provenance(config: TrainConfig, init: dict | None) -> dict:
-    """Which model a run started from (``--init``), by name, file and sha256; a resumed run reads it again."""
+def _init_provenance(config: TrainConfig, init: dict | None, state: dict | None = None) -> dict:
+    """Which model a run started from (``--init``), by name, file and sha256. A resumed run takes it from its resume
+    state: it needs the file no more (and a file changed since is not recorded in its place)."""
     if not config.init:
         return {}
-    init = init or _initial_model(config)
+    if init is None and state is not None and state.get("initialised_from"):
+        return {"initialised_from": state["initialised_from"]}
+    init = init or _initial_model(config)  # a resume state written before it was recorded there
     return {"initialised_from": {"model": config.init, "path": init["path"], "sha256": init["sha256"],
                                  "class_names": list(init["class_names"])}}  # fmt: skip
 
@@ -768,7 +823,13 @@ def _init_provenance(config: TrainConfig, init: dict | None) -> dict:
 def _resume(run: TrainingRun, state: dict) -> None:
     """Continue from a resume state: optimiser, schedule, loss scaling, history and best so far."""
     run.optimizer.load_state_dict(state["optimizer"])
-    if run.scheduler is not None and state.get("scheduler"):
+    extended = run.config.epochs != state["config"]["epochs"]
+    if extended and run.config.schedule in ("onecycle", "cosine"):
+        # the schedule had ended (or was ending): the added epochs get one of their own, as a warm restart
+        added = replace(run.config, epochs=run.config.epochs - state["epoch"])
+        run.scheduler = _make_scheduler(added, run.optimizer, run.steps_per_epoch)
+        run.log.print(f"a new {run.config.schedule} schedule over the {added.epochs} added epoch(s)")
+    elif run.scheduler is not None and state.get("scheduler"):
         run.scheduler.load_state_dict(state["scheduler"])
     restore_scaler(run.scaler, state["scaler"])
     run.start_epoch = state["epoch"] + 1
@@ -818,6 +879,20 @@ def _validate(run: TrainingRun) -> dict:
     if run.scheduler is not None and run.config.schedule == "plateau":
         run.scheduler.step(metrics["accuracy"])
     return metrics
+
+
+def _stop_if_diverged(run: TrainingRun, epoch: int, train_loss: float, metrics: dict) -> None:
+    """A loss or weight that is no longer a number ends the run: such an epoch is never saved, as the best or to
+    resume from (the last good epoch's files stay as they were)."""
+    weights = all(torch.isfinite(p).all() for p in run.network.parameters())
+    if math.isfinite(train_loss) and math.isfinite(metrics["loss"]) and weights:
+        return
+    what = "the weights" if math.isfinite(train_loss) and math.isfinite(metrics["loss"]) else "the loss"
+    raise FerError(
+        f"training diverged at epoch {epoch}: {what} became NaN or infinite (learning rate {run.config.learning_rate:g}"
+        " too high?); nothing of this epoch was saved. Start again with a lower --lr"
+        + (", or --resume to retry from the last good epoch" if epoch > 1 else "")
+    )
 
 
 def _record_epoch(
@@ -992,6 +1067,7 @@ def _save_resume_state(run: TrainingRun, network: dict, epoch: int) -> None:
             "config": _plain_config(run.config),
             "device": str(run.device),  # where the last epoch ran; a resumed run may move
             "teachers": run.provenance.get("distilled_from", {}).get("teachers"),  # a resumed run checks them
+            "initialised_from": run.provenance.get("initialised_from"),
         },
     )
 
@@ -1120,7 +1196,7 @@ def _plain_config(config: TrainConfig) -> dict:
     return {
         k: v
         for k, v in asdict(config).items()
-        if k not in ("resume", "overwrite", "command", "tensorboard", "teacher_cache")
+        if k not in ("resume", "overwrite", "command", "tensorboard", "teacher_cache", "given")
     }
 
 

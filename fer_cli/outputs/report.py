@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..files import remove_orphans, temporary_sibling
+from ..files import remove_orphans, temporary_sibling, writable_folder
 from ..inputs.images import read_image
 from . import figures
 from .results import Prediction
@@ -30,12 +30,18 @@ from .results import Prediction
 THUMBNAIL = 96  # pixels, a thumbnail's side
 
 
+# Every file a report writes under its own name (besides confusion-NN-NAME.png).
+REPORT_FILES = ("index.html", "report.json", "labels.png", "confidence.png", "faces.png", "recall.png",
+                "reliability.png", "coverage.png", "mistakes.png")  # fmt: skip
+
+
 def prepare_folder(folder: str | os.PathLike) -> Path:
-    """The report folder, made if needed (``OSError`` when it cannot be)."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(20, "not a folder", str(folder))
-    folder.mkdir(parents=True, exist_ok=True)
+    """The report folder, made and checked writable before any work (``OSError`` says why it cannot be); a folder
+    in it under the name of a file the report writes is refused now, not after the run."""
+    folder = writable_folder(folder)
+    for name in REPORT_FILES:
+        if (folder / name).exists() and not (folder / name).is_file():
+            raise IsADirectoryError(21, f"{name} in it is a folder, where the report writes a file", str(folder))
     return folder
 
 

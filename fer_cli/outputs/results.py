@@ -81,7 +81,7 @@ class ResultWriter:
 class JsonLinesWriter(ResultWriter):
     def write_batch(self, predictions):
         for prediction in predictions:
-            self.stream.write(json.dumps(prediction.to_dict()) + "\n")
+            self.stream.write(json.dumps(prediction.to_dict(), allow_nan=False) + "\n")
         self.stream.flush()
 
 
@@ -94,7 +94,7 @@ class JsonWriter(ResultWriter):
 
     def write_batch(self, predictions):
         for prediction in predictions:
-            self.stream.write(("[\n  " if self.count == 0 else ",\n  ") + json.dumps(prediction.to_dict()))
+            self.stream.write(("[\n  " if self.count == 0 else ",\n  ") + json.dumps(prediction.to_dict(), allow_nan=False))
             self.count += 1
         self.stream.flush()
 
