@@ -222,6 +222,12 @@ def handles_user_errors(command):
         except Interrupted as stop:
             err_console.print(f"stopped by signal {stop.signal_number}")
             raise typer.Exit(128 + stop.signal_number) from None
+        except BrokenPipeError:
+            # The reader of stdout went away (`fer predict ... | head -1`): stop quietly, as the shell's own tools
+            # do, with SIGPIPE's status, not 1 ("some inputs failed"). Later writes go nowhere.
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(128 + signal.SIGPIPE) from None
 
     return wrapper
 

@@ -367,3 +367,20 @@ def test_a_damaged_file_gives_no_raw_library_warning(tmp_path):
         warnings.simplefilter("error")
         with pytest.raises(OSError):
             read_image(tmp_path / "cut.tiff", channels=1)  # an error for this file, not a warning for the user
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly(tiny_checkpoint, tmp_path):
+    """`fer predict ... | head -1`: the pipe closes early; fer stops with SIGPIPE's status (141, as the shell's own
+    tools), not 1 ('some inputs failed'), and prints nothing about it."""
+    for i in range(400):
+        Image.fromarray(synthetic_face(i % 3, i)).save(tmp_path / f"f{i:03d}.png")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fer_cli", "predict", str(tmp_path), "-m", str(tiny_checkpoint), "-f", "csv",
+         "--batch-size", "4", "-j", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert process.stdout.readline().startswith(b"path,")
+    process.stdout.close()  # as head does after its line
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 141
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr and "error" not in stderr.lower()
