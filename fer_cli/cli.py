@@ -543,7 +543,7 @@ def models(
     if model is not None:
         _describe_model(resolve_model(model), out)
         return
-    catalogue = model_catalogue()
+    catalogue = model_catalogue(note=_note)
     table = Table(title="Architectures")
     for column in ("name", "options", "description"):
         table.add_column(column)
@@ -667,9 +667,9 @@ def calibrate(
 
     \b
     Examples:
-      fer calibrate runs/model.pt val/                     # the temperature, into the file
-      fer calibrate resnet18_adamw val/ --out mine.pt      # a shipped model: a calibrated copy
-      fer calibrate runs/m.pt ../shared/data/fer2013 --votes fer2013plus.csv --split val
+      fer calibrate runs/model.pt val/              # into the file
+      fer calibrate resnet18_adamw val/ -o mine.pt  # a calibrated copy
+      fer calibrate m.pt fer2013/ --votes fer2013plus.csv --split val
     """
     import shutil
 
@@ -845,6 +845,10 @@ def _open_report_folder(folder: Path | None) -> Path | None:
         return prepare_folder(folder)
     except OSError as error:
         raise typer.BadParameter(f"cannot write to {folder}: {error.strerror}", param_hint="--report") from None
+
+
+def _note(message: str) -> None:
+    err_console.print(f"[yellow]note:[/] {escape(printable(message))}", highlight=False)
 
 
 def _report_skipped(path: str, reason: str) -> None:
@@ -1045,7 +1049,7 @@ def predict(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--shard") from None
 
-    classifier = resolve_model(model)
+    classifier = resolve_model(model, note=_note)
     only_model = lambda probs: probs[:, 0]  # noqa: E731  (N, 1, C) -> (N, C)
     _predict_and_write(
         [classifier], sources, only_model, classifier.name, fmt, output, device, batch_size, workers, faces,
@@ -1130,7 +1134,7 @@ def ensemble(
         if not Path(folder).is_dir():
             raise SourceError(f"no such folder: {folder} (with --votes, FOLDER holds the images the votes file names)")
         voted = voted_files(folder, str(votes), split_of(split) if split else None)
-    classifiers = resolve_models(model, note=lambda message: err_console.print(message, highlight=False))
+    classifiers = resolve_models(model, note=_note)
     if voted is None and not is_labelled_folder(folder, align_classes(classifiers)):
         err_console.print(f"{folder} is not a labelled folder (class subfolders): predicting with the ensemble")
         name, vote = default_vote(classifiers, weighted)
@@ -1252,7 +1256,7 @@ def serve(
     from .models.zoo import resolve_model
     from .serve.app import ServeConfig, create_app
 
-    classifiers = [resolve_model(name) for name in model] if model else [resolve_model(None)]
+    classifiers = [resolve_model(name) for name in model] if model else [resolve_model(None, note=_note)]
     if len(classifiers) == 1:
         vote, label = (lambda probs: probs[:, 0]), classifiers[0].name  # as fer predict
     else:
@@ -1272,8 +1276,10 @@ def serve(
         listening.bind((host, port))
         listening.listen(2048)  # before the line below: a client that reads it may connect at once
     except (OSError, OverflowError) as error:
+        # an address that names no interface is the host's fault; one in use (or not allowed) the port's
+        which = "--host" if isinstance(error, socket.gaierror) or getattr(error, "errno", None) == 99 else "--port"
         raise typer.BadParameter(
-            f"cannot listen on {host}:{port}: {getattr(error, 'strerror', None) or error}", param_hint="--port"
+            f"cannot listen on {host}:{port}: {getattr(error, 'strerror', None) or error}", param_hint=which
         ) from None
     bound = listening.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host

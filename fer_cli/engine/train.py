@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import multiprocessing
+import os
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -43,7 +44,7 @@ from ..inputs.data import (
     validation_images,
 )
 from ..inputs.votes import canonical_class, describe_left_out, read_votes
-from ..models.architectures import check_model_options, create_model
+from ..models.architectures import check_input_size, check_model_options, create_model
 from ..models.checkpoint import build_model, now_iso, read_checkpoint, save_checkpoint
 from ..models.classifier import softmax
 from ..outputs import figures
@@ -171,6 +172,7 @@ class TrainConfig:
                 )
         Augmentation.parse(self.augment)
         check_model_options(self.arch, self.arch_options)  # fail before decoding any data
+        check_input_size(self.arch, self.arch_options, self.size, self.channels)
 
 
 def history_path(out: str | Path) -> Path:
@@ -218,6 +220,11 @@ def load_training_data(config: TrainConfig, log: Console) -> tuple[LabelledTenso
         )
 
     train = load(train_source, ("training",))
+    if val_source is not None and val_source.exists() and val_source.resolve() == train_source.resolve():
+        log.print(
+            f"[yellow]warning:[/] --val {val_source} is the training data: its accuracy will say how well the model "
+            "remembers these images, not how it does on new ones"
+        )
     if val_source is not None:
         val = load(val_source, ("publictest",)).reorder_classes(train.class_names)
         return train, val, str(val_source), str(val_source)
@@ -612,6 +619,8 @@ def _initial_model(config: TrainConfig) -> dict:
     """The checkpoint ``--init`` names (a shipped model or a .pt file), with its file's sha256."""
     from ..models.zoo import file_sha256, resolve_model
 
+    if Path(config.init).is_dir():
+        raise FerError(f"--init {config.init} is a folder; it takes a model: a shipped name or a checkpoint (.pt)")
     path = resolve_model(config.init).path
     if not path.endswith(".pt"):
         raise FerError(f"--init needs a checkpoint (.pt) to take weights from; {config.init} is an exported model")
@@ -788,12 +797,13 @@ def _provenance(
     val_data: LabelledTensors | None = None,
 ) -> dict:  # fmt: skip
     if val_data is not None and val_data.paths is not None:  # votes over a folder: the images themselves
-        return {**_provenance(config, val_origin, None, group, device), "val_path": val_path,
+        return {**_provenance(config, val_origin, None, group, device), "val_path": os.path.abspath(val_path),
                 "val_images": images_fingerprint(val_data.paths)}  # fmt: skip
     return {
         "train_data": str(config.data),
         "val_data": val_origin,
-        "val_path": val_path,  # lets `fer ensemble` notice it is scoring a model on its own validation data,
+        "val_path": os.path.abspath(val_path) if val_path else None,  # lets `fer ensemble` notice it is scoring a
+        # model on its own validation data (absolute: a relative path means nothing from another folder),
         # also once that data has moved (another machine, another copy): its images by name
         "val_digest": labelled_digest(val_path) if val_path and Path(val_path).is_dir() else None,
         # ...and by content, so that copies and parts of it are recognised too (``ensemble.seen_in_validation``)

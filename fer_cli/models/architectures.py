@@ -59,6 +59,32 @@ def check_model_options(name: str, options: dict) -> None:
         )
 
 
+def check_input_size(name: str, options: dict, size: int, channels: int) -> None:
+    """Raise ModelError when architecture ``name`` cannot take ``size`` x ``size`` inputs (vgg pools its input down
+    four times: 8 px is too small). One tiny forward pass, before any data is decoded."""
+    import torch
+
+    model = create_model(name, 2, channels, **options).eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, channels, size, size))
+    except RuntimeError:
+        smallest = next((side for side in range(size + 1, 257) if _takes(model, side, channels)), None)
+        at_least = f"; it needs at least {smallest} px" if smallest else ""
+        raise ModelError(f"architecture '{name}' cannot take {size}x{size} inputs{at_least} (--size)") from None
+
+
+def _takes(model: nn.Module, side: int, channels: int) -> bool:
+    import torch
+
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, channels, side, side))
+        return True
+    except RuntimeError:
+        return False
+
+
 def create_model(name: str, num_classes: int, in_channels: int = 1, **options) -> nn.Module:
     """Build architecture ``name``; unknown names and options are errors that list the valid ones."""
     check_model_options(name, options)

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import CheckpointError
 from .tta import TTA, views
 
 
@@ -68,7 +69,11 @@ class Classifier:
 
 
 def described_by(path: str | os.PathLike, description: dict, runner: Runner, arch: str = "") -> Classifier:
-    """A Classifier from the dict a checkpoint, or an exported model's metadata, describes itself with."""
+    """A Classifier from the dict a checkpoint, or an exported model's metadata, describes itself with; a
+    description that cannot be right (classes named twice, a temperature of 0, a std of 0...) is refused."""
+    problem = _implausible(description)
+    if problem:
+        raise CheckpointError(f"{path} is damaged or was edited by hand: {problem}")
     return Classifier(
         name=Path(path).stem,
         arch=arch or description["arch"],
@@ -82,6 +87,37 @@ def described_by(path: str | os.PathLike, description: dict, runner: Runner, arc
         provenance=dict(description.get("provenance", {})),
         path=str(path),
     )
+
+
+def _implausible(description: dict) -> str:
+    """Why a model's description cannot be right, or ''."""
+    names = description.get("class_names")
+    if not isinstance(names, list | tuple) or len(names) < 2 or not all(isinstance(n, str) and n for n in names):
+        return "it needs two or more class names"
+    if len(set(names)) != len(names):
+        return f"a class is named twice ({', '.join(sorted({n for n in names if list(names).count(n) > 1}))})"
+    try:
+        temperature = float(description.get("temperature", 1.0))
+        preprocess = description["preprocess"]
+        std = [float(v) for v in preprocess.get("std", [1.0])]
+        mean = [float(v) for v in preprocess.get("mean", [0.0])]
+        channels, size = int(preprocess["channels"]), int(preprocess["size"])
+        prior = description.get("class_prior")
+        prior = None if prior is None else [float(v) for v in prior]
+        tau = float(description.get("prior_correction", 0.0))
+    except (TypeError, ValueError, KeyError) as error:
+        return f"its numbers cannot be read ({type(error).__name__})"
+    if not np.isfinite(temperature) or temperature <= 0:
+        return f"temperature {temperature} (it must be a positive number)"
+    if not all(np.isfinite(v) and v > 0 for v in std) or not all(np.isfinite(v) for v in mean):
+        return f"normalisation std {std} (each must be a positive number)"
+    if channels not in (1, 3) or len(std) != channels or len(mean) != channels or not 1 <= size <= 4096:
+        return f"input {size} px, {channels} channel(s), {len(mean)} mean(s) and {len(std)} std(s) do not fit together"
+    if prior is not None and (len(prior) != len(names) or not all(np.isfinite(v) and v >= 0 for v in prior)):
+        return "its class prior does not fit its classes"
+    if not np.isfinite(tau):
+        return f"prior correction {tau}"
+    return ""
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

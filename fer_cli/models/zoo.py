@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelError
+from ..errors import FerError, ModelError
 from .classifier import Classifier
 from .exported import OnnxRunner, load_exported
 
@@ -94,9 +94,10 @@ class ShippedModel:
     val_accuracy: float | None
 
 
-def shipped_models() -> list[ShippedModel]:
+def shipped_models(note=None) -> list[ShippedModel]:
     """Every loadable checkpoint (``*.pt``) and exported model (``*.onnx``, where onnxruntime is
-    installed) in the weights folders, best validation accuracy first."""
+    installed) in the weights folders, best validation accuracy first. A file that cannot be read (a damaged
+    or foreign file dropped in ``$FER_WEIGHTS_DIR``) is left out, and ``note`` hears why: it never stops the rest."""
     from .checkpoint import read_checkpoint  # torch: only when checkpoints are listed
 
     found: dict[str, ShippedModel] = {}
@@ -104,7 +105,12 @@ def shipped_models() -> list[ShippedModel]:
         for path in sorted(folder.glob("*.pt")):
             if path.stem in found or path.name.endswith(".last.pt"):
                 continue
-            checkpoint = read_checkpoint(path)
+            try:
+                checkpoint = read_checkpoint(path)
+            except FerError as error:  # damaged, truncated, foreign
+                if note:
+                    note(f"left out {path}: {error}")
+                continue
             found[path.stem] = ShippedModel(
                 path.stem, str(path), checkpoint["arch"], list(checkpoint["class_names"]),
                 checkpoint.get("metrics", {}).get("accuracy"),
@@ -112,7 +118,12 @@ def shipped_models() -> list[ShippedModel]:
         for path in sorted(folder.glob("*.onnx")) if exported_models_run_here() else []:
             if path.stem in found:
                 continue
-            meta = OnnxRunner(path).metadata()
+            try:
+                meta = OnnxRunner(path).metadata()
+            except Exception as error:  # noqa: BLE001: onnxruntime's own errors for a damaged file
+                if note:
+                    note(f"left out {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+                continue
             found[path.stem] = ShippedModel(
                 path.stem, str(path), meta["arch"] + (" int8" if meta.get("int8") else ""), list(meta["class_names"]),
                 meta.get("metrics", {}).get("accuracy"),
@@ -133,12 +144,12 @@ def _find_shipped_file(name: str) -> Path | None:
     return None
 
 
-def resolve_model(name_or_path: str | None) -> Classifier:
+def resolve_model(name_or_path: str | None, note=None) -> Classifier:
     """A shipped model's name, a model file (.pt or .onnx), or None for the default: the shipped
     checkpoint with the best validation accuracy (never an exported model, so the default does not
     depend on which extras are installed)."""
     if name_or_path is None:
-        checkpoints = [m for m in shipped_models() if m.path.endswith(".pt")]
+        checkpoints = [m for m in shipped_models(note) if m.path.endswith(".pt")]
         if not checkpoints:
             raise ModelError("no shipped weights found; train one with `fer train` and pass --model PATH")
         return load_classifier(checkpoints[0].path)
@@ -158,7 +169,7 @@ def resolve_models(names_or_paths: list[str] | None, note=None) -> list[Classifi
     ``note`` hears that they were left out."""
     if names_or_paths:
         return [resolve_model(n) for n in names_or_paths]
-    available = shipped_models()
+    available = shipped_models(note)
     checkpoints = [m for m in available if m.path.endswith(".pt")]
     if not checkpoints:
         raise ModelError("no shipped weights found; pass --model PATH")
@@ -168,12 +179,12 @@ def resolve_models(names_or_paths: list[str] | None, note=None) -> list[Classifi
     return [load_classifier(m.path) for m in checkpoints]
 
 
-def model_catalogue() -> dict:
+def model_catalogue(note=None) -> dict:
     """What `fer models` lists, as plain data: the architectures, and the shipped models (best
     validation accuracy first) with the commands that use each by default."""
     from .architectures import describe_model, list_models, model_options
 
-    shipped = shipped_models()
+    shipped = shipped_models(note)
     default = next((m.name for m in shipped if m.path.endswith(".pt")), None)  # the best checkpoint
     return {
         "architectures": [

@@ -13,15 +13,34 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
-import matplotlib
-import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
-from ..files import remove_orphans, temporary_sibling
+def _matplotlib_home() -> None:
+    """Matplotlib keeps a font cache under ~/.config (or $MPLCONFIGDIR); where that cannot be written (a read-only
+    or missing HOME, a service account) it logs a long warning of its own. fer then gives it a temporary folder,
+    quietly: the figures are the same, only the first one of the run is slower."""
+    if os.environ.get("MPLCONFIGDIR"):
+        return
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "matplotlib"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except (OSError, RuntimeError):
+        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="fer-matplotlib-")
+
+
+_matplotlib_home()
+
+import matplotlib  # noqa: E402 (after its home is settled)
+import numpy as np  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from ..files import remove_orphans, temporary_sibling  # noqa: E402
 
 # Names come from outside (files, models, classes): "$x$" in one is text, never TeX math, which can fail to
 # parse and lose a whole report. Every text this process draws is taken as it is.

@@ -155,8 +155,9 @@ class TableWriter(ResultWriter):
     runner-up class), then the box goes; a line under the table says what was left out.
     """
 
-    # From the fullest to the leanest: (box column, probabilities as "classes" | "runner-up" | None)
-    LAYOUTS = ((True, "classes"), (True, "runner-up"), (False, "runner-up"), (False, None))
+    # From the fullest to the leanest: (box column, probabilities as "classes" | "runner-up" | None, narrow headers)
+    LAYOUTS = ((True, "classes", False), (True, "runner-up", False), (False, "runner-up", False), (False, None, False),
+               (False, None, True))  # fmt: skip
 
     def __init__(self, stream, class_names, width: int | None = None):
         super().__init__(stream, class_names)
@@ -168,8 +169,8 @@ class TableWriter(ResultWriter):
 
     def close(self):
         console = Console(file=self.stream, width=self.width)
-        for box, probabilities in self.LAYOUTS:
-            table = self.table(box, probabilities)
+        for box, probabilities, narrow in self.LAYOUTS:
+            table = self.table(box, probabilities, narrow)
             if _fits(console, table):
                 break
         table.columns[0].max_width = None  # measured at its narrowest acceptable width; now take what is left
@@ -179,25 +180,27 @@ class TableWriter(ResultWriter):
             notes.append(f"Per-class probabilities {shown} at {console.width} columns (-f csv or json has them all).")
         if any(p.warning for p in self.rows):
             notes.append(f"{WARNED.strip()} a warning (on stderr, and the 'warning' field of -f json or csv).")
-        if notes:
-            table.caption = " ".join(notes)
-            table.caption_justify = "left"
         console.print(table)
+        for note in notes:  # under the table, wrapped at the terminal's width, not the table's
+            console.print(note, highlight=False)
         super().close()
 
-    def table(self, box: bool, probabilities: str | None) -> Table:
-        """The table in one layout, its image column capped for measuring."""
+    def table(self, box: bool, probabilities: str | None, narrow: bool = False) -> Table:
+        """The table in one layout, its image column capped for measuring; ``narrow``: short headers, and labels that
+        fold, so that the numbers stay whole in a very narrow terminal (40 columns)."""
         paths = [printable(p.path) for p in self.rows]
         longest_path = max((len(path) for path in paths), default=5)
         marker = len(WARNED) if any(p.warning for p in self.rows) else 0
         label_width = max([len(NO_FACE), len(UNREADABLE)] + [len(c) + marker for c in self.class_names])
-        table = Table(show_lines=False)
+        if narrow:
+            label_width = min(label_width, 8)
+        table = Table(show_lines=False, padding=(0, 0 if narrow else 1))
         table.add_column("image", overflow="fold", max_width=max(5, min(longest_path, IMAGE_WIDTH)))
         table.add_column("face", justify="right", no_wrap=True)
         if box:
             table.add_column("box (x,y,w,h)", justify="right", no_wrap=True)
         table.add_column("label", overflow="fold", min_width=label_width, max_width=label_width)
-        table.add_column("confidence", justify="right", no_wrap=True)
+        table.add_column("conf." if narrow else "confidence", justify="right", no_wrap=True)
         if probabilities == "classes":
             for name in self.class_names:
                 table.add_column(name, justify="right", no_wrap=True)
