@@ -81,6 +81,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err_console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in files
+PROCESS_STARTED = time.perf_counter()  # about when `fer` started: this module is the first it imports
 
 USAGE_ERROR = 2
 INPUTS_FAILED = 1
@@ -272,7 +273,6 @@ def _parse_options(pairs: list[str]) -> dict:
     return options
 
 
-@app.command(cls=_Command)
 @handles_user_errors
 def train(
     ctx: typer.Context,
@@ -517,7 +517,6 @@ def _given_on_the_command_line(ctx: typer.Context) -> set[str]:
     return given
 
 
-@app.command(cls=_Command)
 @handles_user_errors
 def models(
     model: Annotated[
@@ -553,7 +552,7 @@ def models(
     out.print(table)
     shipped = catalogue["shipped"]
     folders = sorted({os.path.dirname(entry["path"]) for entry in shipped})
-    table = Table(title=f"Shipped weights (in {', '.join(folders) or 'no weights folder'})")
+    table = Table(title="Shipped weights")
     for column in ("name", "arch", "classes", "val accuracy", "used by default in", "size"):
         table.add_column(column, no_wrap=column == "name")
     for entry in shipped:
@@ -571,7 +570,12 @@ def models(
         users = [entry["name"] for entry in shipped if tuple(entry["class_names"]) == names]
         which = "every shipped model" if len(users) == len(shipped) else ", ".join(users)
         out.print(f"Classes of {which}, in output order: {', '.join(names)}.", highlight=False)
-    out.print("`fer models NAME` describes one model.", highlight=False)
+    out.print(
+        f"In {', '.join(folders) or 'no weights folder'}. val accuracy: on each model's own validation images, as "
+        "stored by fer train (against the majority of the votes for a model trained on votes). "
+        "`fer models NAME` describes one model.",
+        highlight=False,
+    )
 
 
 def _describe_model(classifier, out: Console) -> None:
@@ -627,7 +631,6 @@ def _describe_model(classifier, out: Console) -> None:
     out.print(grid)
 
 
-@app.command(cls=_Command)
 @handles_user_errors
 def calibrate(
     model: Annotated[str, typer.Argument(metavar="NAME|FILE", help="Shipped model name or checkpoint (.pt) path.")],
@@ -720,7 +723,6 @@ def calibrate(
     err_console.print(f"{classifier.name}: {describe(report, classifier.temperature)} ({where})", highlight=False)
 
 
-@app.command(cls=_Command)
 @handles_user_errors
 def export(
     model: Annotated[str, typer.Argument(metavar="NAME|FILE", help="Shipped model name or checkpoint (.pt) path.")],
@@ -901,7 +903,9 @@ def _predict_and_write(
                 writer.close()  # a JSON array is closed, a table printed, whatever happened
     except (KeyboardInterrupt, Interrupted):
         if output is not None and tally.done:
-            err_console.print(f"results of {tally.done:,} of {len(items):,} inputs kept in {output}", highlight=False)
+            err_console.print(
+                f"results of {tally.done:,} of {_count(len(items), 'input')} kept in {_shown(output)}", highlight=False
+            )
         raise
     if collector is not None:
         collector.write()
@@ -941,9 +945,11 @@ def _write_predictions(batches, total, writer, destination, vote, model_label, a
     from .engine.predict import to_predictions
 
     class_names = writer.class_names
+    # Results piped to another program (| head, | less) share the terminal with the bar: no bar then.
+    piped = destination is not None and not isinstance(destination, ResultsFile) and _stdout_is_a_pipe()
     progress = Progress(
         TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True,
+        console=err_console, transient=True, disable=piped,
     )  # fmt: skip
     with progress:
         task = progress.add_task("predict", total=total)
@@ -976,26 +982,43 @@ def _write_predictions(batches, total, writer, destination, vote, model_label, a
 
 
 def _summarise(tally: _Tally, started: float, annotator, annotate) -> None:
-    """The run's last lines on stderr, and its exit code: 1 when an input or an annotated copy failed."""
-    seconds = time.perf_counter() - started
-    per_second = tally.done / seconds if seconds else 0.0
-    rate = f", {per_second:,.{0 if per_second >= 10 else 1}f} images/s" if tally.done else ""
-    faces_found = f"{tally.found:,} face" + ("" if tally.found == 1 else "s")
+    """The run's last lines on stderr, and its exit code: 1 when an input or an annotated copy failed. The time is
+    the whole run's, start-up (Python, torch, the models) included, and the rate is the predicting's."""
+    now = time.perf_counter()
+    seconds, starting = now - PROCESS_STARTED, started - PROCESS_STARTED
+    per_second = tally.done / (now - started) if now > started else 0.0
+    rate = f", then {per_second:,.{0 if per_second >= 10 else 1}f} images/s" if tally.done else ""
     err_console.print(
-        f"{tally.done - tally.failed:,} of {tally.done:,} inputs predicted ({faces_found}) in {seconds:.1f}s{rate}",
+        f"{tally.done - tally.failed:,} of {_count(tally.done, 'input')} predicted ({_count(tally.found, 'face')}) "
+        f"in {seconds:.1f}s ({starting:.1f}s starting up{rate})",
         highlight=False,
     )
     if annotator:
-        err_console.print(f"{annotator.written:,} annotated copies in {annotate}", highlight=False)
+        copies = _count(annotator.written, "annotated copy", "annotated copies")
+        err_console.print(f"{copies} in {_shown(annotate)}", highlight=False)
     if tally.failed:
-        err_console.print(f"[yellow]{tally.failed:,} input(s) could not be read[/]", highlight=False)
+        err_console.print(f"[yellow]{_count(tally.failed, 'input')} could not be read[/]", highlight=False)
     if tally.not_annotated:
-        err_console.print(f"[yellow]{tally.not_annotated:,} annotated copies could not be written[/]", highlight=False)
+        copies = _count(tally.not_annotated, "annotated copy", "annotated copies")
+        err_console.print(f"[yellow]{copies} could not be written[/]", highlight=False)
     if tally.failed or tally.not_annotated:
         raise typer.Exit(INPUTS_FAILED)
 
 
-@app.command(cls=_Command)
+def _stdout_is_a_pipe() -> bool:
+    import stat
+
+    try:
+        return stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's capture)
+        return False
+
+
+def _count(number: int, one: str, many: str | None = None) -> str:
+    """'1 input', '2 inputs', '1,200 faces'."""
+    return f"{number:,} {one if number == 1 else (many or one + 's')}"
+
+
 @handles_user_errors
 def predict(
     sources: Annotated[
@@ -1057,7 +1080,6 @@ def predict(
     )  # fmt: skip
 
 
-@app.command(cls=_Command)
 @handles_user_errors
 def ensemble(
     folder: Annotated[
@@ -1101,10 +1123,12 @@ def ensemble(
     \b
     The report's columns:
       accuracy          share of images whose top class is the true one
+      balanced accuracy the mean recall of the classes (rare ones count as much)
+      tagger agreement  with --votes: mean share of the votes the answer got
       macro F1          F1 averaged over the classes, each weighing the same
       conf. when right  mean confidence of the right answers (higher is better)
       conf. when wrong  mean confidence of the wrong ones (lower is better);
-                        a majority vote's confidence: the share of models agreeing
+                        none for the majority vote (a share of models agreeing)
       ECE               expected calibration error: the gap between confidence
                         and accuracy, averaged over confidence bins (0 is best)
 
@@ -1187,7 +1211,6 @@ def _write_ensemble_report(folder: Path, report: dict, labelled) -> None:
     err_console.print(f"report in {_shown(folder)}{os.sep}index.html", highlight=False)
 
 
-@app.command(cls=_Command)
 @handles_user_errors
 def serve(
     host: Annotated[
@@ -1297,6 +1320,10 @@ def _run_server(application, listening, access_log: bool) -> None:
     with listening:
         server.run(sockets=[listening])
 
+
+# `fer --help` lists the commands in the order people use them.
+for _command in (predict, ensemble, train, calibrate, export, models, serve):
+    app.command(cls=_Command)(_command)
 
 _MAIN_PROCESS = os.getpid()
 

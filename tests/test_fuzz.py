@@ -300,7 +300,7 @@ def test_the_crafted_files_that_crashed_the_reader_are_one_error_each(model, tmp
     errors = {Path(row["path"]).name: row["error"] for row in rows}
     assert errors == {"crafted.png": "not an image (or an unsupported format)", "good.png": "",
                       "script.png": "not an image (or an unsupported format)"}  # fmt: skip
-    assert code == 1 and "2 input(s) could not be read" in stderr
+    assert code == 1 and "2 inputs could not be read" in stderr
 
 
 def test_the_long_profile_exists():

@@ -25,7 +25,7 @@ from .classifier import Classifier, described_by
 
 METADATA_KEY = "fer_cli"
 FORMAT = "fer_cli.onnx"
-INSTALL_HINT = "pip install 'fer-cli[onnx]'"
+INSTALL_HINT = "pip install '.[onnx]' in a clone, or pip install 'fer-cli[onnx]'"
 
 
 def _onnxruntime():

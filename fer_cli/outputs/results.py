@@ -261,10 +261,11 @@ def print_ensemble_report(report: dict, console: Console) -> None:
     """Per-model and ensemble summary, per-class recall, per-class scores and confusion matrix."""
     rows = [(m["name"], m["arch"], m["metrics"]) for m in report["models"]]
     rows += [(e["name"], "ensemble", e["metrics"]) for e in report["ensembles"]]
-    best_name, _, best = max(rows, key=lambda row: row[2]["accuracy"])
+    best_name, _, best = best_entry(rows)
     classes = report["class_names"]
     console.print(_summary_table(report, rows, best_name))
     console.print(_recall_table(classes, rows))
+    console.print(BEST_RULE)
     console.print(_per_class_table(classes, best_name, best))
     console.print(_confusion_table(classes, best_name, best))
     if len(report["models"]) > 1:
@@ -282,10 +283,31 @@ def print_ensemble_report(report: dict, console: Console) -> None:
         console.print(Text.assemble(("note:", "yellow"), " ", printable(note)))
 
 
+MAJORITY = "majority vote"  # its "confidence" is the share of models agreeing: not a probability
+BEST_RULE = (
+    "Details of the best below: the most accurate, at a tie the best calibrated (lowest ECE; the majority vote, "
+    "whose confidence is a share of models, last)."
+)
+
+
+def best_entry(rows: list) -> tuple:
+    """The (name, kind, metrics) the report details: the most accurate, at a tie the lowest ECE among those whose
+    confidence is a probability (a majority vote's is a share of models: it comes last at a tie)."""
+    return max(
+        rows,
+        key=lambda row: (
+            round(row[2]["accuracy"], 9),
+            row[0] != MAJORITY,
+            -row[2]["expected_calibration_error"],
+        ),
+    )
+
+
 SUMMARY_CAPTION = (
     "balanced accuracy: the mean recall of the classes. "
-    "conf. when right/wrong: mean confidence of the correct/wrong answers (a majority vote's is the share "
-    "of models agreeing). ECE: expected calibration error, the gap between confidence and accuracy (0 is best)."
+    "conf. when right/wrong: mean confidence of the correct/wrong answers. ECE: expected calibration error, the gap "
+    "between confidence and accuracy (0 is best). The majority vote has none: its confidence is the share of models "
+    "that agree, not a probability (-f json has it)."
 )
 VOTES_CAPTION = " tagger agreement: the mean share of the votes the answer got, over every image (ties too)."
 
@@ -315,9 +337,13 @@ def _summary_table(report: dict, rows: list, best_name: str) -> Table:
             _pct(metrics.get("balanced_accuracy")),
             *([_pct(metrics["votes"]["tagger_agreement"])] if voted else []),
             f"{metrics['macro_f1']:.3f}",
-            _pct(metrics["mean_confidence_correct"]),
-            _pct(metrics["mean_confidence_incorrect"]),
-            f"{metrics['expected_calibration_error']:.3f}",
+            *(
+                ["-", "-", "-"] if name == MAJORITY and kind == "ensemble" else [
+                    _pct(metrics["mean_confidence_correct"]),
+                    _pct(metrics["mean_confidence_incorrect"]),
+                    f"{metrics['expected_calibration_error']:.3f}",
+                ]
+            ),
             style="bold green" if name == best_name else None,
         )
     return summary
