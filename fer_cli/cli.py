@@ -1331,6 +1331,9 @@ _MAIN_PROCESS = os.getpid()
 def main() -> None:
     global _MAIN_PROCESS
     _MAIN_PROCESS = os.getpid()
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is written with its own bytes
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="surrogateescape")
     signal.signal(signal.SIGTERM, _stop)  # unwind as for Ctrl-C: outputs finished, workers stopped
     signal.signal(signal.SIGINT, _stop)
     app(prog_name="fer")

@@ -98,3 +98,26 @@ def test_validation_paths_are_recorded_absolute(tiny_dataset, tmp_path, monkeypa
                   "--arch-option", "width=4", "-j", 0)  # fmt: skip
     assert done.exit_code == 0, done.output
     assert read_checkpoint(tmp_path / "m.pt")["provenance"]["val_path"] == str(tiny_dataset / "val")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names as raw bytes: Linux")
+def test_a_name_that_is_not_utf8_comes_back_byte_for_byte(tiny_checkpoint, tmp_path):
+    """JSON writes its undecodable bytes as \\udcXX (Python's surrogateescape: os.fsencode gives the bytes back), CSV
+    its own bytes (as `ls > file` does); neither crashes (CSV to a file once did)."""
+    import csv
+    import json
+
+    from PIL import Image
+
+    from .synthetic import synthetic_face
+
+    name = os.fsencode(str(tmp_path)) + b"/caf\xe9.png"
+    Image.fromarray(synthetic_face(0, 1)).save(os.fsdecode(name))
+    out = tmp_path / "out"
+    for fmt in ("csv", "json", "jsonl"):
+        done = invoke("predict", os.fsdecode(name), "-m", tiny_checkpoint, "-j", 0, "-o", out.with_suffix(f".{fmt}"))
+        assert done.exit_code == 0, done.output
+    with open(out.with_suffix(".csv"), newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        assert os.fsencode(next(csv.DictReader(handle))["path"]) == name
+    assert os.fsencode(json.loads(out.with_suffix(".json").read_text())[0]["path"]) == name
+    assert os.fsencode(json.loads(out.with_suffix(".jsonl").read_text())["path"]) == name

@@ -35,7 +35,8 @@ class ResultsFile:
         self.has_results = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         remove_orphans(self.path)
-        self.stream = open(self.temporary, "w", newline="", encoding="utf-8")  # OSError: the caller says why
+        # A file name that is not UTF-8 keeps its own bytes (surrogateescape), as `ls > file` does: reversible.
+        self.stream = open(self.temporary, "w", newline="", encoding="utf-8", errors="surrogateescape")  # OSError: caller
 
     def produced(self) -> None:
         self.has_results = True
