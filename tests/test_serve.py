@@ -39,7 +39,8 @@ def make_client(checkpoints, **config) -> TestClient:
         vote, label = (lambda probs: probs[:, 0]), classifiers[0].name
     else:
         vote, label = (lambda probs: probs.mean(axis=1)), "ensemble: mean probability"
-    return TestClient(create_app(predictor, vote, label, ServeConfig(**config)))
+    # The server answers to localhost, its addresses and its host name; TestClient's own "testserver" is none of them.
+    return TestClient(create_app(predictor, vote, label, ServeConfig(**config)), base_url="http://localhost")
 
 
 @pytest.fixture
@@ -108,15 +109,25 @@ def test_models_health_docs_and_page(client, tiny_checkpoint):
     models = client.get("/models").json()
     assert [m["name"] for m in models["serving"]] == ["tiny"]
     assert models["serving"][0]["class_names"] == CLASSES
-    assert models["shipped"] == model_catalogue()["shipped"]  # what `fer models` lists
+    listed = [
+        {**{key: value for key, value in entry.items() if key != "path"}, "file": Path(entry["path"]).name}
+        for entry in model_catalogue()["shipped"]
+    ]
+    assert models["shipped"] == listed  # what `fer models` lists, each file by its name only
+    assert models["serving"][0]["file"] == "tiny.pt"
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["model"] == "tiny" and health["waiting"] == 0
     openapi = client.get("/openapi.json").json()
     assert {"/predict", "/models", "/health", "/"} <= set(openapi["paths"])
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/predict" in docs.text and "/openapi.json" in docs.text
+    assert client.get("/redoc").status_code == 404  # FastAPI's, which loads its script from a CDN
+    for path in ("/models", "/health", "/docs", "/openapi.json", "/"):
+        text = client.get(path).text
+        assert str(REPO) not in text and str(tiny_checkpoint.parent) not in text, path  # no place on the server
+        assert "http://" not in text and "https://" not in text, path  # nothing fetched from elsewhere
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "http://" not in page.text and "https://" not in page.text  # nothing fetched from elsewhere
 
 
 # --- every error code ----------------------------------------------------------------------------
@@ -204,7 +215,7 @@ def test_concurrent_requests_share_model_batches(tiny_checkpoint, uploads):
         ]
         for thread in rest:
             thread.start()
-        while client.app.state.fer.batcher._jobs.qsize() < 8:  # each has read its image and reached the batcher
+        while client.app.state.fer.batcher.submitted < 9:  # each has read its image and reached the batcher
             time.sleep(0.01)
         release.set()
         for thread in [lead, *rest]:
@@ -268,7 +279,7 @@ def real_server(tiny_checkpoint):
 
 def test_a_real_server_over_http(real_server, uploads, tiny_checkpoint):
     host, port = real_server.removeprefix("http://").split(":")
-    head = "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    head = f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
     with socket.create_connection((host, int(port))) as slow, socket.create_connection((host, int(port))) as broken:
         slow.sendall((head + "Content-Length: 100000\r\n\r\n--b\r\n").encode())  # ... and then nothing more
         broken.sendall((head + "Content-Length: 100000\r\n\r\n--b\r\nContent-Disp").encode())
