@@ -1257,7 +1257,7 @@ def serve(
     max_megapixels: Annotated[
         float,
         typer.Option(
-            "--max-megapixels", min=0.001, metavar="MP", help="Pixels of one image, from its header; more: 413."
+            "--max-megapixels", min=0.001, metavar="MP", help="Pixels of one image (from its header); more: 413."
         ),
     ] = 40.0,
     decode_memory_mb: Annotated[
@@ -1272,25 +1272,28 @@ def serve(
     upload_budget_mb: Annotated[
         float,
         typer.Option(
-            "--upload-budget-mb", min=0.001, metavar="MB", help="Bodies of all requests in hand; more: 503."
+            "--upload-budget-mb", min=0.001, metavar="MB", help="Bodies of all requests in hand, together; more: 503."
         ),
     ] = 256.0,
     max_connections: Annotated[
         int,
         typer.Option(
-            "--max-connections", min=1, metavar="N", help="Connections open at once; more: 503 (fewer if files are short)."
+            "--max-connections", min=1, metavar="N", help="Connections open at once (fewer if ulimit -n is low); more: 503."
         ),
     ] = 1000,
     header_timeout: Annotated[
-        float, typer.Option("--header-timeout", min=0.1, metavar="S", help="For a request's headers; then 408.")
+        float, typer.Option("--header-timeout", min=0.1, metavar="S", help="Seconds for a request's headers; then 408.")
     ] = 10.0,
     body_timeout: Annotated[
-        float, typer.Option("--body-timeout", min=0.1, metavar="S", help="For a request's body; then 408.")
+        float, typer.Option("--body-timeout", min=0.1, metavar="S", help="Seconds for a request's body; then 408.")
     ] = 60.0,
     shutdown_grace: Annotated[
         float,
         typer.Option(
-            "--shutdown-grace", min=1, metavar="S", help="On SIGTERM/Ctrl-C, for requests in progress to be answered."
+            "--shutdown-grace",
+            min=1,
+            metavar="S",
+            help="Seconds SIGTERM/Ctrl-C leaves received requests to be answered (an upload still arriving: 503).",
         ),
     ] = 5.0,
     allow_host: Annotated[

@@ -44,10 +44,11 @@ from ..outputs.results import JsonWriter, Prediction, printable
 from .batcher import Batcher
 from .docs import api_page
 from .door import Door, HostCheck, busy
-from .pool import FairPool, MemoryBudget, Stopping
+from .pool import FairPool, MemoryBudget, Stopping, trim
 from .uploads import Refused, annotate_task, check_sizes, header_tasks, read_tasks
 
 PAGE = Path(__file__).with_name("page.html")
+IDLE_TRIM_S = 1.0  # idle this long after a request: freed memory handed back to the system
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,8 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
             return _error(503, "the server is stopping", headers={"Retry-After": "5"})
         finally:
             state.waiting -= len(files)
+            if state.waiting == 0:
+                state.fell_idle()
         return Response(_json_document(rows, predictor.class_names), media_type="application/json")
 
     @app.get("/models", summary="The models this server runs, and what `fer models` lists")
@@ -247,6 +250,20 @@ class _State:
             for c, device in zip(predictor.classifiers, predictor.devices)
         ]
         self.page = PAGE.read_text(encoding="utf-8")
+        self._trim_timer: asyncio.TimerHandle | None = None
+
+    def fell_idle(self) -> None:
+        """Nothing waiting: if it stays so for a second, hand the memory freed since back to the
+        system, so that the RSS returns near idle after a burst (glibc keeps it otherwise)."""
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._trim_timer = loop.call_later(IDLE_TRIM_S, self._trim_if_idle, loop)
+
+    def _trim_if_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._trim_timer = None
+        if self.waiting == 0:
+            loop.run_in_executor(None, trim)
 
 
 def _without_paths(catalogue: dict) -> dict:

@@ -2,10 +2,10 @@
 
 A request's images are read (decoded, searched for faces, made into model pixels) one task each.
 The pool's threads take tasks from the requests waiting in turn, one task of each request before a
-second of any, so a one-image request waits for at most the tasks already running, not behind a
-100-image request that came first. Each task declares the memory it may hold at its peak (a decode's
-estimate); tasks run only while the ones running together fit in the budget, so many large photos
-at once are decoded a few at a time instead of all at once.
+second of any, and one request holds at most half the threads, so a one-image request starts at
+once or soon, not behind a 100-image request that came first. Each task declares the memory it may
+hold at its peak (a decode's estimate); tasks run only while the ones running together fit in the
+budget, so many large photos at once are decoded a few at a time instead of all at once.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class _Job:
     results: list = field(default_factory=list)
     started: int = 0  # tasks handed to a thread so far
     finished: int = 0
+    running: int = 0
     future: Future = field(default_factory=Future)
 
 
@@ -72,6 +73,7 @@ class FairPool:
 
     def __init__(self, threads: int, budget: MemoryBudget, name: str = "fer-read"):
         self.budget = budget
+        self.per_job = max(1, threads // 2)  # threads one job may hold at once: the others stay free for the rest
         self._turns: deque[_Job] = deque()  # jobs with a task not yet started, in the order of their turns
         self._changed = threading.Condition()
         self._closed = False
@@ -115,16 +117,18 @@ class FairPool:
     def _next(self) -> tuple[_Job, int] | None:
         with self._changed:
             while True:
-                while self._turns and self._turns[0].future.done():  # failed or cancelled: drop the rest
-                    self._turns.popleft()
-                if self._turns:
+                for job in [job for job in self._turns if job.future.done()]:  # failed or cancelled: drop the rest
+                    self._turns.remove(job)
+                job = next((job for job in self._turns if job.running < self.per_job), None)
+                if job is not None:
                     break
-                if self._closed:
+                if self._closed and not self._turns:
                     return None
                 self._changed.wait()
-            job = self._turns.popleft()
+            self._turns.remove(job)
             index = job.started
             job.started += 1
+            job.running += 1
             if job.started < len(job.tasks):
                 self._turns.append(job)  # its next task waits its turn behind the other jobs'
             return job, index
@@ -141,7 +145,9 @@ class FairPool:
                 _settle(job.future, error=error)
             with self._changed:
                 job.finished += 1
+                job.running -= 1
                 complete = job.finished == len(job.tasks)
+                self._changed.notify()  # its job may take another thread now
             if complete:
                 _settle(job.future, result=job.results)
 
@@ -153,6 +159,11 @@ def _settle(future: Future, result=None, error: BaseException | None = None) -> 
             future.set_exception(error)
         else:
             future.set_result(result)
+
+
+def trim() -> None:
+    """Hand freed memory back to the system now (the server calls it when it falls idle)."""
+    _trim()
 
 
 def _trim() -> None:
