@@ -163,8 +163,13 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
                 return Response(png[0], media_type="image/png")
         except Refused as refusal:
             return _error(refusal.status, refusal.detail)
-        except Stopping:
-            return _error(503, "the server is stopping", headers={"Retry-After": "5"})
+        except (Stopping, asyncio.CancelledError):
+            # uvicorn cancels what is not answered when the shutdown grace ends: that is an answer too, not a 500
+            return _error(
+                503,
+                "the server is stopping and could not answer in time (fer serve --shutdown-grace)",
+                headers={"Retry-After": "5"},
+            )
         finally:
             state.waiting -= len(files)
             if state.waiting == 0:
