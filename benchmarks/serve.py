@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--attack-seconds", type=float, default=60, help="how long the attack mix runs")
     parser.add_argument("--rss-ceiling-gb", type=float, default=8, help="kill the server past this RSS")
     parser.add_argument(
-        "--without", action="append", default=[], choices=["thin", "pixels", "faces", "slow"], help="leave an attack out"
+        "--without", action="append", default=[], choices=["thin", "pixels", "faces", "slow"], help="an attack left out"
     )
     args = parser.parse_args()
     levels = args.concurrency or [1, 8, 64]
@@ -196,7 +196,12 @@ def attack_mix(images: list, server_args: list[str], seconds: float, ceiling: in
             f"| {name}: connections the server closed (held at most) / still open at the end (held at most) | "
             f"{len(held)} ({max(held, default=0):.0f}s) / {len(still)} ({max(still, default=0):.0f}s) |"
         )
-    stop = "-" if stop_took is None else f"{stop_took:.1f}s (exit {stop_code})" if stop_code is not None else f"not within {stop_took:.0f}s (killed)"
+    if stop_took is None:
+        stop = "-"
+    elif stop_code is None:
+        stop = f"not within {stop_took:.0f}s (killed)"
+    else:
+        stop = f"{stop_took:.1f}s (exit {stop_code})"
     print(f"| SIGTERM with an upload stalled: the server exits after | {stop} |")
     print(f"| load average at the start of the quiet wait | {load_during:.1f} |")
 
@@ -352,7 +357,8 @@ def collage(images: list, columns: int = 6, side: int = 96, gap: int = 24) -> by
     page = Image.new("L", (columns * (side + gap) + gap,) * 2, 255)
     for i in range(columns * columns):
         face = Image.open(io.BytesIO(images[i * 37 % len(images)][1])).convert("L")
-        page.paste(face.resize((side, side), Image.Resampling.BICUBIC), (gap + i % columns * (side + gap), gap + i // columns * (side + gap)))
+        corner = (gap + i % columns * (side + gap), gap + i // columns * (side + gap))
+        page.paste(face.resize((side, side), Image.Resampling.BICUBIC), corner)
     buffer = io.BytesIO()
     page.save(buffer, "PNG")
     return buffer.getvalue()

@@ -414,7 +414,9 @@ def test_the_page_when_the_browser_or_the_server_fails(browser, tmp_path):
     tiff = cards["face.tif"]
     assert not tiff["failed"] and not tiff["preview"] and tiff["bars"] == len(CLASSES), tiff
     assert "no preview: this browser cannot show the image" in tiff["text"]
-    assert cards["crash.png"]["failed"] and "the server answered 500 Internal Server Error" in cards["crash.png"]["text"]
+    assert (
+        cards["crash.png"]["failed"] and "the server answered 500 Internal Server Error" in cards["crash.png"]["text"]
+    )
     assert cards["html.png"]["failed"] and "not JSON" in cards["html.png"]["text"]
     busy = cards["busy.png"]
     assert busy["failed"] and "the server is busy: gave up after 6 tries (busy: 256 images waiting)" in busy["text"]

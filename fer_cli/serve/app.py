@@ -142,25 +142,14 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
             return busy(state)
         state.waiting += len(files)
         try:
-            items = [
-                ImageBytes(upload.filename or f"upload-{number}", await upload.read())
-                for number, upload in enumerate(files, 1)
-            ]
-            for upload in files:  # its spooled copy, if any: the bytes are in hand
-                await upload.close()
-            headers = await _run(state.readers.submit(header_tasks(items)))
-            check_sizes(items, headers, config.max_pixels, config.decode_budget_bytes)
-            read = await _run(state.readers.submit(read_tasks(predictor, items, headers, config.max_faces)))
-            outcomes: list[Outcome] = await _run(state.batcher.submit(items, read))
+            items = await _received(files)
+            headers, outcomes = await _read_and_run(state, items)
             rows = [to_predictions(outcome, vote, predictor.class_names, model_label) for outcome in outcomes]
             if all(outcome.error for outcome in outcomes):
                 return _error(422, "\n".join(_skipped_line(outcome) for outcome in outcomes))
             if annotate:
-                try:
-                    png = await _run(state.readers.submit([annotate_task(items[0], headers[0], rows[0], state.colours)]))
-                except ValueError as error:  # the copy could not be drawn (AnnotationError)
-                    return _error(422, f"no annotated copy of {printable(items[0].name)}: {error}")
-                return Response(png[0], media_type="image/png")
+                return await _annotated_answer(state, items[0], headers[0], rows[0])
+            return Response(_json_document(rows, predictor.class_names), media_type="application/json")
         except Refused as refusal:
             return _error(refusal.status, refusal.detail)
         except (Stopping, asyncio.CancelledError):
@@ -174,7 +163,6 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
             state.waiting -= len(files)
             if state.waiting == 0:
                 state.fell_idle()
-        return Response(_json_document(rows, predictor.class_names), media_type="application/json")
 
     @app.get("/models", summary="The models this server runs, and what `fer models` lists")
     def models() -> dict:
@@ -206,10 +194,35 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
     return app
 
 
-async def _run(future):
-    """Await a thread's future; if the request is abandoned (its client gone, the server stopping),
-    its work not yet started is dropped."""
-    return await asyncio.wrap_future(future)
+async def _received(files: list[UploadFile]) -> list[ImageBytes]:
+    """The uploads' bytes, in hand; their spooled copies, if any, closed."""
+    items = [
+        ImageBytes(upload.filename or f"upload-{number}", await upload.read()) for number, upload in enumerate(files, 1)
+    ]
+    for upload in files:
+        await upload.close()
+    return items
+
+
+async def _read_and_run(state: _State, items: list[ImageBytes]) -> tuple[list, list[Outcome]]:
+    """Each image weighed from its header (a request with one too large is refused, 413), read in
+    the reading threads, then through the models: (the headers, the outcomes). Awaiting a thread's
+    future through ``wrap_future``: if the request is abandoned, its work not yet started is dropped."""
+    config = state.config
+    headers = await asyncio.wrap_future(state.readers.submit(header_tasks(items)))
+    check_sizes(items, headers, config.max_pixels, config.decode_budget_bytes)
+    reading = read_tasks(state.predictor, items, headers, config.max_faces)
+    read = await asyncio.wrap_future(state.readers.submit(reading))
+    return headers, await asyncio.wrap_future(state.batcher.submit(items, read))
+
+
+async def _annotated_answer(state: _State, item: ImageBytes, header, predictions: list[Prediction]) -> Response:
+    """The annotated PNG, drawn in the reading threads within the decode budget; 422 if it cannot be drawn."""
+    try:
+        png = await asyncio.wrap_future(state.readers.submit([annotate_task(item, header, predictions, state.colours)]))
+    except ValueError as error:  # AnnotationError: the drawing library failed on this image
+        return _error(422, f"no annotated copy of {printable(item.name)}: {error}")
+    return Response(png[0], media_type="image/png")
 
 
 def _close(state: _State) -> None:

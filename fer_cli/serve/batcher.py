@@ -41,9 +41,7 @@ class _Job:
         return len(self.owners) - self.done
 
     def outcomes(self) -> list[Outcome]:
-        return [
-            Outcome(self.items[index].name, faces=self.faces[index], error=error) for index, error in self.inputs
-        ]
+        return [Outcome(self.items[index].name, faces=self.faces[index], error=error) for index, error in self.inputs]
 
 
 class Batcher:
@@ -162,7 +160,7 @@ class Batcher:
         self.faces += len(owners)
         self.faces_waiting -= len(owners)
         offset = 0
-        for job, start, end in slices:
+        for job, _, end in slices:
             for (index, _), outcome in zip(job.inputs, outcomes[offset : offset + len(job.items)]):
                 job.faces[index].extend(outcome.faces)
             offset += len(job.items)

@@ -12,9 +12,11 @@ from html import escape
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 900px; padding: 0 20px 40px; color: #18181b; }
 h1 { font-size: 22px; } h2 { font-size: 16px; margin: 28px 0 6px; font-family: ui-monospace, monospace; }
-.method { display: inline-block; min-width: 48px; padding: 1px 6px; border-radius: 4px; color: #fff; background: #2563eb; }
+.method { display: inline-block; min-width: 48px; padding: 1px 6px; border-radius: 4px; color: #fff;
+          background: #2563eb; }
 .post { background: #16a34a; }
-table { border-collapse: collapse; margin: 6px 0; } td, th { border: 1px solid #e4e4e7; padding: 3px 8px; text-align: left; }
+table { border-collapse: collapse; margin: 6px 0; }
+td, th { border: 1px solid #e4e4e7; padding: 3px 8px; text-align: left; }
 code { font-family: ui-monospace, monospace; } .muted { color: #71717a; }
 """
 
@@ -48,10 +50,8 @@ def _operation(method: str, path: str, operation: dict) -> str:
     if parameters:
         html.append("<table><tr><th>parameter</th><th>in</th><th>what</th></tr>")
         for parameter in parameters:
-            html.append(
-                f"<tr><td><code>{escape(parameter.get('name', ''))}</code></td><td>{escape(parameter.get('in', ''))}</td>"
-                f"<td>{escape(parameter.get('description', ''))}</td></tr>"
-            )
+            name, where, what = (escape(parameter.get(key, "")) for key in ("name", "in", "description"))
+            html.append(f"<tr><td><code>{name}</code></td><td>{where}</td><td>{what}</td></tr>")
         html.append("</table>")
     if body := operation.get("requestBody"):
         kinds = ", ".join(escape(kind) for kind in body.get("content", {}))

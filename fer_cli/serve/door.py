@@ -175,4 +175,3 @@ def _shown(text: str, most: int = 80) -> str:
     """A client's header quoted in an answer: printable, and short."""
     text = "".join(c if c.isprintable() else "?" for c in text)
     return repr(text if len(text) <= most else text[:most] + "...")
-
