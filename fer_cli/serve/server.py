@@ -5,7 +5,9 @@ connections and the size of a request's head, not a head or a body that arrives 
 nor how many connections are open. ``GuardedH11`` is uvicorn's h11 protocol with those added:
 
 * at most ``max_connections`` open at once: one more is answered 503 (Retry-After) and closed at
-  once, so a flood of half-open connections cannot use up the process's file descriptors;
+  once, so a flood of half-open connections cannot use up the process's file descriptors (and the
+  event loop accepts at most a quarter of that many at a time, so the ones accepted before they
+  are refused fit too; should the system run out all the same, that is one line in the log);
 * a request's line and headers must arrive within ``header_timeout_s`` (of the connection opening,
   or of the previous answer on a kept-alive connection): 408 and closed;
 * its body within ``body_timeout_s`` of its headers: 408 and closed;
@@ -21,12 +23,15 @@ finish reading it). The subclass relies on uvicorn's H11Protocol and RequestResp
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import logging
 import resource
 import socket
 from dataclasses import dataclass
 
 import h11
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 FD_RESERVE = 100  # file descriptors kept for the process itself: model files, threads, logs...
@@ -57,8 +62,6 @@ def connection_cap(wanted: int) -> int:
 
 def run(application, listening: socket.socket, limits: ConnectionLimits, access_log: bool) -> None:
     """Serve ``application`` on the bound, listening socket until SIGTERM or Ctrl-C."""
-    import uvicorn
-
     config = uvicorn.Config(
         application,
         http=guarded_protocol(limits),
@@ -66,10 +69,38 @@ def run(application, listening: socket.socket, limits: ConnectionLimits, access_
         log_level="info",
         lifespan="on",
         timeout_graceful_shutdown=max(1, round(limits.shutdown_grace_s)),
+        # asyncio accepts up to `backlog` connections in one go, before any is refused: a quarter
+        # of the cap keeps a burst within the file descriptors connection_cap set aside
+        backlog=max(8, limits.max_connections // 4),
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     with listening:
         server.run(sockets=[listening])
+
+
+class _Server(uvicorn.Server):
+    async def startup(self, sockets=None) -> None:
+        asyncio.get_running_loop().set_exception_handler(_out_of_files_in_one_line)
+        await super().startup(sockets)
+
+
+def _out_of_files_in_one_line(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """asyncio logs a traceback for every accept() that finds no file descriptor left (then stops
+    accepting for a second and goes on): say so in one line, once a second; anything else as
+    asyncio would."""
+    error = context.get("exception")
+    if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
+        if loop.time() - _said["out of files"] >= 1.0:
+            _said["out of files"] = loop.time()
+            logging.getLogger("uvicorn.error").warning(
+                "no file descriptor left to accept a connection: not accepting for a second "
+                "(fer serve --max-connections, ulimit -n)"
+            )
+        return
+    loop.default_exception_handler(context)
+
+
+_said = {"out of files": float("-inf")}  # when each once-a-second line was last said
 
 
 def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
