@@ -1247,8 +1247,63 @@ def serve(
     ] = 2.0,
     max_batch: Annotated[
         int,
-        typer.Option("--max-batch", min=1, metavar="N", help="Faces gathered into one model batch (more on a GPU)."),
+        typer.Option(
+            "--max-batch", min=1, metavar="N", help="Faces in one model batch (more on a GPU); a request's are split."
+        ),
     ] = 16,
+    max_faces: Annotated[
+        int, typer.Option("--max-faces", min=1, metavar="N", help="Faces in one request at most; more: 413.")
+    ] = 1000,
+    max_megapixels: Annotated[
+        float,
+        typer.Option(
+            "--max-megapixels", min=0.001, metavar="MP", help="Pixels of one image (from its header); more: 413."
+        ),
+    ] = 40.0,
+    decode_memory_mb: Annotated[
+        float,
+        typer.Option(
+            "--decode-memory-mb",
+            min=1,
+            metavar="MB",
+            help="Memory for images being decoded at once (others wait); one image needing more: 413.",
+        ),
+    ] = 768.0,
+    upload_budget_mb: Annotated[
+        float,
+        typer.Option(
+            "--upload-budget-mb", min=0.001, metavar="MB", help="Bodies of all requests in hand, together; more: 503."
+        ),
+    ] = 256.0,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            "--max-connections", min=1, metavar="N", help="Connections open at once (fewer if ulimit -n is low); more: 503."
+        ),
+    ] = 1000,
+    header_timeout: Annotated[
+        float, typer.Option("--header-timeout", min=0.1, metavar="S", help="Seconds for a request's headers; then 408.")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option("--body-timeout", min=0.1, metavar="S", help="Seconds for a request's body; then 408.")
+    ] = 60.0,
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(
+            "--shutdown-grace",
+            min=1,
+            metavar="S",
+            help="Seconds SIGTERM/Ctrl-C leaves received requests to be answered (an upload still arriving: 503).",
+        ),
+    ] = 5.0,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            metavar="NAME",
+            help="Another name to answer to (besides localhost, IP addresses, this host's name); '*': any. Repeatable.",
+        ),
+    ] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="A line per request.")] = True,
 ) -> None:
     """Serve predictions over HTTP, with a page to drop photos on.
@@ -1257,6 +1312,9 @@ def serve(
     --format json` prints, each with the client's file name as its path; ?annotate=true with one
     image answers the annotated PNG. GET /models, GET /health; GET / is the page, /docs the API.
     Models load once, before the server listens. Needs the serve extra: pip install '.[serve]'.
+
+    Every limit answers at once with a status and one line (413 too large, 408 too slow, 503 busy
+    with Retry-After); other web pages (a foreign Origin or Host) are refused.
 
     \b
     Examples:
@@ -1278,6 +1336,7 @@ def serve(
     from .engine.predict import Predictor
     from .models.zoo import resolve_model
     from .serve.app import ServeConfig, create_app
+    from .serve.server import ConnectionLimits, connection_cap
 
     classifiers = [resolve_model(name) for name in model] if model else [resolve_model(None, note=_note)]
     if len(classifiers) == 1:
@@ -1288,10 +1347,20 @@ def serve(
     predictor = Predictor(classifiers, device, faces.value, tta=tta)
     config = ServeConfig(
         max_upload_bytes=round(max_upload_mb * 2**20),
+        upload_budget_bytes=round(max(upload_budget_mb, max_upload_mb) * 2**20),  # room for one largest upload
         queue=queue,
+        max_pixels=round(max_megapixels * 1e6),
+        decode_budget_bytes=round(decode_memory_mb * 2**20),
+        max_faces=max_faces,
         batch_window_s=batch_window_ms / 1000,
         max_batch=max_batch,
+        host=host,
+        allowed_hosts=tuple(allow_host or ()),
     )
+    connections = connection_cap(max_connections)
+    if connections < max_connections:
+        _note(f"--max-connections {max_connections} lowered to {connections}: the open-file limit (ulimit -n) holds no more")
+    limits = ConnectionLimits(connections, header_timeout, body_timeout, shutdown_grace)
     try:  # bound here, so that a port in use is one line and exit 2, and --port 0 can say which it got
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listening = socket.socket(family, socket.SOCK_STREAM)
@@ -1310,15 +1379,13 @@ def serve(
         f"serving {label} ({', '.join(predictor.devices)}) on http://{shown}:{bound}/ (API: /docs); Ctrl-C stops",
         highlight=False,
     )
-    _run_server(create_app(predictor, vote, label, config), listening, access_log)
+    _run_server(create_app(predictor, vote, label, config), listening, limits, access_log)
 
 
-def _run_server(application, listening, access_log: bool) -> None:
-    import uvicorn
+def _run_server(application, listening, limits, access_log: bool) -> None:
+    from .serve.server import run
 
-    server = uvicorn.Server(uvicorn.Config(application, access_log=access_log, log_level="info", lifespan="on"))
-    with listening:
-        server.run(sockets=[listening])
+    run(application, listening, limits, access_log)
 
 
 # `fer --help` lists the commands in the order people use them.

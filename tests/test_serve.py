@@ -39,7 +39,8 @@ def make_client(checkpoints, **config) -> TestClient:
         vote, label = (lambda probs: probs[:, 0]), classifiers[0].name
     else:
         vote, label = (lambda probs: probs.mean(axis=1)), "ensemble: mean probability"
-    return TestClient(create_app(predictor, vote, label, ServeConfig(**config)))
+    # The server answers to localhost, its addresses and its host name; TestClient's own "testserver" is none of them.
+    return TestClient(create_app(predictor, vote, label, ServeConfig(**config)), base_url="http://localhost")
 
 
 @pytest.fixture
@@ -108,15 +109,25 @@ def test_models_health_docs_and_page(client, tiny_checkpoint):
     models = client.get("/models").json()
     assert [m["name"] for m in models["serving"]] == ["tiny"]
     assert models["serving"][0]["class_names"] == CLASSES
-    assert models["shipped"] == model_catalogue()["shipped"]  # what `fer models` lists
+    listed = [
+        {**{key: value for key, value in entry.items() if key != "path"}, "file": Path(entry["path"]).name}
+        for entry in model_catalogue()["shipped"]
+    ]
+    assert models["shipped"] == listed  # what `fer models` lists, each file by its name only
+    assert models["serving"][0]["file"] == "tiny.pt"
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["model"] == "tiny" and health["waiting"] == 0
     openapi = client.get("/openapi.json").json()
     assert {"/predict", "/models", "/health", "/"} <= set(openapi["paths"])
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/predict" in docs.text and "/openapi.json" in docs.text
+    assert client.get("/redoc").status_code == 404  # FastAPI's, which loads its script from a CDN
+    for path in ("/models", "/health", "/docs", "/openapi.json", "/"):
+        text = client.get(path).text
+        assert str(REPO) not in text and str(tiny_checkpoint.parent) not in text, path  # no place on the server
+        assert "http://" not in text and "https://" not in text, path  # nothing fetched from elsewhere
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "http://" not in page.text and "https://" not in page.text  # nothing fetched from elsewhere
 
 
 # --- every error code ----------------------------------------------------------------------------
@@ -204,7 +215,7 @@ def test_concurrent_requests_share_model_batches(tiny_checkpoint, uploads):
         ]
         for thread in rest:
             thread.start()
-        while client.app.state.fer.batcher._jobs.qsize() < 8:  # each has read its image and reached the batcher
+        while client.app.state.fer.batcher.submitted < 9:  # each has read its image and reached the batcher
             time.sleep(0.01)
         release.set()
         for thread in [lead, *rest]:
@@ -268,7 +279,7 @@ def real_server(tiny_checkpoint):
 
 def test_a_real_server_over_http(real_server, uploads, tiny_checkpoint):
     host, port = real_server.removeprefix("http://").split(":")
-    head = "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    head = f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
     with socket.create_connection((host, int(port))) as slow, socket.create_connection((host, int(port))) as broken:
         slow.sendall((head + "Content-Length: 100000\r\n\r\n--b\r\n").encode())  # ... and then nothing more
         broken.sendall((head + "Content-Length: 100000\r\n\r\n--b\r\nContent-Disp").encode())
@@ -285,58 +296,84 @@ def test_a_real_server_over_http(real_server, uploads, tiny_checkpoint):
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 CHROMEDRIVER = shutil.which("chromedriver")
-
-
-@pytest.mark.skipif(
+needs_a_browser = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
     reason="no headless browser here: the page check needs chromium and chromedriver "
     "(Debian: apt-get install chromium chromium-driver)",
 )
-def test_the_page_in_a_headless_browser(real_server, tmp_path):
-    """Photos picked on the page come back with a box per face, a label and a bar per class."""
-    photos = [REPO / "examples" / "happy.png", REPO / "examples" / "astronaut.jpg"]
+
+
+class Browser:
+    """One headless chromium session, spoken to over the WebDriver protocol."""
+
+    def __init__(self, web: httpx.Client, session: str):
+        self.web, self.base = web, f"/session/{session}"
+
+    def run(self, script: str):
+        return self.web.post(f"{self.base}/execute/sync", json={"script": script, "args": []}).json()["value"]
+
+    def open(self, url: str) -> None:
+        self.web.post(f"{self.base}/url", json={"url": url})
+
+    def pick(self, paths: list[Path]) -> None:
+        """Pick the files on the page's file input, as a user would."""
+        found = self.web.post(f"{self.base}/element", json={"using": "css selector", "value": "#pick"}).json()
+        element = next(iter(found["value"].values()))
+        self.web.post(f"{self.base}/element/{element}/value", json={"text": "\n".join(map(str, paths))})
+
+    def cards_when_done(self, count: int, timeout: float = 60) -> list[dict]:
+        """Once ``count`` cards have ended (results or an error): each one's name, boxes, bars and text."""
+        deadline = time.monotonic() + timeout
+        while self.run("return document.querySelectorAll('.card.done, .card.failed').length") < count:
+            assert time.monotonic() < deadline, self.run("return document.body.innerText")
+            time.sleep(0.2)
+        return self.run(
+            "return [...document.querySelectorAll('.card')].map(card => ({"
+            "name: card.querySelector('h2').textContent, boxes: card.querySelectorAll('.box').length, "
+            "bars: card.querySelectorAll('.bar').length, failed: card.classList.contains('failed'), "
+            "preview: !!card.querySelector('img'), text: card.innerText}))"
+        )
+
+    def screenshot(self) -> bytes:
+        return base64.b64decode(self.web.get(f"{self.base}/screenshot").json()["value"])
+
+
+@pytest.fixture
+def browser(real_server):
+    """The page of the real server, open in headless chromium."""
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         driver_port = free.getsockname()[1]
     driver = subprocess.Popen([CHROMEDRIVER, f"--port={driver_port}"], stdout=subprocess.DEVNULL)
     try:
-        web = httpx.Client(base_url=f"http://127.0.0.1:{driver_port}", timeout=60)
-        for _ in range(200):
+        with httpx.Client(base_url=f"http://127.0.0.1:{driver_port}", timeout=60) as web:
+            for _ in range(200):
+                try:
+                    if web.get("/status").json()["value"]["ready"]:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            arguments = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+            capabilities = {"browserName": "chrome", "goog:chromeOptions": {"binary": CHROMIUM, "args": arguments}}
+            session = web.post("/session", json={"capabilities": {"alwaysMatch": capabilities}}).json()["value"]
+            browser = Browser(web, session["sessionId"])
             try:
-                if web.get("/status").json()["value"]["ready"]:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        arguments = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-        capabilities = {"browserName": "chrome", "goog:chromeOptions": {"binary": CHROMIUM, "args": arguments}}
-        session = web.post("/session", json={"capabilities": {"alwaysMatch": capabilities}}).json()["value"]
-        base = f"/session/{session['sessionId']}"
-
-        def run(script: str):
-            return web.post(f"{base}/execute/sync", json={"script": script, "args": []}).json()["value"]
-
-        try:
-            web.post(f"{base}/window/rect", json={"width": 1100, "height": 1000})
-            web.post(f"{base}/url", json={"url": real_server + "/"})
-            found = web.post(f"{base}/element", json={"using": "css selector", "value": "#pick"}).json()["value"]
-            element = next(iter(found.values()))
-            web.post(f"{base}/element/{element}/value", json={"text": "\n".join(map(str, photos))})
-            deadline = time.monotonic() + 60
-            while run("return document.querySelectorAll('.card.done, .card.failed').length") < 2:
-                assert time.monotonic() < deadline, run("return document.body.innerText")
-                time.sleep(0.2)
-            cards = run(
-                "return [...document.querySelectorAll('.card')].map(card => ({"
-                "name: card.querySelector('h2').textContent, boxes: card.querySelectorAll('.box').length, "
-                "bars: card.querySelectorAll('.bar').length, text: card.innerText}))"
-            )
-            screenshot = web.get(f"{base}/screenshot").json()["value"]
-        finally:
-            web.delete(base)
+                web.post(f"{browser.base}/window/rect", json={"width": 1100, "height": 1000})
+                browser.open(real_server + "/")
+                yield browser
+            finally:
+                web.delete(browser.base)
     finally:
         driver.terminate()
         driver.wait(timeout=30)
-    (tmp_path / "page.png").write_bytes(base64.b64decode(screenshot))
+
+
+@needs_a_browser
+def test_the_page_in_a_headless_browser(browser, tmp_path):
+    """Photos picked on the page come back with a box per face, a label and a bar per class."""
+    browser.pick([REPO / "examples" / "happy.png", REPO / "examples" / "astronaut.jpg"])
+    cards = browser.cards_when_done(2)
+    (tmp_path / "page.png").write_bytes(browser.screenshot())
     if os.environ.get("FER_SCREENSHOT"):  # where to keep the screenshot, to look at it
         shutil.copy(tmp_path / "page.png", os.environ["FER_SCREENSHOT"])
     by_name = {card["name"]: card for card in cards}
@@ -345,3 +382,42 @@ def test_the_page_in_a_headless_browser(real_server, tmp_path):
         assert card["boxes"] == 1 and card["bars"] == len(CLASSES), card
         assert any(name in card["text"] for name in CLASSES)
     assert Image.open(tmp_path / "page.png").size[0] > 0
+
+
+@needs_a_browser
+def test_the_page_when_the_browser_or_the_server_fails(browser, tmp_path):
+    """A TIFF the browser cannot show still lists its faces; a 500, an answer that is not JSON and a
+    server busy for good each end the card with a message instead of 'predicting…' forever."""
+    Image.open(REPO / "examples" / "happy.png").save(tmp_path / "face.tif")
+    for name in ("crash.png", "html.png", "busy.png"):
+        shutil.copy(REPO / "examples" / "sad.png", tmp_path / name)
+    # The failures are the page's fetch answering as a broken server or proxy would: only the page is under test.
+    browser.run(
+        """
+        const real = window.fetch;
+        window.busyTries = 0;
+        window.fetch = async (url, options) => {
+          const name = options && options.body ? options.body.get("files").name : "";
+          if (name === "crash.png") return new Response("Internal Server Error", {status: 500,
+            statusText: "Internal Server Error", headers: {"content-type": "text/plain"}});
+          if (name === "html.png") return new Response("<html>a proxy's page</html>", {status: 200,
+            headers: {"content-type": "text/html"}});
+          if (name === "busy.png") { window.busyTries++; return new Response('{"detail": "busy: 256 images waiting"}',
+            {status: 503, headers: {"content-type": "application/json", "retry-after": "0"}}); }
+          return real(url, options);
+        };
+        """
+    )
+    browser.pick([tmp_path / name for name in ("face.tif", "crash.png", "html.png", "busy.png")])
+    cards = {card["name"]: card for card in browser.cards_when_done(4)}
+    assert not any("predicting" in card["text"] for card in cards.values())
+    tiff = cards["face.tif"]
+    assert not tiff["failed"] and not tiff["preview"] and tiff["bars"] == len(CLASSES), tiff
+    assert "no preview: this browser cannot show the image" in tiff["text"]
+    assert (
+        cards["crash.png"]["failed"] and "the server answered 500 Internal Server Error" in cards["crash.png"]["text"]
+    )
+    assert cards["html.png"]["failed"] and "not JSON" in cards["html.png"]["text"]
+    busy = cards["busy.png"]
+    assert busy["failed"] and "the server is busy: gave up after 6 tries (busy: 256 images waiting)" in busy["text"]
+    assert browser.run("return window.busyTries") == 6

@@ -79,6 +79,25 @@ def read_image(path: str | os.PathLike | ImageBytes, channels: int) -> Image.Ima
             raise UnreadableImage(f"the decoder failed ({type(error).__name__})") from None
 
 
+def image_header(path: str | os.PathLike | ImageBytes) -> tuple[int, int, str] | None:
+    """The (width, height, mode) an image declares in its header, read without decoding its pixels
+    (to weigh it before reading it); None when it is not an image ``read_image`` opens.
+
+    Raises ``Image.DecompressionBombError`` for a size past Pillow's hard limit (179 megapixels).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        source = io.BytesIO(path.data) if isinstance(path, ImageBytes) else path
+        try:
+            with Image.open(source, formats=IMAGE_FORMATS) as image:
+                return image.width, image.height, image.mode
+        except Image.DecompressionBombError:
+            raise
+        except Exception:  # noqa: BLE001: any failure here is read_image's to report, as the input's error
+            return None
+
+
 def _to_channels(image: Image.Image, channels: int) -> Image.Image:
     if channels == 0:
         channels = 1 if image.mode in ("1", "L", "LA", "I", "F") or image.mode.startswith("I;") else 3

@@ -1,4 +1,11 @@
-"""Annotated copies of the inputs: each face's box, index, label and confidence drawn on the photo."""
+"""Annotated copies of the inputs: each face's box, index, label and confidence drawn on the photo.
+
+A copy is never much larger than its input: small images are enlarged so the text stays readable,
+but only until the long side reaches ``MAX_ENLARGED_SIDE`` (a 1x60000 strip is not made 256 px wide,
+which would be 15 gigapixels), and the text and lines are sized to fit the picture. Whatever goes
+wrong while drawing is an ``AnnotationError`` (a ``ValueError``): one copy that could not be made,
+never a crash of the run or of a server.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,13 @@ from ..inputs.images import ImageBytes, read_image
 from .results import Prediction
 
 MIN_SIDE = 256  # smaller inputs (a 48x48 crop) are enlarged so the text stays readable
+MAX_ENLARGED_SIDE = 4096  # ... but never past this long side (a thin strip stays thin)
+MIN_FONT, MAX_FONT = 12, 160  # text height in px: 1/40 of the long side, within these and half the short side
 KEEP_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
+
+
+class AnnotationError(ValueError):
+    """An annotated copy that could not be drawn (the drawing library failed, or memory ran out)."""
 
 
 class Annotator:
@@ -26,10 +39,17 @@ class Annotator:
         self.written = 0
 
     def annotate(self, path: str, predictions: list[Prediction]) -> Path:
+        """Write the copy; ``OSError`` (cannot write) or ``ValueError`` (cannot read or draw) when it
+        could not be made, so the caller reports one copy missing and goes on."""
         image = annotated(path, predictions, self.colours)
         destination = self._free_name(Path(path))
         save_format = KEEP_FORMAT.get(destination.suffix.lower(), "PNG")
-        image.save(destination, save_format, **({"quality": 92} if save_format == "JPEG" else {}))
+        try:
+            image.save(destination, save_format, **({"quality": 92} if save_format == "JPEG" else {}))
+        except (OSError, ValueError):
+            raise
+        except Exception as error:  # noqa: BLE001: an encoder failing in a way of its own
+            raise AnnotationError(f"cannot encode the copy ({type(error).__name__})") from None
         self.written += 1
         return destination
 
@@ -49,14 +69,36 @@ def class_colours(class_names: list[str]) -> dict[str, tuple[int, int, int]]:
 
 
 def annotated(source: str | ImageBytes, predictions: list[Prediction], colours: dict) -> Image.Image:
-    """An RGB copy of the input with each face's box, index, label and confidence drawn on it."""
+    """An RGB copy of the input with each face's box, index, label and confidence drawn on it.
+
+    Raises ``OSError``/``ValueError`` when the input cannot be read, ``AnnotationError`` (a
+    ``ValueError``) when the copy cannot be drawn.
+    """
     image = read_image(source, channels=3)
-    scale = max(1.0, MIN_SIDE / min(image.size))
+    try:
+        return _draw(image, predictions, colours)
+    except MemoryError:
+        raise AnnotationError("not enough memory to draw the copy") from None
+    except Exception as error:  # noqa: BLE001: Pillow's drawing can fail in ways of its own
+        raise AnnotationError(f"cannot draw the copy ({type(error).__name__})") from None
+
+
+def enlargement(size: tuple[int, int]) -> float:
+    """How much a copy of an image of ``size`` is enlarged: until its short side is MIN_SIDE, but
+    never past MAX_ENLARGED_SIDE on its long side, and never shrunk."""
+    return max(1.0, min(MIN_SIDE / min(size), MAX_ENLARGED_SIDE / max(size)))
+
+
+def _draw(image: Image.Image, predictions: list[Prediction], colours: dict) -> Image.Image:
+    scale = enlargement(image.size)
     if scale > 1.0:
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
     draw = ImageDraw.Draw(image)
-    font = _font(max(12, round(max(image.size) / 40)))
-    line = max(2, round(max(image.size) / 320))
+    short, long = min(image.size), max(image.size)
+    # Sized from the long side, as a photo's; but a thin strip's text is as tall as the strip allows,
+    # not 1/40 of its length (a 25,600-px font is a gigapixel bitmap).
+    font = _font(max(MIN_FONT, min(round(long / 40), MAX_FONT, short // 2)))
+    line = max(2, min(round(long / 320), short // 16))
     if all(p.faces == 0 for p in predictions):
         _label(draw, (0, 0), "no face found", (200, 200, 200), font)
     for p in predictions:

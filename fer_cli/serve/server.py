@@ -1,0 +1,226 @@
+"""Running the app under uvicorn, with guards at the level of connections.
+
+A slow or stalled client must not hold the server: uvicorn's own limits cover idle keep-alive
+connections and the size of a request's head, not a head or a body that arrives a byte at a time,
+nor how many connections are open. ``GuardedH11`` is uvicorn's h11 protocol with those added:
+
+* at most ``max_connections`` open at once: one more is answered 503 (Retry-After) and closed at
+  once, so a flood of half-open connections cannot use up the process's file descriptors (and the
+  event loop accepts at most a quarter of that many at a time, so the ones accepted before they
+  are refused fit too; should the system run out all the same, that is one line in the log);
+* a request's line and headers must arrive within ``header_timeout_s`` (of the connection opening,
+  or of the previous answer on a kept-alive connection): 408 and closed;
+* its body within ``body_timeout_s`` of its headers: 408 and closed;
+* on SIGTERM or Ctrl-C, an upload still arriving is answered 503 and closed at once, and the
+  requests already received have ``shutdown_grace_s`` to be answered before the server stops.
+
+These answers are written straight to the connection (the app never saw the request, or will not
+finish reading it). The subclass relies on uvicorn's H11Protocol and RequestResponseCycle attributes
+(``cycle``, ``more_body``, ``response_started``, ``response_complete``, ``disconnected``,
+``message_event``), stable since uvicorn 0.13.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import resource
+import socket
+from dataclasses import dataclass
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+FD_RESERVE = 100  # file descriptors kept for the process itself: model files, threads, logs...
+FDS_PER_CONNECTION = 2  # its socket, and a part of its upload spooled to a temporary file
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_connections: int = 1000
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    shutdown_grace_s: float = 5.0
+
+
+def connection_cap(wanted: int) -> int:
+    """``wanted`` connections, or fewer when the open-file limit would not hold them (after raising
+    the soft limit to the hard one, as a server may)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 65536 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return max(1, min(wanted, (soft - FD_RESERVE) // FDS_PER_CONNECTION))
+
+
+def run(application, listening: socket.socket, limits: ConnectionLimits, access_log: bool) -> None:
+    """Serve ``application`` on the bound, listening socket until SIGTERM or Ctrl-C."""
+    config = uvicorn.Config(
+        application,
+        http=guarded_protocol(limits),
+        access_log=access_log,
+        log_level="info",
+        lifespan="on",
+        timeout_graceful_shutdown=max(1, round(limits.shutdown_grace_s)),
+        # asyncio accepts up to `backlog` connections in one go, before any is refused: a quarter
+        # of the cap keeps a burst within the file descriptors connection_cap set aside
+        backlog=max(8, limits.max_connections // 4),
+    )
+    server = _Server(config)
+    with listening:
+        server.run(sockets=[listening])
+
+
+class _Server(uvicorn.Server):
+    async def startup(self, sockets=None) -> None:
+        asyncio.get_running_loop().set_exception_handler(_out_of_files_in_one_line)
+        await super().startup(sockets)
+
+
+def _out_of_files_in_one_line(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """asyncio logs a traceback for every accept() that finds no file descriptor left (then stops
+    accepting for a second and goes on): say so in one line, once a second; anything else as
+    asyncio would."""
+    error = context.get("exception")
+    if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
+        if loop.time() - _said["out of files"] >= 1.0:
+            _said["out of files"] = loop.time()
+            logging.getLogger("uvicorn.error").warning(
+                "no file descriptor left to accept a connection: not accepting for a second "
+                "(fer serve --max-connections, ulimit -n)"
+            )
+        return
+    loop.default_exception_handler(context)
+
+
+_said = {"out of files": float("-inf")}  # when each once-a-second line was last said
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
+    return type("GuardedH11", (GuardedH11,), {"limits": limits})
+
+
+class GuardedH11(H11Protocol):
+    limits: ConnectionLimits = ConnectionLimits()
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self._answer_and_close(
+                503,
+                f"busy: {self.limits.max_connections} connections open, the most this server keeps "
+                "(fer serve --max-connections); try again shortly",
+                retry_after=1,
+            )
+            return
+        self._wait_for_head()
+
+    def data_received(self, data: bytes) -> None:
+        before = self.cycle
+        super().data_received(data)
+        self._follow(before)
+
+    def on_response_complete(self) -> None:
+        answered = self.cycle
+        super().on_response_complete()  # may start a pipelined request
+        if not self.transport.is_closing():
+            if self.cycle is answered:
+                self._wait_for_head()
+            else:
+                self._follow(answered)
+
+    def shutdown(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_started and not cycle.response_complete:
+            self._answer_and_close(503, "the server is stopping; the upload was not complete", retry_after=5)
+            return
+        super().shutdown()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    # --- timers -----------------------------------------------------------------------------------
+
+    def _follow(self, before) -> None:
+        """After bytes came in: a request whose head has just arrived stops the head's clock and,
+        while its body is coming, runs the body's; a body complete stops that."""
+        cycle = self.cycle
+        if cycle is not None and cycle is not before:
+            _cancel(self._header_timer)
+            self._header_timer = None
+            if cycle.more_body:
+                self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_late, cycle)
+        if self._body_timer is not None and cycle is not None and not cycle.more_body:
+            _cancel(self._body_timer)
+            self._body_timer = None
+
+    def _wait_for_head(self) -> None:
+        _cancel(self._header_timer)
+        self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_late)
+
+    def _head_late(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            return
+        if self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]:
+            self.transport.close()  # not a byte of a request: nothing to answer
+            return
+        self._answer_and_close(
+            408, f"the request's headers took over {self.limits.header_timeout_s:g}s (fer serve --header-timeout)"
+        )
+
+    def _body_late(self, cycle) -> None:
+        self._body_timer = None
+        if self.transport.is_closing() or cycle is not self.cycle or not cycle.more_body:
+            return
+        if cycle.response_started:  # answered already (413, 503) while the client still sends: done with it
+            self.transport.close()
+            return
+        self._answer_and_close(
+            408, f"the request's body took over {self.limits.body_timeout_s:g}s (fer serve --body-timeout)"
+        )
+
+    def _cancel_timers(self) -> None:
+        for timer in (getattr(self, "_header_timer", None), getattr(self, "_body_timer", None)):
+            _cancel(timer)
+        self._header_timer = self._body_timer = None
+
+    # --- answers the app never gives ----------------------------------------------------------------
+
+    def _answer_and_close(self, status: int, detail: str, retry_after: int | None = None) -> None:
+        """Write a whole JSON answer (the app's shape: {"detail": ...}) and close the connection;
+        the app, if it was reading this request, hears that the client left."""
+        self._cancel_timers()
+        body = json.dumps({"detail": detail}).encode()
+        head = [
+            f"HTTP/1.1 {status} {REASONS[status]}",
+            "content-type: application/json",
+            f"content-length: {len(body)}",
+            "connection: close",
+        ]
+        if retry_after is not None:
+            head.append(f"retry-after: {retry_after}")
+        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # its receive() now says so; its answer goes nowhere
+            cycle.message_event.set()
+        self.transport.close()
+
+
+REASONS = {408: "Request Timeout", 503: "Service Unavailable"}
+
+
+def _cancel(timer: asyncio.TimerHandle | None) -> None:
+    if timer is not None:
+        timer.cancel()
