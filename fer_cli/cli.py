@@ -655,6 +655,15 @@ def calibrate(
         str | None,
         typer.Option("--split", metavar="NAME", help="With --votes: only the rows of this split (e.g. val)."),
     ] = None,
+    prior_correction: Annotated[
+        str,
+        typer.Option(
+            "--prior-correction",
+            metavar="keep|auto|none|TAU",
+            help="Also set the prior correction (logits - TAU x log training prior): auto chooses it on these "
+            "images as fer train does; keep (default) leaves it.",
+        ),
+    ] = "keep",
     faces: FacesOpt = Faces.auto,
     batch_size: BatchSizeOpt = 64,
     workers: WorkersOpt = DEFAULT_WORKERS,
@@ -677,7 +686,7 @@ def calibrate(
     import shutil
 
     from .engine.calibration import calibrate as fit
-    from .engine.calibration import describe
+    from .engine.calibration import describe, describe_prior_correction
     from .engine.ensemble import predict_labelled, voted_files
     from .inputs.votes import split_of
     from .models.checkpoint import store_calibration
@@ -702,10 +711,18 @@ def calibrate(
     labelled = predict_labelled(
         [classifier], folder, device, batch_size, workers, on_skip=_report_skipped, faces=faces.value, votes=voted
     )
+    if labelled.unpredicted:
+        raise FerError(f"{votes} has classes {classifier.name} does not predict ({', '.join(labelled.unpredicted)})")
     clear = labelled.labels >= 0  # with votes: the images with a majority
     fitted_on = folder if voted is None else f"{votes} under {folder}, against the majority of the votes"
-    report = fit(labelled.probs[clear, 0], labelled.labels[clear], classifier.temperature, fitted_on=fitted_on)
-    changed = report["temperature"] != classifier.temperature
+    probs, labels = labelled.probs[:, 0], labelled.labels
+    correction = None
+    if prior_correction != "keep":
+        probs, correction = _refit_prior_correction(classifier, probs, labels, clear, prior_correction, fitted_on)
+        report = fit(probs[clear], labels[clear], 1.0, fitted_on=fitted_on)
+    else:
+        report = fit(probs[clear], labels[clear], classifier.temperature, fitted_on=fitted_on)
+    changed = report["temperature"] != classifier.temperature or correction is not None
     if out is not None:
         destination = out
         try:
@@ -715,12 +732,52 @@ def calibrate(
             raise FerError(f"cannot write {out}: {error.strerror or error}") from None
     else:
         destination = Path(classifier.path)
+    metrics = None
+    if correction is not None:  # the stored validation metrics become the corrected model's, on these images
+        metrics = _scores_on(labelled, probs, clear, classifier.class_names)
     if changed or out is not None:
-        store_calibration(destination, report)
+        store_calibration(destination, report, correction, metrics)
         where = f"written to {destination}"
     else:
         where = f"{destination} left as it was"
-    err_console.print(f"{classifier.name}: {describe(report, classifier.temperature)} ({where})", highlight=False)
+    if correction is not None:
+        err_console.print(f"{classifier.name}: {describe_prior_correction(correction)}", highlight=False)
+    previous = classifier.temperature if prior_correction == "keep" else 1.0
+    err_console.print(f"{classifier.name}: {describe(report, previous)} ({where})", highlight=False)
+
+
+def _scores_on(labelled, corrected, clear, class_names) -> dict:
+    """The metrics ``fer train`` stores, for probabilities ``corrected`` of ``labelled``'s images (against the labels
+    of the images ``clear``, and with votes, the votes' own measures over all of them)."""
+    from .engine.metrics import summarize, summarize_votes
+
+    if labelled.votes is None:
+        return summarize(labelled.labels[clear], corrected[clear], class_names)
+    return summarize_votes(labelled.votes, labelled.labels, corrected, class_names)
+
+
+def _refit_prior_correction(classifier, probs, labels, clear, setting: str, fitted_on: str):
+    """The probabilities ``classifier`` gave, taken back to its raw logits (up to a constant per image), corrected anew
+    as ``setting`` says (auto, none, a number: chosen on the images ``clear``); returns them (temperature 1) and the
+    correction's report."""
+    import numpy as np
+
+    from .engine.calibration import choose_prior_correction
+    from .models.classifier import softmax
+
+    if classifier.class_prior is None:
+        raise FerError(f"{classifier.name} records no class prior (trained before fer recorded one): no correction")
+    if setting not in ("auto", "none"):
+        try:
+            float(setting)
+        except ValueError:
+            raise typer.BadParameter("keep, auto, none or a number", param_hint="--prior-correction") from None
+    prior = np.asarray(classifier.class_prior, dtype=np.float64)
+    raw = classifier.temperature * np.log(np.clip(probs, 1e-12, None)) - classifier.logit_adjustment
+    correction = choose_prior_correction(raw[clear], labels[clear], prior, setting, fitted_on)
+    if correction is None:  # none: no correction at all
+        correction = {"tau": 0.0, "rule": "none (--prior-correction none)", "prior": prior.tolist(), "reason": "none asked"}
+    return softmax(raw - correction["tau"] * np.log(np.clip(prior, 1e-6, None))), correction
 
 
 @handles_user_errors

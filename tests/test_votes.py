@@ -395,3 +395,21 @@ def test_calibrate_against_votes(voted, tiny_checkpoint, tmp_path):
     calibration = read_checkpoint(out)["metrics"]["calibration"]
     assert calibration["images"] == 71 + 11  # every row with a majority: the tie and the unknown one left out
     assert "against the majority of the votes" in calibration["fitted_on"]
+
+
+def test_calibrate_sets_the_prior_correction_anew(voted, tmp_path):
+    root, votes = voted
+    model = tmp_path / "m.pt"
+    train(tiny_config(root, model, votes=str(votes), epochs=2, prior_correction="none"))
+    assert read_checkpoint(model).get("prior_correction", 0.0) == 0.0
+    given = tmp_path / "given.pt"
+    done = invoke("calibrate", model, root, "--votes", votes, "--prior-correction", "0.5", "-o", given, "-j", 0)
+    assert done.exit_code == 0, done.output
+    stored = read_checkpoint(given)
+    assert stored["prior_correction"] == 0.5 and stored["metrics"]["prior_correction"]["rule"].startswith("given")
+    assert stored["metrics"]["votes"]["images"] == 71 + 12  # the corrected model's figures, on these images
+    kept = tmp_path / "kept.pt"
+    assert invoke("calibrate", given, root, "--votes", votes, "-o", kept, "-j", 0).exit_code == 0
+    assert read_checkpoint(kept)["prior_correction"] == 0.5  # keep: the temperature alone
+    done = invoke("calibrate", given, root, "--votes", votes, "--prior-correction", "lots", "-o", kept, "-j", 0)
+    assert done.exit_code == 2 and "--prior-correction" in done.output

@@ -50,7 +50,7 @@ from ..models.classifier import softmax
 from ..outputs import figures
 from ..outputs import tensorboard as tensorboard_log
 from . import distill, distributed
-from .calibration import calibrate, describe, describe_prior_correction, fit_prior_correction
+from .calibration import calibrate, choose_prior_correction, describe, describe_prior_correction
 from .distill import DistillationLoss
 from .metrics import summarize, summarize_votes
 from .predict import stay_quiet_and_die_with_parent
@@ -1035,12 +1035,8 @@ def _fit_outputs(run: TrainingRun) -> tuple[dict | None, dict]:
     clear = labels >= 0
     fitted_on = run.provenance["val_data"] + (", against the majority of the votes" if run.val_majority is not None else "")
     log_probs = np.log(np.clip(probs, 1e-12, None))
-    correction = None
-    if config.prior_correction != "none":
-        correction = fit_prior_correction(log_probs[clear], labels[clear], run.class_prior, fitted_on)
-        if config.prior_correction != "auto":
-            correction = {**correction, "tau": float(config.prior_correction), "rule": "given (--prior-correction)"}
-            correction["after"] = _corrected_scores(correction, log_probs[clear], labels[clear])
+    correction = choose_prior_correction(log_probs[clear], labels[clear], run.class_prior, config.prior_correction,
+                                         fitted_on)  # fmt: skip
     tau = correction["tau"] if correction else 0.0
     adjusted = log_probs - tau * np.log(np.clip(np.asarray(run.class_prior), 1e-6, None))
     calibration = calibrate(softmax(adjusted)[clear], labels[clear], fitted_on=fitted_on)
@@ -1052,12 +1048,6 @@ def _fit_outputs(run: TrainingRun) -> tuple[dict | None, dict]:
     checkpoint["metrics"] = {**metrics, "calibration": calibration, **({"prior_correction": correction} if correction else {})}
     save_checkpoint(out, checkpoint)
     return correction, calibration
-
-
-def _corrected_scores(correction: dict, log_probs: np.ndarray, labels: np.ndarray) -> dict:
-    predicted = (log_probs - correction["tau"] * np.log(np.clip(np.asarray(correction["prior"]), 1e-6, None))).argmax(1)
-    recall = [float((predicted[labels == c] == c).mean()) for c in np.unique(labels)]
-    return {"accuracy": float((predicted == labels).mean()), "balanced_accuracy": float(np.mean(recall))}
 
 
 

@@ -72,11 +72,21 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict, half: bool = Fals
         raise
 
 
-def store_calibration(path: str | os.PathLike, calibration: dict) -> None:
-    """Set a checkpoint's temperature from a ``calibration.calibrate`` report (kept in its metrics)."""
+def store_calibration(
+    path: str | os.PathLike, calibration: dict, correction: dict | None = None, metrics: dict | None = None
+) -> None:
+    """Set a checkpoint's temperature from a ``calibration.calibrate`` report (kept in its metrics), and its prior
+    correction from a ``calibration.choose_prior_correction`` report when one is given (with ``metrics``, the
+    corrected model's validation metrics, in place of the stored ones)."""
     checkpoint = read_checkpoint(path)
     checkpoint["temperature"] = float(calibration["temperature"])
-    checkpoint["metrics"] = {**checkpoint.get("metrics", {}), "calibration": calibration}
+    stored = checkpoint.get("metrics", {})
+    if metrics is not None:
+        stored = {**metrics, "epoch": stored.get("epoch")}
+    checkpoint["metrics"] = {**stored, "calibration": calibration}
+    if correction is not None:
+        checkpoint["prior_correction"] = float(correction["tau"])
+        checkpoint["metrics"]["prior_correction"] = correction
     save_checkpoint(path, checkpoint)
 
 
