@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -123,10 +122,10 @@ def test_policy_auto_passes_face_crops_straight_and_searches_photos():
 def test_detector_finds_nothing_in_noise_and_uniform_images():
     detector = FaceDetector()
     rng = np.random.default_rng(0)
-    noise = rng.integers(0, 256, (3, 300, 400), dtype=np.uint8)
-    assert detector.detect(torch.from_numpy(noise)) == []
-    assert detector.detect(torch.full((3, 64, 64), 128, dtype=torch.uint8)) == []
-    assert detector.detect(torch.zeros((3, 8, 8), dtype=torch.uint8)) == []  # smaller than any face
+    noise = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    assert detector.detect(noise) == []
+    assert detector.detect(np.full((64, 64, 3), 128, dtype=np.uint8)) == []
+    assert detector.detect(np.zeros((8, 8, 3), dtype=np.uint8)) == []  # smaller than any face
 
 
 # --- alignment --------------------------------------------------------------------------------
