@@ -85,7 +85,9 @@ PROCESS_STARTED = time.perf_counter()  # about when `fer` started: this module i
 
 USAGE_ERROR = 2
 INPUTS_FAILED = 1
-DEFAULT_WORKERS = min(4, max(1, (os.cpu_count() or 2) // 2))  # the rest of the cores run the model
+# As many reading processes as cores, up to 4: face detection in photos keeps them all busy (and the model, in
+# the main process, mostly waits); on face crops they mostly wait (and the model uses the cores).
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
 
 class OutputFormat(str, Enum):
@@ -1274,8 +1276,8 @@ def serve(
         )
     import socket
 
-    from .engine.ensemble import default_vote
     from .engine.predict import Predictor
+    from .engine.voting import default_vote
     from .models.zoo import resolve_model
     from .serve.app import ServeConfig, create_app
 

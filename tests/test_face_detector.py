@@ -1,7 +1,7 @@
 """The face detector on onnxruntime and numpy gives the faces, boxes, scores and landmarks the torch
 pipeline it replaced gave (tests/mtcnn_reference.py): on the shared photos, on group photos composed
 from FER2013 faces (sizes, tilts, a photo larger than the detector's 1280 px), on images without a
-face, and step by step (area resizing, non-maximum suppression, crops of boxes) on random data."""
+face, and step by step (area resizing, non-maximum suppression, the crops of boxes) on random data."""
 
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from torchvision.ops import nms as torch_nms
 from torchvision.ops import roi_align
 
-from fer_cli.inputs.face_detector import FaceDetector, area_resize, nms, roi_crops
+from fer_cli.inputs.face_detector import FaceDetector, area_resize, nms
 from fer_cli.inputs.faces import FaceFinder
 from fer_cli.inputs.images import read_image
 
@@ -96,16 +96,22 @@ def test_area_resizing_is_torchs_exactly(size):
     np.testing.assert_array_equal(area_resize(pixels, size), expected)
 
 
-def test_crops_of_boxes_are_torchvisions_roi_align():
-    pixels = np.random.default_rng(2).integers(0, 256, (3, 101, 157)).astype(np.float32)
+def test_the_refine_and_output_stages_crop_boxes_as_torchvisions_roi_align(detectors):
+    """R and O take the image and boxes, and crop inside their graph (ONNX's RoiAlign): as the reference crops
+    with torchvision's roi_align and runs the torch nets, boxes across the image's edges and beyond it included."""
+    pixels = np.random.default_rng(2).integers(0, 256, (1, 3, 101, 157)).astype(np.float32)
     boxes = np.array(
         [[10.3, 5.2, 60.7, 55.1], [-20, -10, 30, 40], [90, 50, 180, 140], [140.2, 90.9, 170, 120], [200, 200, 230, 230],
          [3, 3, 5, 5]], dtype=np.float32,
     )  # fmt: skip  (inside, across each edge, beyond the image, smaller than a bin)
-    for size in (24, 48):
-        rois = torch.cat([torch.zeros(len(boxes), 1), torch.from_numpy(boxes)], dim=1)
-        expected = roi_align(torch.from_numpy(pixels)[None], rois, size, 1.0, sampling_ratio=-1, aligned=True)
-        np.testing.assert_allclose(roi_crops(pixels, boxes, size), expected.numpy(), atol=1e-3)
+    onnx, reference = detectors
+    rois = torch.cat([torch.zeros(len(boxes), 1), torch.from_numpy(boxes)], dim=1)
+    for name, size in (("rnet", 24), ("onet", 48)):
+        crops = roi_align(torch.from_numpy(pixels), rois, size, 1.0, sampling_ratio=-1, aligned=True)
+        with torch.inference_mode():
+            expected = getattr(reference.nets, name)((crops - 127.5) * 0.0078125)
+        for got, want in zip(onnx.nets[name].run(None, {"pixels": pixels, "boxes": boxes}), expected):
+            np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
 
 
 def test_non_maximum_suppression_is_torchvisions():

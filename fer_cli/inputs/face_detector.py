@@ -5,12 +5,13 @@ A proposal net (P) slides over an image pyramid, a refine net (R) rejects most p
 mouth corners) used to align each face. It is small (0.5 M parameters) and ships inside this
 package: nothing is downloaded, and torch is never imported.
 
-The three nets are ONNX files (``mtcnn_{pnet,rnet,onet}.onnx``) exported from ``mtcnn.pt``, the
-original authors' Caffe weights as converted to PyTorch by facenet-pytorch 2.6.0 (MIT licence, see
-``MTCNN-LICENSE.txt``), by ``mtcnn_export``. The pipeline around them (pyramid, non-maximum
-suppression, crops of the candidate boxes) is numpy, and computes what the torch pipeline it replaced
-computed (torch's area interpolation, torchvision's ``nms`` and ``roi_align``): the tests hold the two
-together on photos and drawn faces (tests/test_face_detector.py).
+The three stages are ONNX files (``mtcnn_{pnet,rnet,onet}.onnx``) exported by ``mtcnn_export`` from
+``mtcnn.pt``, the original authors' Caffe weights as converted to PyTorch by facenet-pytorch 2.6.0 (MIT
+licence, see ``MTCNN-LICENSE.txt``); the refine and output stages crop their boxes from the image
+themselves (ONNX's RoiAlign, computed as torchvision's ``roi_align``), so each runs in one call. The
+pyramid and the non-maximum suppression are numpy, and compute what the torch pipeline they replaced
+computed (torch's area interpolation, torchvision's ``nms``): the tests hold the two together on photos,
+composed group photos and faceless images (tests/test_face_detector.py).
 """
 
 from __future__ import annotations
@@ -72,21 +73,22 @@ class FaceDetector:
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """``image``: uint8 (H, W, 3), RGB. Returns faces sorted by score, best first."""
-        pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)).astype(np.float32)
+        pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)  # (3, H, W)
         boxes = self._propose(pixels)
         if len(boxes):
-            boxes = self._refine(pixels, boxes)
+            boxes = self._refine(pixels[None], boxes)
         if not len(boxes):
             return []
-        boxes, scores, landmarks = self._output(pixels, boxes)
+        boxes, scores, landmarks = self._output(pixels[None], boxes)
         order = np.argsort(-scores, kind="stable")
         return [
             Detection(tuple(boxes[i].tolist()), float(scores[i]), tuple(tuple(p) for p in landmarks[i].tolist()))
             for i in order
         ]
 
-    def _run(self, name: str, batch: np.ndarray) -> list[np.ndarray]:
-        return self.nets[name].run(None, {"pixels": batch})
+    def _run(self, name: str, pixels: np.ndarray, boxes: np.ndarray | None = None) -> list[np.ndarray]:
+        feed = {"pixels": pixels} if boxes is None else {"pixels": pixels, "boxes": boxes}
+        return self.nets[name].run(None, feed)
 
     def _propose(self, pixels: np.ndarray) -> np.ndarray:
         """Stage 1 over the pyramid: (N, 4) square candidate boxes."""
@@ -97,7 +99,7 @@ class FaceDetector:
         integral = integral_image(pixels)
         while min(height, width) * scale >= 12:
             size = (math.ceil(height * scale), math.ceil(width * scale))
-            offsets, probs = self._run("pnet", _normalize(area_resize(pixels, size, integral))[None])
+            offsets, probs = self._run("pnet", area_resize(pixels, size, integral)[None])
             rows, cols = np.nonzero(probs[0] >= self.stage_thresholds[0])
             if len(rows):
                 # Each output cell sees a 12x12 window with stride 2 in the scaled image.
@@ -118,14 +120,14 @@ class FaceDetector:
         return _square(_apply_offsets(cell[keep], np.concatenate(regressions)[keep]))
 
     def _refine(self, pixels: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        offsets, score = self._run("rnet", _normalize(roi_crops(pixels, boxes, 24)))
+        offsets, score = self._run("rnet", pixels, boxes)  # each box cropped and resampled to 24x24 in the graph
         keep = score >= self.stage_thresholds[1]
         boxes, offsets, score = boxes[keep], offsets[keep], score[keep]
         keep = nms(boxes, score, 0.7)
         return _square(_apply_offsets(boxes[keep], offsets[keep]))
 
     def _output(self, pixels: np.ndarray, boxes: np.ndarray):
-        offsets, points, score = self._run("onet", _normalize(roi_crops(pixels, boxes, 48)))
+        offsets, points, score = self._run("onet", pixels, boxes)  # 48x48 crops
         keep = score >= self.threshold
         boxes, offsets, points, score = boxes[keep], offsets[keep], points[keep], score[keep]
         size = (boxes[:, 2:] - boxes[:, :2])[:, None, :]  # (N, 1, 2)
@@ -133,10 +135,6 @@ class FaceDetector:
         boxes = _apply_offsets(boxes, offsets)
         keep = _suppress_nested(boxes, score, 0.7)
         return boxes[keep], score[keep], landmarks[keep]
-
-
-def _normalize(pixels: np.ndarray) -> np.ndarray:
-    return (pixels - np.float32(127.5)) * np.float32(0.0078125)
 
 
 def area_resize(pixels: np.ndarray, size: tuple[int, int], integral: np.ndarray | None = None) -> np.ndarray:
@@ -186,46 +184,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
         inter = width * height
         suppressed[rest] |= inter / (areas[i] + areas[rest] - inter) > threshold
     return order[np.array(kept, dtype=np.int64)]
-
-
-def roi_crops(pixels: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
-    """Each box resampled to (3, size, size), as torchvision's ``roi_align(aligned=True, sampling_ratio=-1)``:
-    the mean of bilinear samples on a grid of about one per pixel in each output pixel's bin; samples
-    outside the image read as black. Bilinear sampling on a grid is separable: each crop is
-    rows (size, H) @ image @ columns (W, size)."""
-    height, width = pixels.shape[1:]
-    crops = np.empty((len(boxes), pixels.shape[0], size, size), dtype=np.float32)
-    for n, (x1, y1, x2, y2) in enumerate(boxes - np.float32(0.5)):
-        rows, row_span = _sampling_weights(y1, y2, size, height)
-        cols, col_span = _sampling_weights(x1, x2, size, width)
-        crops[n] = rows @ pixels[:, row_span, col_span] @ cols.T
-    return crops
-
-
-def _sampling_weights(start: np.float32, end: np.float32, size: int, limit: int) -> tuple[np.ndarray, slice]:
-    """(size, pixels) weights of roi_align along one axis, over the pixels ``span`` they touch, averaged
-    over the samples of each bin; a sample more than a pixel outside [0, limit] weighs nothing."""
-    extent = end - start
-    bin_size = extent / np.float32(size)
-    grid = max(math.ceil(extent / size), 1)  # samples per bin along this axis
-    bins = np.arange(size, dtype=np.float32)[:, None]
-    samples = (np.arange(grid, dtype=np.float32) + np.float32(0.5))[None, :]
-    position = (start + bins * bin_size + samples * bin_size / np.float32(grid)).ravel()  # (size * grid,)
-    inside = (position >= -1.0) & (position <= limit)
-    position = np.maximum(position, 0)
-    low = position.astype(np.int64)
-    high = np.minimum(low + 1, limit - 1)
-    at_edge = low >= limit - 1
-    low = np.minimum(low, limit - 1)
-    position = np.where(at_edge, low.astype(np.float32), position)
-    frac = position - low
-    first, last = int(low[inside].min(initial=0)), int(high[inside].max(initial=0)) + 1
-    low, high = np.where(inside, low, first), np.where(inside, high, first)
-    weights = np.zeros((size * grid, last - first), dtype=np.float32)
-    rows = np.arange(size * grid)
-    np.add.at(weights, (rows, low - first), np.where(inside, 1 - frac, 0))
-    np.add.at(weights, (rows, high - first), np.where(inside, frac, 0))
-    return weights.reshape(size, grid, -1).sum(axis=1) / np.float32(grid), slice(first, last)
 
 
 def _apply_offsets(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -12,10 +12,12 @@ as the detector reads it. The tests hold the ONNX detector to these nets run by 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.ops import roi_align
 
 WEIGHTS = Path(__file__).with_name("mtcnn.pt")
 ONNX_FILES = {name: Path(__file__).with_name(f"mtcnn_{name}.onnx") for name in ("pnet", "rnet", "onet")}
@@ -99,29 +101,61 @@ def load_nets() -> _Cascade:
     return nets.eval()
 
 
+class _OnBoxes(nn.Module):
+    """A refine or output net fed the whole image and boxes in it: each box cropped and resampled to the net's
+    input by ``roi_align`` (exported as ONNX's RoiAlign, which onnxruntime computes as torchvision does), then
+    normalised, so that one call runs a whole stage."""
+
+    def __init__(self, net: nn.Module, size: int):
+        super().__init__()
+        self.net, self.size = net, size
+
+    def forward(self, image: torch.Tensor, boxes: torch.Tensor):
+        rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
+        crops = roi_align(image, rois, output_size=self.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        return self.net(normalize(crops))
+
+
+class _OnPixels(nn.Module):
+    """The proposal net fed pixel values (0-255), normalised here."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor):
+        return self.net(normalize(image))
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    return (pixels - 127.5) * 0.0078125
+
+
 def export(files: dict[str, Path] = ONNX_FILES) -> None:
-    """Write the three nets as ONNX (float32, opset 17): P takes images of any size, R and O batches of crops."""
+    """Write the three stages as ONNX (float32, opset 17). Each takes float32 pixel values (1, 3, H, W) of any
+    size: P gives a face probability (and box offsets) per 2 pixels of it; R and O also take boxes (N, 4) as
+    (x1, y1, x2, y2) and give each box's offsets and probability (and O its landmarks)."""
     nets = load_nets()
-    shapes = {"pnet": (1, 3, 40, 56), "rnet": (2, 3, 24, 24), "onet": (2, 3, 48, 48)}
-    outputs = {"pnet": ["offsets", "probability"], "rnet": ["offsets", "probability"],
-               "onet": ["offsets", "landmarks", "probability"]}  # fmt: skip
+    image = torch.zeros((1, 3, 40, 56))
+    boxes = torch.tensor([[1.0, 2.0, 30.0, 31.0], [5.0, 5.0, 20.0, 20.0]])
+    stages = {
+        "pnet": (_OnPixels(nets.pnet), (image,), ["pixels"], ["offsets", "probability"]),
+        "rnet": (_OnBoxes(nets.rnet, 24), (image, boxes), ["pixels", "boxes"], ["offsets", "probability"]),
+        "onet": (_OnBoxes(nets.onet, 48), (image, boxes), ["pixels", "boxes"], ["offsets", "landmarks", "probability"]),
+    }
     for name, path in files.items():
-        if name == "pnet":  # one image of any size: outputs one cell per 2 pixels
-            axes = {"pixels": {2: "height", 3: "width"}}
-        else:  # a batch of crops
-            axes = {"pixels": {0: "batch"}, **{output: {0: "batch"} for output in outputs[name]}}
-        # TorchScript's exporter: these small nets need nothing of the dynamo exporter, and its graph of a
-        # PNet taking any height and width is the plainer one
-        torch.onnx.export(
-            getattr(nets, name),
-            (torch.zeros(shapes[name]),),
-            str(path),
-            input_names=["pixels"],
-            output_names=outputs[name],
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )
+        module, example, inputs, outputs = stages[name]
+        axes = {"pixels": {2: "height", 3: "width"}}
+        if name != "pnet":
+            axes.update({"boxes": {0: "boxes"}, **{output: {0: "boxes"} for output in outputs}})
+        with warnings.catch_warnings():
+            # TorchScript's exporter, deprecated: these small nets need nothing of the dynamo exporter, and its
+            # graphs taking any height and width, and roi_align, are the plainer ones
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module.eval(), example, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
+                opset_version=17, dynamo=False,
+            )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from ..errors import CheckpointError
 from ..files import remove_orphans, temporary_sibling
 from .architectures import create_model
 from .checkpoint_file import FORMAT, VERSION, validated, what_is_wrong
+from .classifier import Classifier, described_by
 
 
 def clean_state_dict(state_dict: dict) -> dict:
@@ -154,6 +155,8 @@ class TorchRunner:
 
 
 def load_checkpoint_classifier(path: str | os.PathLike) -> Classifier:
+    """A checkpoint run by torch whatever the device: the reference its ONNX form is held to (``zoo.load_classifier``
+    is what the commands use)."""
     checkpoint = read_checkpoint(path)
     return described_by(path, checkpoint, TorchRunner(build_model(checkpoint), checkpoint["preprocess"]))
 

@@ -24,7 +24,7 @@ import numpy as np
 from ..device import runs_on_the_cpu
 from ..errors import CheckpointError, FerError
 from ..files import cache_dir, file_sha256, remove_orphans, temporary_sibling, writable_folder
-from .exported import OnnxRunner, read_metadata
+from .exported import OnnxRunner, _onnxruntime, read_metadata
 
 EXPORT_FORMAT = 1  # raised when the exported graph changes: older entries are then exported again
 KEEP = 8  # entries kept in the cache, the most recently used (resnet18's is 45 MB, a vgg width 64's 20 MB)
@@ -97,7 +97,7 @@ def onnx_form(path: str | os.PathLike, note: Callable[[str], None] = lambda mess
     """
     sha256 = file_sha256(path)
     folder = cache_dir() / "onnx"
-    entry = folder / f"{sha256[:32]}-v{EXPORT_FORMAT}.onnx"
+    entry = folder / f"{sha256[:32]}-v{EXPORT_FORMAT}-ort{_onnxruntime_version()}.onnx"
     if _exported_from(entry, sha256):
         _mark_used(entry)
         return entry
@@ -123,14 +123,18 @@ def _exported_from(entry: Path, sha256: str) -> bool:
 
 
 def _export(checkpoint_path: Path, entry: Path) -> None:
+    """The checkpoint as ONNX at ``entry``, its graph as onnxruntime optimises it (batch norms folded into the
+    convolutions, activations fused: what it would otherwise redo at every start, half of a session's making)."""
     from .checkpoint import read_checkpoint
     from .exported import write_exported
 
     checkpoint = read_checkpoint(checkpoint_path)
     remove_orphans(entry)
     temporary = temporary_sibling(entry)
+    exported = temporary.with_name(temporary.name + ".exported")
     try:
-        write_exported(checkpoint, checkpoint_path, temporary)
+        write_exported(checkpoint, checkpoint_path, exported)
+        _optimise(exported, temporary)
         os.replace(temporary, entry)
     except CheckpointError:
         raise
@@ -141,6 +145,23 @@ def _export(checkpoint_path: Path, entry: Path) -> None:
         raise NoOnnxForm(f"torch could not export it to ONNX ({reason})") from None
     finally:
         temporary.unlink(missing_ok=True)
+        exported.unlink(missing_ok=True)
+
+
+def _optimise(source: Path, out: Path) -> None:
+    """``source`` as onnxruntime's graph optimisations leave it, at ``out`` (metadata kept). Only the optimisations
+    valid on any CPU are saved (level 'extended'); the ones for this CPU's instructions are made at each start."""
+    onnxruntime = _onnxruntime()
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(out)
+    options.log_severity_level = 3
+    onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+
+
+def _onnxruntime_version() -> str:
+    """Part of an entry's name: its graph is the optimised one of this onnxruntime (a new version, a new entry)."""
+    return _onnxruntime().__version__
 
 
 @contextlib.contextmanager
