@@ -227,16 +227,27 @@ def _hidden(parts: tuple[str, ...]) -> bool:
 
 def _sort_found(found: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
     """Found files as (images, each real file once; links with an image's name that lead nowhere; the rest)."""
-    images, broken, others, real_paths = [], [], [], set()
+    images, broken, others, real_paths, real_folders = [], [], [], set(), {}
     for path in found:
         if not is_image_file(path):
             others.append(path)
         elif not os.path.exists(path):
             broken.append(path)
-        elif (real := os.path.realpath(path)) not in real_paths:
+        elif (real := _real_path(path, real_folders)) not in real_paths:
             real_paths.add(real)
             images.append(path)
     return images, broken, others
+
+
+def _real_path(path: str, real_folders: dict[str, str]) -> str:
+    """``os.path.realpath(path)``, its folder's resolved once for all its files (resolving each file's whole path
+    took 0.4 s for FER2013 val's 3,589)."""
+    if os.path.islink(path):
+        return os.path.realpath(path)
+    folder, name = os.path.split(path)
+    if folder not in real_folders:
+        real_folders[folder] = os.path.realpath(folder)
+    return os.path.join(real_folders[folder], name)
 
 
 def _passed_over(source: str, others: list[str]) -> str:
