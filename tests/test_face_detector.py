@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from torchvision.ops import nms as torch_nms
 from torchvision.ops import roi_align
 
-from fer_cli.inputs.face_detector import FaceDetector, area_resize, nms
+from fer_cli.inputs.face_detector import FaceDetector, area_resize, integral_image, nms
 from fer_cli.inputs.faces import FaceFinder
 from fer_cli.inputs.images import read_image
 
@@ -91,9 +91,10 @@ def test_images_without_a_face_give_none(detectors):
 
 @pytest.mark.parametrize("size", [(61, 95), (12, 19), (40, 40), (100, 157)])
 def test_area_resizing_is_torchs_exactly(size):
-    pixels = np.random.default_rng(1).integers(0, 256, (3, 101, 157)).astype(np.float32)
-    expected = F.interpolate(torch.from_numpy(pixels)[None], size=size, mode="area")[0].numpy()
-    np.testing.assert_array_equal(area_resize(pixels, size), expected)
+    image = np.random.default_rng(1).integers(0, 256, (101, 157, 3), dtype=np.uint8)
+    pixels = torch.from_numpy(image).permute(2, 0, 1).float()[None]
+    expected = F.interpolate(pixels, size=size, mode="area")[0].numpy()
+    np.testing.assert_array_equal(area_resize(integral_image(image), size), expected)
 
 
 def test_the_refine_and_output_stages_crop_boxes_as_torchvisions_roi_align(detectors):

@@ -73,8 +73,9 @@ class FaceDetector:
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """``image``: uint8 (H, W, 3), RGB. Returns faces sorted by score, best first."""
-        pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)  # (3, H, W)
-        boxes = self._propose(pixels)
+        image = np.asarray(image, dtype=np.uint8)
+        pixels = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)  # (3, H, W)
+        boxes = self._propose(pixels, integral_image(image))
         if len(boxes):
             boxes = self._refine(pixels[None], boxes)
         if not len(boxes):
@@ -90,16 +91,15 @@ class FaceDetector:
         feed = {"pixels": pixels} if boxes is None else {"pixels": pixels, "boxes": boxes}
         return self.nets[name].run(None, feed)
 
-    def _propose(self, pixels: np.ndarray) -> np.ndarray:
-        """Stage 1 over the pyramid: (N, 4) square candidate boxes."""
+    def _propose(self, pixels: np.ndarray, integral: np.ndarray) -> np.ndarray:
+        """Stage 1 over the pyramid (each scale averaged from the image's ``integral``): (N, 4) square boxes."""
         height, width = pixels.shape[1:]
         smallest = max(self.min_face, 0.02 * min(height, width))
         scale = 12.0 / smallest
         cells, regressions, scores = [], [], []
-        integral = integral_image(pixels)
         while min(height, width) * scale >= 12:
             size = (math.ceil(height * scale), math.ceil(width * scale))
-            offsets, probs = self._run("pnet", area_resize(pixels, size, integral)[None])
+            offsets, probs = self._run("pnet", area_resize(integral, size)[None])
             rows, cols = np.nonzero(probs[0] >= self.stage_thresholds[0])
             if len(rows):
                 # Each output cell sees a 12x12 window with stride 2 in the scaled image.
@@ -137,27 +137,29 @@ class FaceDetector:
         return boxes[keep], score[keep], landmarks[keep]
 
 
-def area_resize(pixels: np.ndarray, size: tuple[int, int], integral: np.ndarray | None = None) -> np.ndarray:
-    """float32 (C, H, W) of whole numbers -> (C, *size) by averaging, as torch's ``interpolate(mode="area")``
-    (adaptive average pooling): output pixel i averages input pixels floor(i*H/h) to ceil((i+1)*H/h), whole ones.
-
-    The sums come from the image's ``integral`` (``integral_image``; made here when not given), exactly, so
-    one integral serves every scale of the pyramid; each sum is then divided as torch divides it."""
-    (height, width), (out_h, out_w) = pixels.shape[1:], size
-    if integral is None:
-        integral = integral_image(pixels)
+def area_resize(integral: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An image, given by its ``integral_image``, resized to ``size`` by averaging as torch's
+    ``interpolate(mode="area")`` (adaptive average pooling): output pixel i averages input pixels floor(i*H/h)
+    to ceil((i+1)*H/h), whole ones. The sums are exact (whole numbers), then divided as torch divides them;
+    one integral serves every scale of the pyramid. float32 (C, *size)."""
+    (height, width), (out_h, out_w) = (integral.shape[1] - 1, integral.shape[2] - 1), size
     row_starts, row_ends = _windows(height, out_h)
     col_starts, col_ends = _windows(width, out_w)
-    below, above = integral[:, row_ends], integral[:, row_starts]
-    sums = below[:, :, col_ends] - below[:, :, col_starts] - above[:, :, col_ends] + above[:, :, col_starts]
-    rows = (row_ends - row_starts).astype(np.float32)[:, None]
-    return sums.astype(np.float32) / rows / (col_ends - col_starts).astype(np.float32)
+    rows = integral[:, row_ends] - integral[:, row_starts]  # whole rows: the windows' column sums so far
+    sums = rows[:, :, col_ends] - rows[:, :, col_starts]
+    heights = (row_ends - row_starts).astype(np.float32)[:, None]
+    return sums.astype(np.float32) / heights / (col_ends - col_starts).astype(np.float32)
 
 
-def integral_image(pixels: np.ndarray) -> np.ndarray:
-    """(C, H + 1, W + 1) int64: entry (y, x) sums the pixels above and left of it."""
-    integral = np.zeros((pixels.shape[0], pixels.shape[1] + 1, pixels.shape[2] + 1), dtype=np.int64)
-    np.cumsum(np.cumsum(pixels.astype(np.int64), axis=1), axis=2, out=integral[:, 1:, 1:])
+def integral_image(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, C) -> (C, H + 1, W + 1): entry (y, x) sums the pixels above and left of it (int32 where
+    that holds every sum: up to 8 megapixels)."""
+    height, width, channels = image.shape
+    dtype = np.int32 if height * width * 255 < 2**31 else np.int64
+    integral = np.zeros((channels, height + 1, width + 1), dtype=dtype)
+    planes = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=dtype)
+    np.cumsum(planes, axis=2, out=planes)  # along each row, then down the columns
+    np.cumsum(planes, axis=1, out=integral[:, 1:, 1:])
     return integral
 
 
