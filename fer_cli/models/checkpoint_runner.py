@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +26,7 @@ import numpy as np
 
 from ..device import runs_on_the_cpu
 from ..errors import CheckpointError, FerError
-from ..files import cache_dir, file_sha256, remove_orphans, temporary_sibling, writable_folder
+from ..files import cache_dir, file_sha256, writable_folder
 from .exported import OnnxRunner, _onnxruntime, read_metadata
 
 EXPORT_FORMAT = 1  # raised when the exported graph changes: older entries are then exported again
@@ -124,18 +127,19 @@ def _exported_from(entry: Path, sha256: str) -> bool:
 
 def _export(checkpoint_path: Path, entry: Path) -> None:
     """The checkpoint as ONNX at ``entry``, its graph as onnxruntime optimises it (batch norms folded into the
-    convolutions, activations fused: what it would otherwise redo at every start, half of a session's making)."""
+    convolutions, activations fused: what it would otherwise redo at every start, half of a session's making).
+    Written in a private folder beside it, then renamed: ``entry`` is whole or absent."""
     from .checkpoint import read_checkpoint
     from .exported import write_exported
 
     checkpoint = read_checkpoint(checkpoint_path)
-    remove_orphans(entry)
-    temporary = temporary_sibling(entry)
-    exported = temporary.with_name(temporary.name + ".exported")
+    _remove_abandoned_exports(entry.parent)
     try:
-        write_exported(checkpoint, checkpoint_path, exported)
-        _optimise(exported, temporary)
-        os.replace(temporary, entry)
+        with tempfile.TemporaryDirectory(dir=entry.parent, prefix=".export-") as scratch:
+            exported, optimised = Path(scratch) / "exported.onnx", Path(scratch) / "optimised.onnx"
+            write_exported(checkpoint, checkpoint_path, exported)
+            _optimise(exported, optimised)
+            os.replace(optimised, entry)
     except CheckpointError:
         raise
     except OSError as error:  # a full disk
@@ -143,9 +147,14 @@ def _export(checkpoint_path: Path, entry: Path) -> None:
     except Exception as error:  # noqa: BLE001: torch's exporter raises its own types; torch then runs it as it is
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise NoOnnxForm(f"torch could not export it to ONNX ({reason})") from None
-    finally:
-        temporary.unlink(missing_ok=True)
-        exported.unlink(missing_ok=True)
+
+
+def _remove_abandoned_exports(folder: Path, older_than_s: float = 3600) -> None:
+    """The private folders of exports killed outright (SIGKILL, power loss): an export takes seconds, not hours."""
+    for scratch in folder.glob(".export-*"):
+        with contextlib.suppress(OSError):
+            if time.time() - scratch.stat().st_mtime > older_than_s:
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _optimise(source: Path, out: Path) -> None:
