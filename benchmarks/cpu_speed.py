@@ -187,7 +187,10 @@ def compose_photos(folder: Path, count: int = 300, side: int = 350, seed: int = 
             size = rng.randint(90, 200) if how_many == 1 else rng.randint(90, 150)
             face = Image.open(rng.choice(faces)).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
             face = face.rotate(rng.uniform(-20, 20), Image.Resampling.BICUBIC, fillcolor=(128, 128, 128))
-            left = rng.randint(0, side - size) if how_many == 1 else rng.randint(k * (side // 2), (k + 1) * side // 2 - size)
+            if how_many == 1:
+                left = rng.randint(0, side - size)
+            else:  # one in each half
+                left = rng.randint(k * (side // 2), (k + 1) * side // 2 - size)
             photo.paste(face, (max(0, left), rng.randint(0, side - size)))
             pasted += 1
         photo.save(folder / f"photo_{i:03d}.jpg", quality=90)
@@ -230,10 +233,12 @@ def main() -> None:
         if "startup" not in args.skip:
             startup(trees, "`fer predict face.png` (48x48 crop, default model)", ["predict", FACE, "-f", "jsonl"],
                     args.repeat)  # fmt: skip
-            startup(trees, "`fer predict face.png -m fast`", ["predict", FACE, "-m", "fast", "-f", "jsonl"], args.repeat)
-            startup(trees, "`fer predict photo.jpg` (512x512, one face)", ["predict", PHOTO, "-f", "jsonl"], args.repeat)
-            startup(trees, "`fer predict photo.jpg -m fast`", ["predict", PHOTO, "-m", "fast", "-f", "jsonl"],
-                    args.repeat)  # fmt: skip
+            fast = ["-m", "fast"]
+            startup(trees, "`fer predict face.png -m fast`", ["predict", FACE, *fast, "-f", "jsonl"], args.repeat)
+            startup(
+                trees, "`fer predict photo.jpg` (512x512, one face)", ["predict", PHOTO, "-f", "jsonl"], args.repeat
+            )
+            startup(trees, "`fer predict photo.jpg -m fast`", ["predict", PHOTO, *fast, "-f", "jsonl"], args.repeat)
             startup(trees, "`fer models`", ["models"], args.repeat)
             startup(trees, "`fer --help`", ["--help"], args.repeat)
             startup(trees, "`fer --version`", ["--version"], args.repeat)

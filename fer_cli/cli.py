@@ -689,7 +689,7 @@ def calibrate(
     from .models.checkpoint import store_calibration
     from .models.zoo import is_shipped, resolve_model
 
-    classifier = resolve_model(model)
+    classifier = resolve_model(model, note=_note)
     if not classifier.path.endswith(".pt"):
         raise typer.BadParameter("calibrate the checkpoint (.pt), then export it again", param_hint="MODEL")
     if out is None and is_shipped(classifier.path):
@@ -1287,7 +1287,7 @@ def serve(
     from .models.zoo import resolve_model
     from .serve.app import ServeConfig, create_app
 
-    classifiers = [resolve_model(name) for name in model] if model else [resolve_model(None, note=_note)]
+    classifiers = [resolve_model(name, note=_note) for name in model] if model else [resolve_model(None, note=_note)]
     if len(classifiers) == 1:
         vote, label = (lambda probs: probs[:, 0]), classifiers[0].name  # as fer predict
     else:

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from fer_cli.errors import CheckpointError
+from fer_cli.files import file_sha256
 from fer_cli.inputs.images import model_pixels, read_image
 from fer_cli.models import checkpoint_runner
 from fer_cli.models.architectures import create_model
 from fer_cli.models.checkpoint import load_checkpoint_classifier, read_checkpoint, save_checkpoint
 from fer_cli.models.checkpoint_file import TensorInfo, read_description
 from fer_cli.models.checkpoint_runner import CheckpointRunner, onnx_form
-from fer_cli.files import file_sha256
 from fer_cli.models.exported import OnnxRunner, read_metadata
 from fer_cli.models.zoo import load_classifier
 
@@ -164,7 +164,8 @@ def test_the_description_is_the_checkpoint_without_its_weights(tiny_checkpoint):
     for key in checkpoint.keys() - {"state_dict"}:
         assert description[key] == checkpoint[key], key
     for name, tensor in checkpoint["state_dict"].items():
-        assert description["state_dict"][name] == TensorInfo(str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape))
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        assert description["state_dict"][name] == TensorInfo(dtype, tuple(tensor.shape))
 
 
 def _bad_files(tmp_path) -> dict[str, Path]:

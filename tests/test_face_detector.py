@@ -102,8 +102,15 @@ def test_the_refine_and_output_stages_crop_boxes_as_torchvisions_roi_align(detec
     with torchvision's roi_align and runs the torch nets, boxes across the image's edges and beyond it included."""
     pixels = np.random.default_rng(2).integers(0, 256, (1, 3, 101, 157)).astype(np.float32)
     boxes = np.array(
-        [[10.3, 5.2, 60.7, 55.1], [-20, -10, 30, 40], [90, 50, 180, 140], [140.2, 90.9, 170, 120], [200, 200, 230, 230],
-         [3, 3, 5, 5]], dtype=np.float32,
+        [
+            [10.3, 5.2, 60.7, 55.1],
+            [-20, -10, 30, 40],
+            [90, 50, 180, 140],
+            [140.2, 90.9, 170, 120],
+            [200, 200, 230, 230],
+            [3, 3, 5, 5],
+        ],
+        dtype=np.float32,
     )  # fmt: skip  (inside, across each edge, beyond the image, smaller than a bin)
     onnx, reference = detectors
     rois = torch.cat([torch.zeros(len(boxes), 1), torch.from_numpy(boxes)], dim=1)

@@ -180,10 +180,10 @@ def test_predict_gives_a_row_per_face_and_a_no_face_row(tiny_checkpoint):
 
 @needs_photos
 def test_detection_gives_the_same_results_in_workers_and_in_process(tiny_checkpoint):
-    runs = [  # batches of one image: a worker reads them (a single batch is read in the main process)
-        [json.loads(line) for line in invoke("predict", PHOTOS, "-m", tiny_checkpoint, "-j", j, "-b", 1).stdout.splitlines()]
-        for j in (0, 2)
-    ]
+    runs = []
+    for workers in (0, 2):  # batches of one image: workers read them (a single batch is read in the main process)
+        done = invoke("predict", PHOTOS, "-m", tiny_checkpoint, "-j", workers, "-b", 1)
+        runs.append([json.loads(line) for line in done.stdout.splitlines()])
     assert [(r["path"], r["box"]) for r in runs[0]] == [(r["path"], r["box"]) for r in runs[1]]
     for a, b in zip(*runs):
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)

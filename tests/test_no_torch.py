@@ -92,8 +92,9 @@ def test_serving_never_imports_torch(no_torch, tiny_checkpoint):
         else:
             pytest.fail(f"the server ended: {server.wait()}")
         boundary = "fer-test-boundary"
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"happy.png\"\r\n"
-                "Content-Type: image/png\r\n\r\n").encode() + FACE.read_bytes() + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"happy.png\"\r\n"
+                "Content-Type: image/png\r\n\r\n")  # fmt: skip
+        body = head.encode() + FACE.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
         request = urllib.request.Request(
             found.group(1) + "predict", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         )

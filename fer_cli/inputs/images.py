@@ -28,6 +28,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 # not opened at all: a file in one of them is "not an image (or an unsupported format)".
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 
+
 def _register_decoders() -> None:
     """Register the decoders of IMAGE_FORMATS, and only them: asked for a format it has not registered,
     Image.open registers every plugin Pillow has (60 ms of imports: Photoshop, PDF, AVIF...)."""

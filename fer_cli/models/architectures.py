@@ -16,6 +16,7 @@ from ..errors import ModelError
 
 if TYPE_CHECKING:
     from torch import nn
+    from torchvision.models import resnet
 
 ModelBuilder = Callable[..., "nn.Module"]
 _REGISTRY: dict[str, ModelBuilder] = {}

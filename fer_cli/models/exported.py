@@ -173,7 +173,8 @@ def export_checkpoint(
     if int8 and not calibration:
         raise FerError("--int8 needs --calibration DIR: images (e.g. the training folder) to set the int8 ranges")
     checkpoint = read_checkpoint(checkpoint_path)
-    samples = _calibration_pixels(calibration, checkpoint["preprocess"], calibration_size, seed) if calibration else None
+    preprocess = checkpoint["preprocess"]
+    samples = _calibration_pixels(calibration, preprocess, calibration_size, seed) if calibration else None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     network = write_exported(checkpoint, checkpoint_path, out, samples if int8 else None, calibration)
