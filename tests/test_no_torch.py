@@ -50,7 +50,7 @@ def test_predicting_face_crops_and_photos_never_imports_torch(no_torch, tiny_che
     crop = fer(environment, "predict", FACE, "-f", "jsonl")  # the default model
     assert crop.returncode == 0, crop.stderr
     (row,) = map(json.loads, crop.stdout.splitlines())
-    assert row["label"] == "happy" and row["detector_score"] is None
+    assert row["label"] in row["probabilities"] and row["detector_score"] is None  # whichever weights ship
 
     photo = fer(environment, "predict", PHOTO, "-f", "jsonl")  # the face detector, then the default model
     assert photo.returncode == 0, photo.stderr
