@@ -138,12 +138,12 @@ def median_run(arguments: list[str], repeat: int) -> Run:
 def decode_only(images: list[Path], workers: int) -> float:
     """What `fer predict` does before any model runs, in the same worker processes, for the
     default model's preprocessing: the most any model could go at."""
-    from fer_cli.engine.predict import read_batches
+    from fer_cli.engine.predict import _InputReader, read_batches
     from fer_cli.inputs.faces import FaceFinder
 
     preprocess = {"size": 48, "channels": 1, "mean": [0.5], "std": [0.25]}
     started = time.perf_counter()
-    for _ in read_batches(list(map(str, images)), [preprocess], FaceFinder("auto"), 64, workers):
+    for _ in read_batches(list(map(str, images)), _InputReader([preprocess], FaceFinder("auto")), 64, workers):
         pass
     return time.perf_counter() - started
 

@@ -33,7 +33,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 from typer.core import TyperCommand
 
@@ -85,7 +84,9 @@ PROCESS_STARTED = time.perf_counter()  # about when `fer` started: this module i
 
 USAGE_ERROR = 2
 INPUTS_FAILED = 1
-DEFAULT_WORKERS = min(4, max(1, (os.cpu_count() or 2) // 2))  # the rest of the cores run the model
+# As many reading processes as cores, up to 4: face detection in photos keeps them all busy (and the model, in
+# the main process, mostly waits); on face crops they mostly wait (and the model uses the cores).
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
 
 class OutputFormat(str, Enum):
@@ -237,11 +238,16 @@ def _show_version(value: bool) -> None:
     if value:
         from importlib.metadata import PackageNotFoundError, version
 
-        try:
-            torch_version = version("torch")  # from the metadata: importing torch takes seconds
-        except PackageNotFoundError:
-            torch_version = "not installed"
-        typer.echo(f"fer {__version__} (torch {torch_version}, Python {sys.version.split()[0]})")
+        def installed(package: str) -> str:  # from the metadata: importing torch takes seconds
+            try:
+                return version(package)
+            except PackageNotFoundError:
+                return "not installed"
+
+        typer.echo(
+            f"fer {__version__} (torch {installed('torch')}, onnxruntime {installed('onnxruntime')}, "
+            f"Python {sys.version.split()[0]})"
+        )
         raise typer.Exit()
 
 
@@ -692,7 +698,7 @@ def calibrate(
     from .models.checkpoint import store_calibration
     from .models.zoo import is_shipped, resolve_model
 
-    classifier = resolve_model(model)
+    classifier = resolve_model(model, note=_note)
     if not classifier.path.endswith(".pt"):
         raise typer.BadParameter("calibrate the checkpoint (.pt), then export it again", param_hint="MODEL")
     if out is None and is_shipped(classifier.path):
@@ -974,13 +980,13 @@ def _refuse_clashing_outputs(output: Path | None, report: Path | None, annotate:
     """-o never replaces an input, nor a file --report writes; checked before any work."""
     if output is None:
         return
-    from .outputs.report import REPORT_FILES
-
     target = os.path.realpath(output)
-    inputs = {os.path.realpath(item) for item in items if isinstance(item, str)}
-    if target in inputs:
+    # (an output that does not exist yet is no input: resolving every input's path costs 0.1 s a thousand files)
+    if os.path.exists(target) and target in {os.path.realpath(item) for item in items if isinstance(item, str)}:
         raise typer.BadParameter(f"{output} is one of the inputs; results would replace it", param_hint="--output")
     if report is not None and os.path.dirname(target) == os.path.realpath(report):
+        from .outputs.report import REPORT_FILES  # matplotlib comes with it: only for --report
+
         if os.path.basename(target) in REPORT_FILES or os.path.basename(target).startswith("confusion-"):
             raise typer.BadParameter(
                 f"{output} is a file --report writes in {report}; choose another name or folder", param_hint="--output"
@@ -999,6 +1005,8 @@ class _Tally:
 
 def _write_predictions(batches, total, writer, destination, vote, model_label, annotator, tally, collector) -> None:
     """Each batch of outcomes voted on, written, annotated and counted as it comes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from .engine.predict import to_predictions
 
     class_names = writer.class_names
@@ -1389,13 +1397,13 @@ def serve(
         )
     import socket
 
-    from .engine.ensemble import default_vote
     from .engine.predict import Predictor
+    from .engine.voting import default_vote
     from .models.zoo import resolve_model
     from .serve.app import ServeConfig, create_app
     from .serve.server import ConnectionLimits, connection_cap
 
-    classifiers = [resolve_model(name) for name in model] if model else [resolve_model(None, note=_note)]
+    classifiers = [resolve_model(name, note=_note) for name in model] if model else [resolve_model(None, note=_note)]
     if len(classifiers) == 1:
         vote, label = (lambda probs: probs[:, 0]), classifiers[0].name  # as fer predict
     else:

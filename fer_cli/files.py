@@ -1,10 +1,13 @@
 """Files written whole: the new content goes to a temporary sibling that is renamed over the target
-(atomic on one filesystem), and the orphans a writer killed outright left are cleared by the next."""
+(atomic on one filesystem), and the orphans a writer killed outright left are cleared by the next.
+Where fer caches what it computed once, and the content hash that names what it cached."""
 
 from __future__ import annotations
 
 import errno
+import functools
 import glob
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -43,3 +46,27 @@ def writable_folder(folder: str | os.PathLike) -> Path:
     with tempfile.TemporaryFile(dir=folder):
         pass
     return folder
+
+
+def cache_dir() -> Path:
+    """Where fer keeps what it computes once (teachers' outputs, checkpoints' ONNX forms): ``$FER_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/fer_cli``, else ``~/.cache/fer_cli``."""
+    if os.environ.get("FER_CACHE_DIR"):
+        return Path(os.environ["FER_CACHE_DIR"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "fer_cli"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """A file's sha256, hashed once per process while the file stays as it is."""
+    stat = os.stat(path)
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, size: int, modified_ns: int) -> str:  # size and time: a changed file is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -27,12 +27,18 @@ settings.register_profile("long", max_examples=400, deadline=None, suppress_heal
 settings.load_profile("ci")
 
 
+@pytest.fixture(scope="session")
+def suite_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fer-cache")
+
+
 @pytest.fixture(autouse=True)
-def caller_environment_ignored(monkeypatch, tmp_path):
+def caller_environment_ignored(monkeypatch, suite_cache):
     """The suite tests fer, not the caller's shell: FER_DEBUG (re-raise user errors) is unset, and
-    what fer caches (a distilling run's teacher outputs) goes to the test's own folder."""
+    what fer caches (a distilling run's teacher outputs, checkpoints' ONNX forms) goes to the suite's
+    own folder, shared by its tests: each checkpoint predicted on the CPU is exported once a run."""
     monkeypatch.delenv("FER_DEBUG", raising=False)
-    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "fer-cache"))
+    monkeypatch.setenv("FER_CACHE_DIR", str(suite_cache))
 
 
 @pytest.fixture

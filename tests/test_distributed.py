@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fer_cli.engine.train import last_path, train
-from fer_cli.models.checkpoint import read_checkpoint
+from fer_cli.models.checkpoint import load_checkpoint_classifier, read_checkpoint
 from fer_cli.models.zoo import load_classifier
 
 from .synthetic import CLASSES, interrupt_in_epoch, tiny_config
@@ -64,4 +64,4 @@ def test_a_run_interrupted_in_one_process_resumes_under_torchrun(tiny_dataset, t
     assert "resuming" in result.stderr and "all 2 processes hold the same weights" in result.stderr
     assert [row["epoch"] for row in history(out)] == ["1", "2", "3"]
     assert read_checkpoint(last_path(out))["epoch"] == 3
-    assert all(torch.isfinite(p).all() for p in load_classifier(out).runner.model.parameters())
+    assert all(torch.isfinite(p).all() for p in load_checkpoint_classifier(out).runner.model.parameters())

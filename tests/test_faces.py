@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -123,10 +122,10 @@ def test_policy_auto_passes_face_crops_straight_and_searches_photos():
 def test_detector_finds_nothing_in_noise_and_uniform_images():
     detector = FaceDetector()
     rng = np.random.default_rng(0)
-    noise = rng.integers(0, 256, (3, 300, 400), dtype=np.uint8)
-    assert detector.detect(torch.from_numpy(noise)) == []
-    assert detector.detect(torch.full((3, 64, 64), 128, dtype=torch.uint8)) == []
-    assert detector.detect(torch.zeros((3, 8, 8), dtype=torch.uint8)) == []  # smaller than any face
+    noise = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    assert detector.detect(noise) == []
+    assert detector.detect(np.full((64, 64, 3), 128, dtype=np.uint8)) == []
+    assert detector.detect(np.zeros((8, 8, 3), dtype=np.uint8)) == []  # smaller than any face
 
 
 # --- alignment --------------------------------------------------------------------------------
@@ -181,10 +180,10 @@ def test_predict_gives_a_row_per_face_and_a_no_face_row(tiny_checkpoint):
 
 @needs_photos
 def test_detection_gives_the_same_results_in_workers_and_in_process(tiny_checkpoint):
-    runs = [
-        [json.loads(line) for line in invoke("predict", PHOTOS, "-m", tiny_checkpoint, "-j", j).stdout.splitlines()]
-        for j in (0, 1)
-    ]
+    runs = []
+    for workers in (0, 2):  # batches of one image: workers read them (a single batch is read in the main process)
+        done = invoke("predict", PHOTOS, "-m", tiny_checkpoint, "-j", workers, "-b", 1)
+        runs.append([json.loads(line) for line in done.stdout.splitlines()])
     assert [(r["path"], r["box"]) for r in runs[0]] == [(r["path"], r["box"]) for r in runs[1]]
     for a, b in zip(*runs):
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)

@@ -35,6 +35,7 @@ from rich.progress import Progress
 from torch import nn
 
 from ..errors import CheckpointError, FerError
+from ..files import cache_dir
 from ..inputs.data import LabelledTensors
 from ..models.checkpoint import save_checkpoint
 from ..models.classifier import Classifier
@@ -169,11 +170,9 @@ def teacher_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def default_cache_dir() -> Path:
-    """``$FER_CACHE_DIR``, else ``$XDG_CACHE_HOME/fer_cli``, else ``~/.cache/fer_cli``."""
-    if os.environ.get("FER_CACHE_DIR"):
-        return Path(os.environ["FER_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "fer_cli"
+    """fer's cache folder (``files.cache_dir``): ``$FER_CACHE_DIR``, else ``$XDG_CACHE_HOME/fer_cli``, else
+    ``~/.cache/fer_cli``."""
+    return cache_dir()
 
 
 def _run_teacher(teacher: Teacher, data: LabelledTensors, device: str, log: Console) -> torch.Tensor:

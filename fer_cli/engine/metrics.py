@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
 def summarize(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
@@ -11,6 +10,8 @@ def summarize(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> 
 
     ``probs`` is (N, C) with columns in ``class_names`` order; ``labels`` are indices into it.
     """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # 0.3 s: only when scoring
+
     labels = np.asarray(labels)
     probs = np.asarray(probs, dtype=np.float64)
     predicted = probs.argmax(axis=1)

@@ -107,12 +107,19 @@ _worker_reader: _InputReader | None = None
 
 
 def _start_worker(reader: _InputReader) -> None:
-    """Each worker reads with one thread (there are several workers), as DataLoader workers do;
-    a torch inherited from the parent must not reuse its thread pool after the fork."""
+    """Each worker reads with one thread (there are several workers), as DataLoader workers do: the
+    face detector's onnxruntime sessions are made with one, numpy's BLAS (the detector's crops, the
+    alignment) is held to one here (its own threads, spinning beside the other workers', made photos
+    9 times slower on 2 cores), and a torch inherited from the parent must not reuse its thread pool
+    after the fork."""
     global _worker_reader
     _worker_reader = reader
     stay_quiet_and_die_with_parent()
-    os.environ["OMP_NUM_THREADS"] = "1"  # for a torch first imported here (by the face detector)
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
 
@@ -165,10 +172,14 @@ def read_batches(
     items: list[str | MissingInput | ImageBytes], reader: _InputReader, batch_size: int, workers: int
 ) -> Iterator[tuple[list, list, list[np.ndarray]]]:
     """Every input read, searched for faces and made into model pixels, batch by batch in input
-    order, in ``workers`` processes (0: here): (inputs with their errors, face owners, pixel stacks)."""
+    order, in ``workers`` processes (0: here): (inputs with their errors, face owners, pixel stacks).
+
+    No more workers start than there are batches, and a single batch is read here: the model waits for
+    it whoever reads it, and starting a process costs more than it could win (`fer predict face.png`)."""
     numbered = list(enumerate(items))
     batches = (numbered[start : start + batch_size] for start in range(0, len(numbered), batch_size))
-    if workers > 0:
+    workers = min(workers, -(-len(numbered) // batch_size))
+    if workers > 0 and len(numbered) > batch_size:
         return in_order(_read_batch_in_worker, batches, workers, _start_worker, reader)
     return map(reader.read_batch, batches)
 

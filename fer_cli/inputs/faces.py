@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:  # the detector (and torch with it) is imported only when an image needs searching
+if TYPE_CHECKING:  # the detector (and onnxruntime with it) is imported only when an image needs searching
     from .face_detector import Detection, FaceDetector
 
 
@@ -103,10 +103,7 @@ class FaceFinder:
         if scale < 1.0:
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
             small = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        import torch
-
-        pixels = torch.from_numpy(np.array(small.convert("RGB"))).permute(2, 0, 1)
-        found = self.detector.detect(pixels)
+        found = self.detector.detect(np.asarray(small.convert("RGB")))
         if scale == 1.0:
             return found
         return [

@@ -29,6 +29,16 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 
 
+def _register_decoders() -> None:
+    """Register the decoders of IMAGE_FORMATS, and only them: asked for a format it has not registered,
+    Image.open registers every plugin Pillow has (60 ms of imports: Photoshop, PDF, AVIF...)."""
+    Image.preinit()  # BMP, GIF, JPEG, PPM, PNG
+    from PIL import TiffImagePlugin, WebPImagePlugin  # noqa: F401
+
+
+_register_decoders()
+
+
 class UnreadableImage(ValueError):
     """A file a decoder failed on in a way of its own (a crafted file can make Pillow raise nearly anything)."""
 
@@ -237,16 +247,27 @@ def _hidden(parts: tuple[str, ...]) -> bool:
 
 def _sort_found(found: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
     """Found files as (images, each real file once; links with an image's name that lead nowhere; the rest)."""
-    images, broken, others, real_paths = [], [], [], set()
+    images, broken, others, real_paths, real_folders = [], [], [], set(), {}
     for path in found:
         if not is_image_file(path):
             others.append(path)
         elif not os.path.exists(path):
             broken.append(path)
-        elif (real := os.path.realpath(path)) not in real_paths:
+        elif (real := _real_path(path, real_folders)) not in real_paths:
             real_paths.add(real)
             images.append(path)
     return images, broken, others
+
+
+def _real_path(path: str, real_folders: dict[str, str]) -> str:
+    """``os.path.realpath(path)``, its folder's resolved once for all its files (resolving each file's whole path
+    took 0.4 s for FER2013 val's 3,589)."""
+    if os.path.islink(path):
+        return os.path.realpath(path)
+    folder, name = os.path.split(path)
+    if folder not in real_folders:
+        real_folders[folder] = os.path.realpath(folder)
+    return os.path.join(real_folders[folder], name)
 
 
 def _passed_over(source: str, others: list[str]) -> str:

@@ -1,7 +1,8 @@
 """Architectures for small face crops, built from scratch, behind one registry.
 
 Every builder takes ``num_classes`` and ``in_channels`` plus its own keyword options, and the
-(name, options) pair is what a checkpoint stores to rebuild the network.
+(name, options) pair is what a checkpoint stores to rebuild the network. The registry (names,
+options, descriptions) is read without torch, for `fer models`; building a network imports it.
 """
 
 from __future__ import annotations
@@ -9,14 +10,15 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable
-
-import torch
-from torch import nn
-from torchvision.models import resnet
+from typing import TYPE_CHECKING
 
 from ..errors import ModelError
 
-ModelBuilder = Callable[..., nn.Module]
+if TYPE_CHECKING:
+    from torch import nn
+    from torchvision.models import resnet
+
+ModelBuilder = Callable[..., "nn.Module"]
 _REGISTRY: dict[str, ModelBuilder] = {}
 
 
@@ -100,12 +102,16 @@ def _builder(name: str) -> ModelBuilder:
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    from torch import nn
+
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 @register_model
 def vgg(num_classes: int, in_channels: int = 1, width: int = 64, dropout: float = 0.4) -> nn.Module:
     """VGG-style net: 4 blocks of 2x(conv-BN-ReLU) + max-pool, widths w..8w, as in Khaireddin & Chen 2021."""
+    from torch import nn
+
     layers: list[nn.Module] = []
     cin = in_channels
     for multiple in (1, 2, 4, 8):
@@ -127,6 +133,9 @@ def vgg(num_classes: int, in_channels: int = 1, width: int = 64, dropout: float 
 @register_model
 def resnet18(num_classes: int, in_channels: int = 1, width: int = 64) -> nn.Module:
     """torchvision ResNet-18 with a small-input stem (3x3 conv, stride 1, no max-pool) for 48 px faces."""
+    from torch import nn
+    from torchvision.models import resnet
+
     model = resnet.ResNet(resnet.BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
     if width != 64:  # torchvision fixes the widths; rebuild with scaled ones
         model = _scaled_resnet(resnet.BasicBlock, [2, 2, 2, 2], num_classes, width)
@@ -136,6 +145,9 @@ def resnet18(num_classes: int, in_channels: int = 1, width: int = 64) -> nn.Modu
 
 
 def _scaled_resnet(block, layers, num_classes: int, width: int) -> resnet.ResNet:
+    from torch import nn
+    from torchvision.models import resnet
+
     model = resnet.ResNet(block, layers, num_classes=num_classes)
     model.inplanes = width
     model.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
@@ -148,33 +160,16 @@ def _scaled_resnet(block, layers, num_classes: int, width: int) -> resnet.ResNet
     return model
 
 
-class _SeparableResidual(nn.Module):
-    """Two depthwise-separable convs and a max-pool, with a strided 1x1 shortcut (Xception's block)."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False),
-            nn.Conv2d(cin, cout, 1, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, groups=cout, bias=False),
-            nn.Conv2d(cout, cout, 1, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.MaxPool2d(3, stride=2, padding=1),
-        )
-        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=2, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.body(x) + self.shortcut(x))
-
-
 @register_model
 def mini_xception(num_classes: int, in_channels: int = 1, width: int = 32, dropout: float = 0.2) -> nn.Module:
     """Smallest net (0.2M parameters): conv stem + 4 depthwise-separable residual blocks (mini-Xception family)."""
+    from torch import nn
+
+    from .layers import SeparableResidual
+
     stem = nn.Sequential(*_conv_bn_relu(in_channels, width // 2), *_conv_bn_relu(width // 2, width))
     widths = [width, width, width * 2, width * 4, width * 8]
-    blocks = [_SeparableResidual(cin, cout) for cin, cout in zip(widths, widths[1:])]
+    blocks = [SeparableResidual(cin, cout) for cin, cout in zip(widths, widths[1:])]
     return nn.Sequential(
         stem,
         *blocks,

@@ -29,11 +29,8 @@ from ..device import autocast, prepare_model, select_device
 from ..errors import CheckpointError
 from ..files import remove_orphans, temporary_sibling
 from .architectures import create_model
+from .checkpoint_file import FORMAT, VERSION, validated, what_is_wrong
 from .classifier import Classifier, described_by
-
-FORMAT = "fer_cli.checkpoint"
-VERSION = 1
-REQUIRED_KEYS = ("arch", "model_config", "class_names", "preprocess", "state_dict")
 
 
 def clean_state_dict(state_dict: dict) -> dict:
@@ -105,26 +102,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             ) from None
         raise CheckpointError(f"{path} is not a readable fer_cli checkpoint (corrupt, truncated or foreign)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
-        raise CheckpointError(f"{path} {_what_is_wrong(path)}") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is a PyTorch file but not a fer_cli checkpoint")
-    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
-    if missing:
-        raise CheckpointError(f"{path} is missing {', '.join(missing)}")
-    if checkpoint.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path} was written by a newer fer_cli (format version {checkpoint['version']})")
-    return checkpoint
-
-
-def _what_is_wrong(path: Path) -> str:
-    """Why torch could not read ``path``, in the user's terms (torch's own messages speak of its internals)."""
-    with open(path, "rb") as stream:
-        start = stream.read(4)
-    if not start:
-        return "is empty"
-    if start != b"PK\x03\x04":  # every checkpoint torch has written since 1.6 is a zip archive
-        return "is not a checkpoint (not a PyTorch file)"
-    return "is damaged or truncated (a PyTorch file that cannot be read whole; copy or download it again)"
+        raise CheckpointError(f"{path} {what_is_wrong(path)}") from None
+    return validated(path, checkpoint)
 
 
 def build_model(checkpoint: dict) -> nn.Module:
@@ -186,6 +165,8 @@ class TorchRunner:
 
 
 def load_checkpoint_classifier(path: str | os.PathLike) -> Classifier:
+    """A checkpoint run by torch whatever the device: the reference its ONNX form is held to (``zoo.load_classifier``
+    is what the commands use)."""
     checkpoint = read_checkpoint(path)
     return described_by(path, checkpoint, TorchRunner(build_model(checkpoint), checkpoint["preprocess"]))
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from enum import Enum
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported by the functions: `fer --help` reads TTA, the choices, without it
+    import numpy as np
 
 CROP_SHARE = 11 / 12  # a crop's side, as a share of the face's: 44 of 48 pixels
 
@@ -31,6 +33,8 @@ class TTA(str, Enum):
 
 def views(pixels: np.ndarray, tta: TTA | str) -> Iterator[np.ndarray]:
     """The views of a batch of uint8 model pixels (N, C, H, W), one batch per view."""
+    import numpy as np
+
     tta = TTA(tta)
     originals = [pixels] if tta != TTA.crops else [pixels, *corner_and_centre_crops(pixels)]
     for view in originals:
@@ -41,6 +45,8 @@ def views(pixels: np.ndarray, tta: TTA | str) -> Iterator[np.ndarray]:
 
 def corner_and_centre_crops(pixels: np.ndarray) -> list[np.ndarray]:
     """The centre and four corner crops of ``CROP_SHARE`` of the side, each resized to the full side."""
+    import numpy as np
+
     height, width = pixels.shape[-2:]
     crop_h, crop_w = round(height * CROP_SHARE), round(width * CROP_SHARE)
     rows, cols = _bilinear(crop_h, height), _bilinear(crop_w, width)
@@ -56,6 +62,8 @@ def corner_and_centre_crops(pixels: np.ndarray) -> list[np.ndarray]:
 
 def _bilinear(source: int, target: int) -> np.ndarray:
     """(target, source) weights of bilinear upscaling with pixel centres aligned (as PIL and torch do)."""
+    import numpy as np
+
     position = np.clip((np.arange(target) + 0.5) * source / target - 0.5, 0, source - 1)
     low = np.floor(position).astype(int)
     high = np.minimum(low + 1, source - 1)

@@ -3,16 +3,17 @@ and the shipped weights (where they live, which one is the default)."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FerError, ModelError
-from .classifier import Classifier
-from .exported import OnnxRunner, load_exported
+from ..files import file_sha256
+from .checkpoint_file import read_description
+from .checkpoint_runner import CheckpointRunner
+from .classifier import Classifier, described_by
+from .exported import load_exported, read_metadata
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # fer_cli/, above this stage
 
@@ -20,14 +21,15 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # fer_cli/, above this stage
 CHECKSUMS = "SHA256SUMS"  # beside the shipped weights, in `sha256sum` format
 
 
-def load_classifier(path: str | os.PathLike) -> Classifier:
-    """A checkpoint (.pt) or an exported model (.onnx); a shipped one only if it is the file that was shipped."""
+def load_classifier(path: str | os.PathLike, note=None) -> Classifier:
+    """A checkpoint (.pt) or an exported model (.onnx); a shipped one only if it is the file that was shipped.
+
+    A checkpoint is read without torch; its runner picks the engine when it is prepared for a device
+    (``checkpoint_runner``), and ``note`` hears what that involves (a first export, a fallback to torch)."""
     verify_shipped(path)
     if Path(path).suffix.lower() == ".onnx":
         return load_exported(path)
-    from .checkpoint import load_checkpoint_classifier  # torch: only for checkpoints
-
-    return load_checkpoint_classifier(path)
+    return described_by(path, read_description(path), CheckpointRunner(path, note))
 
 
 def verify_shipped(path: str | os.PathLike) -> None:
@@ -57,21 +59,6 @@ def _listed_checksums(listing: Path) -> dict[str, str]:
     return {name.lstrip("*").strip(): digest.lower() for digest, name in entries}
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """A file's sha256, hashed once per process while the file stays as it is."""
-    stat = os.stat(path)
-    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=32)
-def _sha256(path: str, size: int, modified_ns: int) -> str:  # size and time: a changed file is hashed again
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_dirs() -> list[Path]:
     """Where shipped weights are looked for, first match wins.
 
@@ -98,15 +85,13 @@ def shipped_models(note=None) -> list[ShippedModel]:
     """Every loadable checkpoint (``*.pt``) and exported model (``*.onnx``, where onnxruntime is
     installed) in the weights folders, best validation accuracy first. A file that cannot be read (a damaged
     or foreign file dropped in ``$FER_WEIGHTS_DIR``) is left out, and ``note`` hears why: it never stops the rest."""
-    from .checkpoint import read_checkpoint  # torch: only when checkpoints are listed
-
     found: dict[str, ShippedModel] = {}
     for folder in weights_dirs():
         for path in sorted(folder.glob("*.pt")):
             if path.stem in found or path.name.endswith(".last.pt"):
                 continue
             try:
-                checkpoint = read_checkpoint(path)
+                checkpoint = read_description(path)  # no torch: the weights are not read
             except FerError as error:  # damaged, truncated, foreign
                 if note:
                     note(f"left out {path}: {error}")
@@ -119,8 +104,8 @@ def shipped_models(note=None) -> list[ShippedModel]:
             if path.stem in found:
                 continue
             try:
-                meta = OnnxRunner(path).metadata()
-            except Exception as error:  # noqa: BLE001: onnxruntime's own errors for a damaged file
+                meta = read_metadata(path)  # no onnxruntime: the file's metadata alone
+            except FerError as error:  # damaged, or not exported by fer
                 if note:
                     note(f"left out {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
                 continue
@@ -152,13 +137,13 @@ def resolve_model(name_or_path: str | None, note=None) -> Classifier:
         checkpoints = [m for m in shipped_models(note) if m.path.endswith(".pt")]
         if not checkpoints:
             raise ModelError("no shipped weights found; train one with `fer train` and pass --model PATH")
-        return load_classifier(checkpoints[0].path)
+        return load_classifier(checkpoints[0].path, note)
     looks_like_path = name_or_path.endswith((".pt", ".onnx")) or os.sep in name_or_path
     if Path(name_or_path).is_file() or looks_like_path:
-        return load_classifier(name_or_path)
+        return load_classifier(name_or_path, note)
     shipped = _find_shipped_file(name_or_path)
     if shipped is not None:
-        return load_classifier(shipped)
+        return load_classifier(shipped, note)
     names = ", ".join(m.name for m in shipped_models()) or "none"
     raise ModelError(f"no shipped model named '{name_or_path}' (shipped: {names}); or pass a model file")
 
@@ -168,7 +153,7 @@ def resolve_models(names_or_paths: list[str] | None, note=None) -> list[Classifi
     are faster copies of a checkpoint, not members of their own; they vote only when named, and
     ``note`` hears that they were left out."""
     if names_or_paths:
-        return [resolve_model(n) for n in names_or_paths]
+        return [resolve_model(n, note) for n in names_or_paths]
     available = shipped_models(note)
     checkpoints = [m for m in available if m.path.endswith(".pt")]
     if not checkpoints:
@@ -177,7 +162,7 @@ def resolve_models(names_or_paths: list[str] | None, note=None) -> list[Classifi
     if note and exports:
         which = f"exported model {exports[0]} was" if len(exports) == 1 else f"exported models {', '.join(exports)} were"
         note(f"{which} left out of the default ensemble (add one with -m NAME)")
-    return [load_classifier(m.path) for m in checkpoints]
+    return [load_classifier(m.path, note) for m in checkpoints]
 
 
 def model_catalogue(note=None) -> dict:

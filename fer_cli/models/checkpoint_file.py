@@ -1,0 +1,133 @@
+"""A checkpoint's description, read without torch: every key of the checkpoint dict, with each weight a
+``TensorInfo`` (dtype and shape) standing for values that are never read.
+
+`fer models`, the zoo and prediction on a CPU (which runs a checkpoint's cached ONNX form) need only
+this: reading it takes milliseconds, importing torch to ``torch.load`` the file takes seconds.
+
+The file is what ``torch.save`` writes: a zip archive whose ``<name>/data.pkl`` is the pickled dict,
+each tensor in it pointing at a storage kept as another member of the archive. The pickle is read as
+``torch.load(..., weights_only=True)`` reads it: only plain types and the globals that rebuild tensors
+are allowed, so nothing in the file runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CheckpointError
+
+FORMAT = "fer_cli.checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("arch", "model_config", "class_names", "preprocess", "state_dict")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor of the file, described: its values stay in the archive."""
+
+    dtype: str  # numpy's name: float32, float16, int64...
+    shape: tuple[int, ...]
+
+
+def read_description(path: str | os.PathLike) -> dict:
+    """The checkpoint at ``path`` as ``checkpoint.read_checkpoint`` returns it, tensors as ``TensorInfo``,
+    validated the same way, with the same errors for a missing, damaged, foreign or unsafe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no such checkpoint file: {path}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickled = [name for name in archive.namelist() if name.endswith("/data.pkl") and name.count("/") == 1]
+            if len(pickled) != 1:
+                raise CheckpointError(f"{path} {what_is_wrong(path)}")
+            with archive.open(pickled[0]) as stream:
+                checkpoint = _Unpickler(stream).load()
+    except pickle.UnpicklingError as error:
+        if "unsupported global" in str(error).lower():
+            raise CheckpointError(
+                f"{path} is not a fer_cli checkpoint: it holds Python objects, not plain data, and is not loaded"
+            ) from None
+        raise CheckpointError(f"{path} is not a readable fer_cli checkpoint (corrupt, truncated or foreign)") from None
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError, TypeError, IndexError, AttributeError):
+        raise CheckpointError(f"{path} {what_is_wrong(path)}") from None
+    return validated(path, checkpoint)
+
+
+def validated(path: str | os.PathLike, checkpoint) -> dict:
+    """``checkpoint`` if it is a fer_cli checkpoint this version can read, else the CheckpointError saying why."""
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a PyTorch file but not a fer_cli checkpoint")
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} is missing {', '.join(missing)}")
+    if checkpoint.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path} was written by a newer fer_cli (format version {checkpoint['version']})")
+    return checkpoint
+
+
+def what_is_wrong(path: Path) -> str:
+    """Why a file could not be read as a checkpoint, in the user's terms (the readers' own messages speak of
+    their internals)."""
+    with open(path, "rb") as stream:
+        start = stream.read(4)
+    if not start:
+        return "is empty"
+    if start != b"PK\x03\x04":  # every checkpoint torch has written since 1.6 is a zip archive
+        return "is not a checkpoint (not a PyTorch file)"
+    return "is damaged or truncated (a PyTorch file that cannot be read whole; copy or download it again)"
+
+
+# torch's storage classes, by the dtype of their elements
+_STORAGE_DTYPES = {
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "DoubleStorage": "float64",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+}
+
+
+@dataclass(frozen=True)
+class _StorageType:
+    dtype: str
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None) -> TensorInfo:
+    return TensorInfo(storage.dtype, tuple(size))
+
+
+def _rebuild_parameter(data, requires_grad=False, hooks=None) -> TensorInfo:
+    return data
+
+
+class _Unpickler(pickle.Unpickler):
+    """The pickle of a checkpoint, with only the globals ``torch.load(weights_only=True)`` allows for one."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if (module, name) == ("torch._utils", "_rebuild_parameter"):
+            return _rebuild_parameter
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        if (module, name) == ("torch", "Size"):
+            return tuple
+        raise pickle.UnpicklingError(f"Unsupported global: {module}.{name}")
+
+    def persistent_load(self, pid):
+        # torch's reference to a storage: ('storage', storage type, key, location, number of elements)
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError("not a storage reference")
+        return pid[1]
