@@ -1210,7 +1210,7 @@ def ensemble(
     """
     from .engine.ensemble import default_vote, score_labelled, voted_files
     from .engine.predict import align_classes
-    from .inputs.data import is_labelled_folder
+    from .inputs.labelled import is_labelled_folder
     from .inputs.votes import split_of
     from .models.zoo import resolve_models
 

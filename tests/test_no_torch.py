@@ -107,13 +107,10 @@ def test_serving_never_imports_torch(no_torch, tiny_checkpoint):
     assert not log.exists(), log.read_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fer ensemble reads labelled folders with fer_cli/inputs/data.py, which imports torch at its top "
-    "(LabelledTensors, training's decoding); its torch-free part is to move to a module of its own",
-)
-def test_ensembles_never_import_torch(no_torch, tiny_checkpoint, image_folder):
+def test_ensembles_never_import_torch(no_torch, tiny_checkpoint, image_folder, labelled_dir):
     environment, log = no_torch
     done = fer(environment, "ensemble", image_folder, "-m", tiny_checkpoint, "-m", tiny_checkpoint, "-f", "jsonl")
+    assert done.returncode == 0, done.stderr
+    done = fer(environment, "ensemble", labelled_dir, "-m", tiny_checkpoint, "-f", "json")  # scoring a labelled folder
     assert done.returncode == 0, done.stderr
     assert not log.exists(), log.read_text()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ModelError, SourceError
-from ..inputs.data import CONTENT_HASH, LabelledFiles, content_hash, find_labelled_images, labelled_digest
+from ..inputs.labelled import CONTENT_HASH, LabelledFiles, content_hash, find_labelled_images, labelled_digest
 from ..inputs.votes import describe_left_out, outcome, read_votes
 from ..inputs.faces import FacePolicy
 from ..models.classifier import Classifier
