@@ -813,6 +813,14 @@ def export(
             help="Labelled folder to score the exported model on; its own metrics are stored.",
         ),
     ] = None,
+    votes: Annotated[
+        Path | None,
+        typer.Option("--votes", metavar="CSV", help="With --val: score against the majority of these votes."),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", metavar="NAME", help="With --votes: only the rows of this split (e.g. val)."),
+    ] = None,
     workers: WorkersOpt = DEFAULT_WORKERS,
 ) -> None:
     """Export a model to ONNX, to run without torch.
@@ -823,9 +831,11 @@ def export(
     Examples:
       fer export resnet18_adamw r18.onnx --val val/   # float32, scored on val/
       fer export runs/model.pt fast.onnx --int8 --calibration train/
+      fer export m.pt m.onnx --val fer2013/ --votes fer2013plus.csv --split val
       fer predict photos/ -m fast.onnx                # run it like any model
     """
-    from .engine.ensemble import score_model
+    from .engine.ensemble import score_model, voted_files
+    from .inputs.votes import split_of
     from .models.exported import export_checkpoint, store_metrics
     from .models.zoo import load_classifier, resolve_model
 
@@ -834,6 +844,13 @@ def export(
     source = resolve_model(model)
     if not source.path.endswith(".pt"):
         raise typer.BadParameter(f"{model} is already an exported model; export a checkpoint (.pt)", param_hint="MODEL")
+    if votes is not None and val is None:
+        raise typer.BadParameter("--votes scores the images under --val FOLDER; give it too", param_hint="--votes")
+    if split is not None and votes is None:
+        raise typer.BadParameter("--split picks rows of a votes file; give it with --votes", param_hint="--split")
+    if split is not None and split_of(split) is None:
+        raise typer.BadParameter(f"'{split}' is not a split this tool reads (train, val)", param_hint="--split")
+    voted = voted_files(val, str(votes), split_of(split) if split else None) if votes is not None else None
     try:
         writable_folder(out.parent)  # before the work, not after it
     except OSError as error:
@@ -845,8 +862,11 @@ def export(
             source.path, temporary, int8=int8, calibration=calibration, calibration_size=calibration_size
         )
         if val:  # the exported model's own accuracy, in place of its checkpoint's
-            metrics = score_model(load_classifier(temporary), val, "cpu", 256, workers)
-            store_metrics(temporary, metrics, scored_on=val)
+            metrics = score_model(load_classifier(temporary), val, "cpu", 256, workers, votes=voted)
+            against = None
+            if voted is not None:
+                against = f"against the majority of the votes in {votes}" + (f" ({voted.split} rows)" if split else "")
+            store_metrics(temporary, metrics, scored_on=val, labels=against)
         os.replace(temporary, out)
     finally:
         temporary.unlink(missing_ok=True)
@@ -858,7 +878,8 @@ def export(
     kind = "int8" if int8 else "float32"
     err_console.print(f"wrote {out} ({kind}, {out.stat().st_size / 1e6:.1f} MB)", highlight=False)
     if val:
-        err_console.print(f"accuracy on {val}: {metrics['accuracy']:.2%} (stored in the file)", highlight=False)
+        against = f" against the majority of the votes in {votes}" if votes is not None else ""
+        err_console.print(f"accuracy on {val}{against}: {metrics['accuracy']:.2%} (stored in the file)", highlight=False)
     if "checked_on" in summary:
         err_console.print(
             f"on {summary['checked_on']:,} calibration images it picks the checkpoint's class for "

@@ -306,6 +306,28 @@ def test_fer_ensemble_votes_usage_errors(voted, tiny_checkpoint, tmp_path):
     assert done.exit_code == 2 and "no such folder" in done.stderr
 
 
+def test_fer_export_scores_the_exported_model_against_votes(voted, tiny_checkpoint, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from fer_cli.models.zoo import load_classifier
+
+    root, votes = voted
+    out = tmp_path / "m.onnx"
+    done = invoke("export", tiny_checkpoint, out, "--val", root, "--votes", votes, "--split", "val", "-j", 0)
+    assert done.exit_code == 0, done.output
+    assert "against the majority of the votes" in done.stderr
+    exported = load_classifier(str(out))
+    assert exported.metrics["votes"]["images"] == 12 and "balanced_accuracy" in exported.metrics
+    import onnx
+
+    from fer_cli.models.exported import METADATA_KEY
+
+    meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}[METADATA_KEY])
+    assert "majority of the votes" in meta["metrics_source"] and meta["provenance"]["val_path"] == str(root)
+    for wrong, message in [(["--votes", votes], "--val"), (["--val", root, "--split", "val"], "--votes")]:
+        done = invoke("export", tiny_checkpoint, tmp_path / "x.onnx", *wrong)
+        assert done.exit_code == 2 and message in done.stderr and not (tmp_path / "x.onnx").exists()
+
+
 # --- every training feature keeps working with votes ------------------------------------------------------
 
 

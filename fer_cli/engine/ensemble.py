@@ -182,11 +182,19 @@ def predict_labelled(
 
 
 def score_model(
-    classifier: Classifier, folder: str, device: str = "auto", batch_size: int = 64, workers: int = 0
+    classifier: Classifier,
+    folder: str,
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int = 0,
+    votes: VotedFiles | None = None,
 ) -> dict:
-    """One model's metrics on a labelled folder (what ``fer export --val`` stores in an exported model)."""
-    labelled = predict_labelled([classifier], folder, device, batch_size, workers)
-    return summarize(labelled.labels, labelled.probs[:, 0], classifier.class_names)
+    """One model's metrics on a labelled folder, or against ``votes`` (what ``fer export --val`` stores in an
+    exported model): the same measures ``fer train`` stores for the checkpoint."""
+    labelled = predict_labelled([classifier], folder, device, batch_size, workers, votes=votes)
+    if votes is None:
+        return summarize(labelled.labels, labelled.probs[:, 0], classifier.class_names)
+    return summarize_votes(labelled.votes, labelled.labels, labelled.probs[:, 0], labelled.class_names)
 
 
 def evaluate_ensemble(

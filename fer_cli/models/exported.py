@@ -273,15 +273,16 @@ def _agreement(network, out: Path, samples: np.ndarray) -> dict:
     }
 
 
-def store_metrics(path: str | os.PathLike, metrics: dict, scored_on: str) -> None:
+def store_metrics(path: str | os.PathLike, metrics: dict, scored_on: str, labels: str | None = None) -> None:
     """Give an exported model its own validation metrics, measured on ``scored_on`` (a labelled
-    folder), in place of its checkpoint's; the calibration report it carries is kept."""
+    folder; ``labels`` says where its labels came from when not its class folders), in place of its
+    checkpoint's; the calibration report it carries is kept."""
     onnx = _onnx()
     model = onnx.load(str(path))
     meta = json.loads({prop.key: prop.value for prop in model.metadata_props}[METADATA_KEY])
     calibration = meta["metrics"].get("calibration")
     meta["metrics"] = {**metrics, **({"calibration": calibration} if calibration else {})}
-    meta["metrics_source"] = f"this exported model, scored on {scored_on}"
+    meta["metrics_source"] = f"this exported model, scored on {scored_on}" + (f", {labels}" if labels else "")
     meta["provenance"]["val_path"] = scored_on
     onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
     onnx.save(model, str(path))
