@@ -2,6 +2,7 @@
 balanced accuracy, tagger agreement), and against FER2013's own labels; and their votes (mean probability).
 
     python benchmarks/score_models.py -m weights/resnet18_plus.pt -m weights/fast.onnx [--tta flip] [--ensemble]
+    python benchmarks/score_models.py -m a.pt -m b.pt -m c.pt --ensemble --subsets   # every subset's vote too
 
 The images are ../shared/data/fer2013/val (3,589 faces); the FER+ figures use the 3,553 of them FER+ kept (26 mostly
 "unknown" or "not a face", 10 unlabelled), the majority ones the 3,396 without a tie at the top. Prints a markdown
@@ -11,6 +12,7 @@ table (what weights/README.md shows) and, with --json, the figures.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--votes", default=str(SHARED / "ferplus" / "fer2013plus.csv"))
     parser.add_argument("--tta", default="none", choices=["none", "flip", "crops"])
     parser.add_argument("--ensemble", action="store_true", help="also score the mean-probability vote of the models")
+    parser.add_argument("--subsets", action="store_true", help="with --ensemble: the vote of every subset of them")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
@@ -50,7 +53,17 @@ def main() -> None:
     if args.ensemble and len(classifiers) > 1:
         names = align_classes(classifiers)
         aligned = [p[:, [c.class_names.index(n) for n in names]] for p, c in zip(all_probs, classifiers)]
-        rows.append(_scores("mean vote", names, mean_vote(np.stack(aligned, axis=1)), folder, voted, None))
+        members = [range(len(classifiers))] if not args.subsets else [
+            subset for size in range(2, len(classifiers) + 1) for subset in itertools.combinations(range(len(classifiers)), size)
+        ]  # fmt: skip
+        for subset in members:
+            label = (
+                "mean vote"
+                if len(subset) == len(classifiers)
+                else "vote of " + " + ".join(classifiers[i].name for i in subset)
+            )
+            vote = mean_vote(np.stack([aligned[i] for i in subset], axis=1))
+            rows.append(_scores(label, names, vote, folder, voted, None))
     print("| model | FER+ majority | balanced | tagger agreement | FER2013 labels | images/s (this pass) |")
     print("|---|---|---|---|---|---|")
     for row in rows:

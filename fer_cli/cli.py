@@ -310,13 +310,13 @@ def train(
         list[str] | None,
         typer.Option("--arch-option", metavar="KEY=VALUE", help="Architecture option, e.g. width=32 (repeatable)."),
     ] = None,
-    epochs: Annotated[
-        int | None, typer.Option(min=1, metavar="N", help="Default: 30, or 10 with --init.")
-    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, metavar="N", help="Default: 30, or 10 with --init.")] = None,
     batch_size: BatchSizeOpt = 64,
     optimizer: Annotated[
         Optimizer | None,
-        typer.Option(case_sensitive=False, help="sgd (Nesterov, momentum 0.9) or adamw. Default: sgd, adamw with --init."),
+        typer.Option(
+            case_sensitive=False, help="sgd (Nesterov, momentum 0.9) or adamw. Default: sgd, adamw with --init."
+        ),
     ] = None,
     lr: Annotated[
         float | None,
@@ -378,7 +378,9 @@ def train(
     freeze_epochs: Annotated[
         int,
         typer.Option(
-            "--freeze-epochs", min=0, metavar="N",
+            "--freeze-epochs",
+            min=0,
+            metavar="N",
             help="With --init: only the head trains for N epochs. Default: 1 when most of the head is new, else 0.",
         ),
     ] = None,
@@ -423,7 +425,10 @@ def train(
     label_weight: Annotated[
         float,
         typer.Option(
-            "--label-weight", min=0.0, max=1.0, metavar="W",
+            "--label-weight",
+            min=0.0,
+            max=1.0,
+            metavar="W",
             help="With --votes: this share of each target is the image's own single label (FER2013's).",
         ),
     ] = 0.0,
@@ -602,7 +607,9 @@ def _describe_model(classifier, out: Console) -> None:
                       "prior), which lifts the rare classes"))  # fmt: skip
     learnt = provenance.get("labels") or {}
     if learnt.get("kind") == "votes":
-        mixed = f", {learnt['label_weight']:g} of each target the image's own label" if learnt.get("label_weight") else ""
+        mixed = (
+            f", {learnt['label_weight']:g} of each target the image's own label" if learnt.get("label_weight") else ""
+        )
         lines.append(("learnt from", f"votes in {learnt['votes']} ({learnt['targets']}{mixed})"))
     if metrics.get("accuracy") is not None:
         on = f" on {metrics['count']:,} images" if metrics.get("count") else ""
@@ -649,7 +656,9 @@ def calibrate(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", "-o", metavar="FILE",
+            "--out",
+            "-o",
+            metavar="FILE",
             help="Write the calibrated checkpoint here. Default: update MODEL in place (never a shipped model).",
         ),
     ] = None,
@@ -782,7 +791,12 @@ def _refit_prior_correction(classifier, probs, labels, clear, setting: str, fitt
     raw = classifier.temperature * np.log(np.clip(probs, 1e-12, None)) - classifier.logit_adjustment
     correction = choose_prior_correction(raw[clear], labels[clear], prior, setting, fitted_on)
     if correction is None:  # none: no correction at all
-        correction = {"tau": 0.0, "rule": "none (--prior-correction none)", "prior": prior.tolist(), "reason": "none asked"}
+        correction = {
+            "tau": 0.0,
+            "rule": "none (--prior-correction none)",
+            "prior": prior.tolist(),
+            "reason": "none asked",
+        }
     return softmax(raw - correction["tau"] * np.log(np.clip(prior, 1e-6, None))), correction
 
 
@@ -879,7 +893,9 @@ def export(
     err_console.print(f"wrote {out} ({kind}, {out.stat().st_size / 1e6:.1f} MB)", highlight=False)
     if val:
         against = f" against the majority of the votes in {votes}" if votes is not None else ""
-        err_console.print(f"accuracy on {val}{against}: {metrics['accuracy']:.2%} (stored in the file)", highlight=False)
+        err_console.print(
+            f"accuracy on {val}{against}: {metrics['accuracy']:.2%} (stored in the file)", highlight=False
+        )
     if "checked_on" in summary:
         err_console.print(
             f"on {summary['checked_on']:,} calibration images it picks the checkpoint's class for "
@@ -1013,7 +1029,9 @@ def _refuse_clashing_outputs(output: Path | None, report: Path | None, annotate:
                 f"{output} is a file --report writes in {report}; choose another name or folder", param_hint="--output"
             )
     if annotate is not None and os.path.dirname(target) == os.path.realpath(annotate) and ".fer." in output.name:
-        raise typer.BadParameter(f"{output} is where an annotated copy may go; choose another name", param_hint="--output")
+        raise typer.BadParameter(
+            f"{output} is where an annotated copy may go; choose another name", param_hint="--output"
+        )
 
 
 @dataclasses.dataclass
@@ -1364,7 +1382,10 @@ def serve(
     max_connections: Annotated[
         int,
         typer.Option(
-            "--max-connections", min=1, metavar="N", help="Connections open at once (fewer if ulimit -n is low); more: 503."
+            "--max-connections",
+            min=1,
+            metavar="N",
+            help="Connections open at once (fewer if ulimit -n is low); more: 503.",
         ),
     ] = 1000,
     header_timeout: Annotated[
@@ -1445,7 +1466,9 @@ def serve(
     )
     connections = connection_cap(max_connections)
     if connections < max_connections:
-        _note(f"--max-connections {max_connections} lowered to {connections}: the open-file limit (ulimit -n) holds no more")
+        _note(
+            f"--max-connections {max_connections} lowered to {connections}: the open-file limit (ulimit -n) holds no more"
+        )
     limits = ConnectionLimits(connections, header_timeout, body_timeout, shutdown_grace)
     try:  # bound here, so that a port in use is one line and exit 2, and --port 0 can say which it got
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -274,7 +274,7 @@ def test_reading_a_mutated_file_is_an_image_or_one_known_error(case):
 def test_predict_keeps_its_invariants_on_mutated_files(model, cases):
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        for index, (image_format, data) in enumerate(cases):
+        for index, (_format, data) in enumerate(cases):
             (root / f"m{index}.png").write_bytes(data)
         Image.new("L", (48, 48), 90).save(root / "good.png")
         code, stdout, _ = run("predict", root, "-m", model, "--workers", "0", "-f", "jsonl")

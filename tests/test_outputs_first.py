@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 from fer_cli.cli import app
 from fer_cli.engine.train import history_path, last_path, train
 from fer_cli.models.checkpoint import read_checkpoint
 
-from .synthetic import synthetic_face, tiny_config
+from .synthetic import tiny_config
 
 TINY = ["--arch", "vgg", "--arch-option", "width=4", "--batch-size", "16", "--optimizer", "adamw", "--lr", "0.01",
         "--augment", "none", "--workers", "0", "--device", "cpu"]  # fmt: skip
@@ -42,7 +41,9 @@ def test_train_into_an_unwritable_place_fails_before_any_work(tiny_dataset, a_fi
     monkeypatch.setattr(train_module, "load_training_data", lambda *a: pytest.fail("decoded the data first"))
     done = invoke("train", tiny_dataset, "--out", a_file / "m.pt", "--epochs", "1", *TINY)
     assert done.exit_code == 2 and "cannot write to" in done.stderr and "Traceback" not in done.output
-    done = invoke("train", tiny_dataset, "--out", a_file.parent / "m.pt", "--tensorboard", a_file, "--epochs", "1", *TINY)
+    done = invoke(
+        "train", tiny_dataset, "--out", a_file.parent / "m.pt", "--tensorboard", a_file, "--epochs", "1", *TINY
+    )
     assert done.exit_code == 2 and "cannot write TensorBoard events" in done.stderr
 
 

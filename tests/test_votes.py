@@ -24,7 +24,9 @@ from fer_cli.models.checkpoint import build_model, read_checkpoint
 
 from .synthetic import CLASSES, make_labelled_folder, synthetic_face, tiny_config
 
-FERPLUS_HEADER = "split,path,fer2013_label,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,not_a_face"
+FERPLUS_HEADER = (
+    "split,path,fer2013_label,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,not_a_face"
+)
 
 
 def invoke(*args):
@@ -394,7 +396,8 @@ def test_the_prior_correction_is_chosen_on_validation_and_stored(tmp_path):
 
 
 def test_fine_tuning_has_its_own_defaults(tiny_dataset, tiny_checkpoint, tmp_path):
-    from fer_cli.engine.train import TrainConfig, _new_head_share, read_checkpoint as read
+    from fer_cli.engine.train import TrainConfig, _new_head_share
+    from fer_cli.engine.train import read_checkpoint as read
 
     fresh = TrainConfig(data=str(tiny_dataset), out="m.pt").with_defaults()
     assert (fresh.epochs, fresh.optimizer, fresh.learning_rate, fresh.freeze_epochs) == (30, "sgd", 0.01, 0)

@@ -129,7 +129,9 @@ def choose_prior_correction(
     if setting == "auto":
         return report
     tau = float(setting)
-    predicted = (np.asarray(log_probs) - tau * np.log(np.clip(np.asarray(prior, dtype=np.float64), 1e-6, None))).argmax(1)
+    predicted = (np.asarray(log_probs) - tau * np.log(np.clip(np.asarray(prior, dtype=np.float64), 1e-6, None))).argmax(
+        1
+    )
     recall = [float((predicted[labels == c] == c).mean()) for c in np.unique(labels)]
     after = {"accuracy": float((predicted == labels).mean()), "balanced_accuracy": float(np.mean(recall))}
     return {**report, "tau": tau, "rule": "given (--prior-correction)", "after": after, "reason": ""}

@@ -186,9 +186,9 @@ def _run_teacher(teacher: Teacher, data: LabelledTensors, device: str, log: Cons
         task = progress.add_task(f"teacher {teacher.name} ({used})", total=len(images))
         for start in range(0, len(images), BATCH):
             pixels = images[start : start + BATCH].numpy()
-            out[start : start + BATCH] = (
-                (classifier.runner.logits(pixels) + classifier.logit_adjustment)[:, columns] / classifier.temperature
-            )
+            out[start : start + BATCH] = (classifier.runner.logits(pixels) + classifier.logit_adjustment)[
+                :, columns
+            ] / classifier.temperature
             progress.advance(task, len(pixels))
     log.print(f"teacher {teacher.name}: logits on {len(images):,} training images ({used})")
     return torch.from_numpy(out)

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ModelError, SourceError
-from ..inputs.labelled import CONTENT_HASH, LabelledFiles, content_hash, find_labelled_images, labelled_digest
-from ..inputs.votes import describe_left_out, outcome, read_votes
+from ..inputs import votes as vote_rules
 from ..inputs.faces import FacePolicy
+from ..inputs.labelled import CONTENT_HASH, LabelledFiles, content_hash, find_labelled_images, labelled_digest
+from ..inputs.votes import describe_left_out, read_votes
 from ..models.classifier import Classifier
 from ..models.tta import TTA
 from .metrics import confident_mistakes, coverage, reliability, summarize, summarize_votes
@@ -88,7 +89,7 @@ def voted_files(root: str, votes_csv: str, split: str | None) -> VotedFiles:
     rows = table.rows(split)
     if len(rows) == 0:
         raise SourceError(f"{votes_csv} has no {split} rows")
-    verdict = outcome(table.votes[rows], table.no_class[rows])
+    verdict = vote_rules.outcome(table.votes[rows], table.no_class[rows])
     rows = rows[verdict.keep]
     paths = [os.path.join(root, table.images[r]) for r in rows]
     files = LabelledFiles(paths, verdict.majority.tolist(), list(table.class_names), votes_csv)
@@ -115,7 +116,9 @@ class LabelledPredictions:
     paths: list[str] = field(default_factory=list)  # the images scored, in the rows' order
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # the face scored in each, (x, y, w, h)
     votes: np.ndarray | None = None  # (N, C) vote shares, columns as ``probs``'s, when scored against votes
-    class_names: list[str] = field(default_factory=list)  # the columns: the models' classes, then any only the votes have
+    class_names: list[str] = field(
+        default_factory=list
+    )  # the columns: the models' classes, then any only the votes have
     unpredicted: list[str] = field(default_factory=list)  # classes of the votes that no model gives
 
 

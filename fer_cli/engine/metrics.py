@@ -65,7 +65,9 @@ def summarize_votes(votes: np.ndarray, majority: np.ndarray, probs: np.ndarray, 
         "without_majority": int((~clear).sum()),
         "tagger_agreement": float(given.mean()) if len(votes) else 0.0,
         "plurality_accuracy": float((given >= votes.max(axis=1) - 1e-9).mean()) if len(votes) else 0.0,
-        "cross_entropy": float(-(votes * np.log(np.clip(probs, 1e-12, None))).sum(axis=1).mean()) if len(votes) else 0.0,
+        "cross_entropy": float(-(votes * np.log(np.clip(probs, 1e-12, None))).sum(axis=1).mean())
+        if len(votes)
+        else 0.0,
     }
     return metrics
 

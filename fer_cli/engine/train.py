@@ -37,9 +37,9 @@ from ..inputs.data import (
     LabelledTensors,
     decode_labelled_files,
     find_labelled_images,
+    images_fingerprint,
     labelled_digest,
     read_fer2013_csv,
-    images_fingerprint,
     read_voted_images,
     validation_images,
 )
@@ -547,7 +547,11 @@ def _set_up(
         scaler=grad_scaler(device),
         criterion=criterion,
         train_batches=InMemoryBatches(
-            train_data, device, augment, config.batch_size, extra=teaching["targets"] if teaching else None,
+            train_data,
+            device,
+            augment,
+            config.batch_size,
+            extra=teaching["targets"] if teaching else None,
             targets=training_targets(train_data, config),
         ),  # fmt: skip
         val_batches=InMemoryBatches(val_data, device, augment, batch_size=256, targets=val_data.votes),
@@ -734,14 +738,19 @@ def _start_from(network: nn.Module, init: dict, class_names: list[str], log: Con
         key = f"{head}.{part}"
         if key in fresh:
             weights[key] = torch.stack(
-                [source[key][row].to(fresh[key].dtype) if row is not None else fresh[key][i] for i, row in enumerate(rows)]
+                [
+                    source[key][row].to(fresh[key].dtype) if row is not None else fresh[key][i]
+                    for i, row in enumerate(rows)
+                ]
             )
     network.load_state_dict(weights)
     if log is not None:
         kept = [name for name, row in zip(class_names, rows) if row is not None]
         new = [name for name, row in zip(class_names, rows) if row is None]
         moved = [name for i, (name, row) in enumerate(zip(class_names, rows)) if row is not None and row != i]
-        dropped = [name for name in init["class_names"] if canonical_class(name) not in map(canonical_class, class_names)]
+        dropped = [
+            name for name in init["class_names"] if canonical_class(name) not in map(canonical_class, class_names)
+        ]
         log.print(
             f"classifier head: {len(kept)} row(s) kept by class ({', '.join(kept) or 'none'})"
             + (f", {len(moved)} of them moved to the data's order" if moved else "")
@@ -1033,7 +1042,9 @@ def _fit_outputs(run: TrainingRun) -> tuple[dict | None, dict]:
     probs, targets, _ = predict_tensors(model, run.val_loader(everything=True), run.device)
     labels = targets if run.val_majority is None else run.val_majority
     clear = labels >= 0
-    fitted_on = run.provenance["val_data"] + (", against the majority of the votes" if run.val_majority is not None else "")
+    fitted_on = run.provenance["val_data"] + (
+        ", against the majority of the votes" if run.val_majority is not None else ""
+    )
     log_probs = np.log(np.clip(probs, 1e-12, None))
     correction = choose_prior_correction(log_probs[clear], labels[clear], run.class_prior, config.prior_correction,
                                          fitted_on)  # fmt: skip
@@ -1045,10 +1056,13 @@ def _fit_outputs(run: TrainingRun) -> tuple[dict | None, dict]:
     metrics = dict(checkpoint.get("metrics", {}))
     if tau:  # the model as it now predicts (the best epoch's figures were without the correction)
         metrics = {**run.scores(softmax(adjusted), targets, np.arange(len(targets))), "epoch": metrics.get("epoch")}
-    checkpoint["metrics"] = {**metrics, "calibration": calibration, **({"prior_correction": correction} if correction else {})}
+    checkpoint["metrics"] = {
+        **metrics,
+        "calibration": calibration,
+        **({"prior_correction": correction} if correction else {}),
+    }
     save_checkpoint(out, checkpoint)
     return correction, calibration
-
 
 
 def _save_resume_state(run: TrainingRun, network: dict, epoch: int) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
 from ..errors import SourceError
 from .images import READ_ERRORS, model_pixels, read_image
 from .labelled import (  # noqa: F401 (the labelled folders' part, without torch, re-exported)

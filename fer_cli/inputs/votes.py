@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -102,7 +101,9 @@ def read_votes(path: str | os.PathLike, by_row: bool = False) -> VoteTable:
             if name in known and (kind == "no_class" or kind not in role.values()):
                 role[i] = kind
     if "path" not in role.values() and not by_row:
-        raise SourceError(f"{path} has no image column: name one of its columns path (or {', '.join(PATH_COLUMNS[1:])})")
+        raise SourceError(
+            f"{path} has no image column: name one of its columns path (or {', '.join(PATH_COLUMNS[1:])})"
+        )
     candidates = [i for i in range(len(names)) if i not in role]
     numeric = [i for i in candidates if _all_numbers(line[i] if i < len(line) else "" for line in lines)]
     ignored = [header[i] for i in candidates if i not in numeric]
@@ -206,4 +207,3 @@ def outcome(votes: np.ndarray, no_class: np.ndarray) -> Outcome:
 def describe_left_out(left_out: dict) -> str:
     """E.g. '172 left out (mostly unknown or not a face), 2 unreadable' (empty when none)."""
     return ", ".join(f"{count:,} {reason}" for reason, count in left_out.items() if count)
-

@@ -160,7 +160,9 @@ def resolve_models(names_or_paths: list[str] | None, note=None) -> list[Classifi
         raise ModelError("no shipped weights found; pass --model PATH")
     exports = [m.name for m in available if not m.path.endswith(".pt")]
     if note and exports:
-        which = f"exported model {exports[0]} was" if len(exports) == 1 else f"exported models {', '.join(exports)} were"
+        which = (
+            f"exported model {exports[0]} was" if len(exports) == 1 else f"exported models {', '.join(exports)} were"
+        )
         note(f"{which} left out of the default ensemble (add one with -m NAME)")
     return [load_classifier(m.path, note) for m in checkpoints]
 

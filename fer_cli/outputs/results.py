@@ -94,7 +94,9 @@ class JsonWriter(ResultWriter):
 
     def write_batch(self, predictions):
         for prediction in predictions:
-            self.stream.write(("[\n  " if self.count == 0 else ",\n  ") + json.dumps(prediction.to_dict(), allow_nan=False))
+            self.stream.write(
+                ("[\n  " if self.count == 0 else ",\n  ") + json.dumps(prediction.to_dict(), allow_nan=False)
+            )
             self.count += 1
         self.stream.flush()
 
@@ -338,7 +340,9 @@ def _summary_table(report: dict, rows: list, best_name: str) -> Table:
             *([_pct(metrics["votes"]["tagger_agreement"])] if voted else []),
             f"{metrics['macro_f1']:.3f}",
             *(
-                ["-", "-", "-"] if name == MAJORITY and kind == "ensemble" else [
+                ["-", "-", "-"]
+                if name == MAJORITY and kind == "ensemble"
+                else [
                     _pct(metrics["mean_confidence_correct"]),
                     _pct(metrics["mean_confidence_incorrect"]),
                     f"{metrics['expected_calibration_error']:.3f}",
