@@ -464,7 +464,7 @@ def train(
       fer train fer2013.csv --arch resnet18 --optimizer adamw --out r18.pt
       fer train --resume --out r18.pt    # go on after an interruption
       fer train data/ --tensorboard runs/tb    # tensorboard --logdir runs/tb
-      fer train data/ --teacher resnet18_adamw --teacher vgg64_sgd_mixup_b128
+      fer train data/ --teacher resnet18_ferplus --teacher vgg32_ferplus
     """
     from .engine.train import TrainConfig
     from .engine.train import train as run_training
@@ -542,7 +542,7 @@ def models(
     \b
     Examples:
       fer models                    # architectures and shipped models
-      fer models resnet18_adamw     # classes in output order, input, data
+      fer models resnet18_ferplus   # classes in output order, input, data
       fer models runs/model.pt      # the same for any checkpoint or .onnx
     """
     from rich.table import Table
@@ -695,7 +695,7 @@ def calibrate(
     \b
     Examples:
       fer calibrate runs/model.pt val/              # into the file
-      fer calibrate resnet18_adamw val/ -o mine.pt  # a calibrated copy
+      fer calibrate vgg32_ferplus val/ -o mine.pt   # a calibrated copy
       fer calibrate m.pt fer2013/ --votes fer2013plus.csv --split val
     """
     import shutil
@@ -843,7 +843,7 @@ def export(
 
     \b
     Examples:
-      fer export resnet18_adamw r18.onnx --val val/   # float32, scored on val/
+      fer export resnet18_ferplus r18.onnx --val val/ # float32, scored on val/
       fer export runs/model.pt fast.onnx --int8 --calibration train/
       fer export m.pt m.onnx --val fer2013/ --votes fer2013plus.csv --split val
       fer predict photos/ -m fast.onnx                # run it like any model
@@ -1244,7 +1244,7 @@ def ensemble(
       fer ensemble ../shared/data/fer2013/val   # shipped checkpoints, votes
       fer ensemble --weighted val/ -f json       # + votes weighted by val metrics
       fer ensemble --weighted val/ --report report/  # + figures, index.html
-      fer ensemble -m resnet18_adamw -m my.pt val/
+      fer ensemble -m resnet18_ferplus -m my.pt val/
       fer ensemble photos/                       # unlabelled: the mean vote
     """
     from .engine.ensemble import default_vote, score_labelled, voted_files

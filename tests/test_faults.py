@@ -325,21 +325,21 @@ def test_a_damaged_shipped_model_is_refused(tmp_path, monkeypatch):
     shipped = tmp_path / "weights"
     shipped.mkdir()
     source = REPO / "weights"
-    shutil.copy(source / "vgg64_sgd_mixup_b128.pt", shipped)
+    shutil.copy(source / "vgg32_ferplus.pt", shipped)
     shutil.copy(source / "SHA256SUMS", shipped)
     monkeypatch.setenv("FER_WEIGHTS_DIR", str(shipped))
     from fer_cli.models.zoo import resolve_model
 
-    assert resolve_model("vgg64_sgd_mixup_b128").name == "vgg64_sgd_mixup_b128"
-    with open(shipped / "vgg64_sgd_mixup_b128.pt", "r+b") as stream:
+    assert resolve_model("vgg32_ferplus").name == "vgg32_ferplus"
+    with open(shipped / "vgg32_ferplus.pt", "r+b") as stream:
         stream.seek(5000)
         stream.write(b"\x00\x01")  # two bytes inside the weights: torch would load it silently
-    done = invoke("predict", REPO / "examples", "-m", "vgg64_sgd_mixup_b128")
+    done = invoke("predict", REPO / "examples", "-m", "vgg32_ferplus")
     assert done.exit_code == 2
     assert "is not the file that was shipped" in done.stderr and "Traceback" not in done.output
     own = tmp_path / "mine"
     own.mkdir()
-    shutil.copy(source / "vgg64_sgd_mixup_b128.pt", own / "renamed.pt")  # not in any list: your own model
+    shutil.copy(source / "vgg32_ferplus.pt", own / "renamed.pt")  # not in any list: your own model
     assert resolve_model(str(own / "renamed.pt")).name == "renamed"
 
 

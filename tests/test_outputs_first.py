@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,10 +119,12 @@ def test_resume_says_what_it_ignores_extends_epochs_and_needs_no_init_file(tiny_
     shutil.copyfile(tiny_checkpoint, init)
     out = tmp_path / "m.pt"
     interrupt_in_epoch(monkeypatch, 2)
+    monkeypatch.setattr(sys, "argv", ["fer", "train", "DATA", "--first"])  # what the checkpoint records as its command
     done = invoke("train", tiny_dataset, "--out", out, "--init", init, "--epochs", "2", *TINY)
     assert done.exit_code == 130
     init.unlink()  # the run started from it; resuming needs it no more
     other = tmp_path / "other.pt"
+    monkeypatch.setattr(sys, "argv", ["fer", "train", "--resume", "--second"])
     done = invoke("train", "--resume", "--out", out, "--epochs", "4", "--lr", "0.5", "--init", other, "-j", "0")
     assert done.exit_code == 0, done.output
     assert "extending the run from 2 to 4 epochs" in done.stderr
@@ -130,6 +133,9 @@ def test_resume_says_what_it_ignores_extends_epochs_and_needs_no_init_file(tiny_
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3", "4"]
     assert read_checkpoint(out)["provenance"]["initialised_from"]["path"] == str(init)
     assert read_checkpoint(last_path(out))["config"]["epochs"] == 4
+    # the command that started the run stays its command (whichever epoch was best), then those that resumed it
+    assert read_checkpoint(out)["provenance"]["command"] == "fer train DATA --first"
+    assert read_checkpoint(last_path(out))["commands"] == ["fer train DATA --first", "fer train --resume --second"]
 
 
 def test_a_diverged_run_is_stopped_and_never_saved_as_the_best(tiny_dataset, tmp_path):

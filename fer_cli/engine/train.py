@@ -564,9 +564,18 @@ def _set_up(
             **_provenance(config, val_origin, val_path, group, device, val_data),
             "labels": _labels_provenance(config, train_data, val_data),
             **_init_provenance(config, init, state),
+            **_commands_provenance(config, state),
             **({"distilled_from": teaching["provenance"]} if teaching else {}),
         },
     )
+
+
+def _commands_provenance(config: TrainConfig, state: dict | None) -> dict:
+    """The command that started the run stays its ``command``; the commands that resumed it are listed after it."""
+    if not state:
+        return {}
+    commands = list(state.get("commands") or [state["config"].get("command") or "(not recorded)"]) + [config.command]
+    return {"command": commands[0], "resumed_by": commands[1:]}
 
 
 def _teaching(config: TrainConfig, train_data: LabelledTensors, state: dict | None, device, log: Console) -> dict:
@@ -1082,6 +1091,7 @@ def _save_resume_state(run: TrainingRun, network: dict, epoch: int) -> None:
             "device": str(run.device),  # where the last epoch ran; a resumed run may move
             "teachers": run.provenance.get("distilled_from", {}).get("teachers"),  # a resumed run checks them
             "initialised_from": run.provenance.get("initialised_from"),
+            "commands": [run.provenance["command"], *run.provenance.get("resumed_by", [])],  # kept by a resumed run
         },
     )
 
