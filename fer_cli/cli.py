@@ -702,8 +702,7 @@ def calibrate(
 
     from .engine.calibration import calibrate as fit
     from .engine.calibration import describe, describe_prior_correction
-    from .engine.ensemble import predict_labelled, voted_files
-    from .inputs.votes import split_of
+    from .engine.ensemble import predict_labelled
     from .models.checkpoint import store_calibration
     from .models.zoo import is_shipped, resolve_model
 
@@ -718,11 +717,7 @@ def calibrate(
         )
     if out is not None and out.exists() and out.resolve() == Path(classifier.path).resolve() and is_shipped(out):
         raise typer.BadParameter(f"{out} is the shipped model itself; choose another file", param_hint="--out")
-    if split is not None and votes is None:
-        raise typer.BadParameter("--split picks rows of a votes file; give it with --votes", param_hint="--split")
-    if split is not None and split_of(split) is None:
-        raise typer.BadParameter(f"'{split}' is not a split this tool reads (train, val)", param_hint="--split")
-    voted = voted_files(folder, str(votes), split_of(split) if split else None) if votes is not None else None
+    voted = _voted_files(folder, votes, split)
     labelled = predict_labelled(
         [classifier], folder, device, batch_size, workers, on_skip=_report_skipped, faces=faces.value, votes=voted
     )
@@ -848,8 +843,7 @@ def export(
       fer export m.pt m.onnx --val fer2013/ --votes fer2013plus.csv --split val
       fer predict photos/ -m fast.onnx                # run it like any model
     """
-    from .engine.ensemble import score_model, voted_files
-    from .inputs.votes import split_of
+    from .engine.ensemble import score_model
     from .models.exported import export_checkpoint, store_metrics
     from .models.zoo import load_classifier, resolve_model
 
@@ -860,11 +854,7 @@ def export(
         raise typer.BadParameter(f"{model} is already an exported model; export a checkpoint (.pt)", param_hint="MODEL")
     if votes is not None and val is None:
         raise typer.BadParameter("--votes scores the images under --val FOLDER; give it too", param_hint="--votes")
-    if split is not None and votes is None:
-        raise typer.BadParameter("--split picks rows of a votes file; give it with --votes", param_hint="--split")
-    if split is not None and split_of(split) is None:
-        raise typer.BadParameter(f"'{split}' is not a split this tool reads (train, val)", param_hint="--split")
-    voted = voted_files(val, str(votes), split_of(split) if split else None) if votes is not None else None
+    voted = _voted_files(val or "", votes, split)
     try:
         writable_folder(out.parent)  # before the work, not after it
     except OSError as error:
@@ -1247,21 +1237,12 @@ def ensemble(
       fer ensemble -m resnet18_ferplus -m my.pt val/
       fer ensemble photos/                       # unlabelled: the mean vote
     """
-    from .engine.ensemble import default_vote, score_labelled, voted_files
+    from .engine.ensemble import default_vote, score_labelled
     from .engine.predict import align_classes
     from .inputs.labelled import is_labelled_folder
-    from .inputs.votes import split_of
     from .models.zoo import resolve_models
 
-    if split is not None and votes is None:
-        raise typer.BadParameter("--split picks rows of a votes file; give it with --votes", param_hint="--split")
-    if split is not None and split_of(split) is None:
-        raise typer.BadParameter(f"'{split}' is not a split this tool reads (train, val)", param_hint="--split")
-    voted = None
-    if votes is not None:
-        if not Path(folder).is_dir():
-            raise SourceError(f"no such folder: {folder} (with --votes, FOLDER holds the images the votes file names)")
-        voted = voted_files(folder, str(votes), split_of(split) if split else None)
+    voted = _voted_files(folder, votes, split)
     classifiers = resolve_models(model, note=_note)
     if voted is None and not is_labelled_folder(folder, align_classes(classifiers)):
         err_console.print(f"{folder} is not a labelled folder (class subfolders): predicting with the ensemble")
@@ -1523,3 +1504,20 @@ def _stop(signal_number, frame) -> None:
     if signal_number == signal.SIGINT:
         raise KeyboardInterrupt
     raise Interrupted(signal_number)
+
+
+def _voted_files(folder: str, votes: Path | None, split: str | None):
+    """``--votes CSV [--split NAME]`` over the images under ``folder`` (``ensemble.VotedFiles``), or None without
+    --votes; a --split without --votes, or one this tool does not read, is a usage error."""
+    from .engine.ensemble import voted_files
+    from .inputs.votes import split_of
+
+    if split is not None and votes is None:
+        raise typer.BadParameter("--split picks rows of a votes file; give it with --votes", param_hint="--split")
+    if split is not None and split_of(split) is None:
+        raise typer.BadParameter(f"'{split}' is not a split this tool reads (train, val)", param_hint="--split")
+    if votes is None:
+        return None
+    if not Path(folder).is_dir():
+        raise SourceError(f"no such folder: {folder} (with --votes, FOLDER holds the images the votes file names)")
+    return voted_files(folder, str(votes), split_of(split) if split else None)
