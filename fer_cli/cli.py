@@ -625,6 +625,8 @@ def _describe_model(classifier, out: Console) -> None:
     ):
         if provenance.get(key):
             lines.append((label, str(provenance[key])))
+    for command in provenance.get("resumed_by") or ():
+        lines.append(("resumed by", command))
     if provenance.get("initialised_from"):
         lines.append(("initialised from", provenance["initialised_from"]["model"]))
     if provenance.get("distilled_from"):

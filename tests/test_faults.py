@@ -233,6 +233,36 @@ def test_a_stopped_run_leaves_no_worker_and_no_traceback(tmp_path, stop):
         json.loads(line)  # whatever was finished, whole
 
 
+def _double(batch):
+    return [2 * x for x in batch]
+
+
+def _quiet_worker(state):
+    pass
+
+
+def test_a_signal_while_the_pool_starts_is_what_the_caller_sees_and_no_worker_is_left(monkeypatch):
+    """SIGTERM landing inside ``ProcessPoolExecutor.submit`` as it starts its manager thread (seen once in a quiet
+    suite run): shutting the pool down then raised RuntimeError('cannot join thread before it is started'), a
+    traceback in place of the quiet stop, and its workers were never told to end."""
+    import multiprocessing
+    from concurrent.futures import process as futures_process
+
+    from fer_cli.engine.predict import in_order
+    from fer_cli.errors import Interrupted
+
+    def interrupted_start(thread):
+        raise Interrupted(signal.SIGTERM)  # what cli._stop raises from the signal handler, there
+
+    monkeypatch.setattr(futures_process._ExecutorManagerThread, "start", interrupted_start)
+    with pytest.raises(Interrupted):
+        list(in_order(_double, [[1], [2], [3]], 2, _quiet_worker, None))
+    deadline = time.monotonic() + 30
+    while multiprocessing.active_children() and time.monotonic() < deadline:  # reaped, not just signalled
+        time.sleep(0.05)
+    assert not multiprocessing.active_children()
+
+
 @linux_only
 def test_a_run_stopped_before_its_first_result_leaves_no_file(tmp_path):
     process = _predict_process(tmp_path, "-o", "out.jsonl", "--workers", "2")

@@ -149,23 +149,38 @@ def in_order(
 ) -> Iterator:
     """``map(function, batches)`` in ``workers`` processes, results in order, at most ``ahead``
     batches per worker in flight (so nothing piles up when the consumer is slower)."""
-    with ProcessPoolExecutor(workers, initializer=initializer, initargs=(state,)) as pool:
-        pending: deque = deque()
-        try:
-            for batch in batches:
-                pending.append(pool.submit(function, batch))
-                if len(pending) >= ahead * workers:
-                    yield pending.popleft().result()
-            while pending:
+    pool = ProcessPoolExecutor(workers, initializer=initializer, initargs=(state,))
+    pending: deque = deque()
+    try:
+        for batch in batches:
+            pending.append(pool.submit(function, batch))
+            if len(pending) >= ahead * workers:
                 yield pending.popleft().result()
-        except BrokenProcessPool:
-            raise FerError(
-                "a reading worker process died (out of memory, or a crash in an image decoder); "
-                "--workers 0 reads in the main process and shows which input it was"
-            ) from None
-        except BaseException:  # an error, Ctrl-C, a signal, or the consumer gone: stop the workers now
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+        while pending:
+            yield pending.popleft().result()
+    except BrokenProcessPool:
+        _shut_down(pool)
+        raise FerError(
+            "a reading worker process died (out of memory, or a crash in an image decoder); "
+            "--workers 0 reads in the main process and shows which input it was"
+        ) from None
+    except BaseException:  # an error, Ctrl-C, a signal, or the consumer gone: stop the workers now
+        _shut_down(pool)
+        raise
+    _shut_down(pool)
+
+
+def _shut_down(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool's workers and wait for them. A signal that lands while ``submit`` is starting the pool's manager
+    thread leaves a thread that never started, which ``shutdown`` cannot join (RuntimeError, hiding the signal's
+    own exception): then the workers are ended here, and the caller still sees the signal."""
+    try:
+        pool.shutdown(wait=True, cancel_futures=True)
+    except RuntimeError:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+            process.join(timeout=10)
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def read_batches(
