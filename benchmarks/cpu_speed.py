@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from throughput import cpu_name  # a sibling script: benchmarks/ is on sys.path when one runs
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 VAL = SHARED / "fer2013" / "val"
@@ -267,15 +269,7 @@ def main() -> None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"machine: {cpu}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+    return f"machine: {cpu_name()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
 
 
 if __name__ == "__main__":

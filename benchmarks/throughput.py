@@ -234,15 +234,19 @@ def rate(step, seconds: float = 3.0, batch: int = 256) -> float:
     return done / (time.perf_counter() - started)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    cpu = cpu_name()
     versions = subprocess.run(
         [sys.executable, "-c", "import torch, importlib.util as u; print(torch.__version__, end=' ');"
          "print(__import__('onnxruntime').__version__ if u.find_spec('onnxruntime') else 'absent')"],

@@ -574,7 +574,7 @@ def _commands_provenance(config: TrainConfig, state: dict | None) -> dict:
     """The command that started the run stays its ``command``; the commands that resumed it are listed after it."""
     if not state:
         return {}
-    commands = list(state.get("commands") or [state["config"].get("command") or "(not recorded)"]) + [config.command]
+    commands = list(state.get("commands") or ["(not recorded by this older run)"]) + [config.command]
     return {"command": commands[0], "resumed_by": commands[1:]}
 
 

@@ -29,7 +29,7 @@ from ..device import autocast, prepare_model, select_device
 from ..errors import CheckpointError
 from ..files import remove_orphans, temporary_sibling
 from .architectures import create_model
-from .checkpoint_file import FORMAT, VERSION, validated, what_is_wrong
+from .checkpoint_file import FORMAT, VERSION, refused, validated, what_is_wrong
 from .classifier import Classifier, described_by
 
 
@@ -96,11 +96,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         # mmap: listing checkpoints reads only their metadata, not every weight
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as error:
-        if "unsupported global" in str(error).lower():
-            raise CheckpointError(
-                f"{path} is not a fer_cli checkpoint: it holds Python objects, not plain data, and is not loaded"
-            ) from None
-        raise CheckpointError(f"{path} is not a readable fer_cli checkpoint (corrupt, truncated or foreign)") from None
+        raise refused(path, error) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
         raise CheckpointError(f"{path} {what_is_wrong(path)}") from None
     return validated(path, checkpoint)

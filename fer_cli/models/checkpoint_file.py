@@ -48,14 +48,20 @@ def read_description(path: str | os.PathLike) -> dict:
             with archive.open(pickled[0]) as stream:
                 checkpoint = _Unpickler(stream).load()
     except pickle.UnpicklingError as error:
-        if "unsupported global" in str(error).lower():
-            raise CheckpointError(
-                f"{path} is not a fer_cli checkpoint: it holds Python objects, not plain data, and is not loaded"
-            ) from None
-        raise CheckpointError(f"{path} is not a readable fer_cli checkpoint (corrupt, truncated or foreign)") from None
+        raise refused(path, error) from None
     except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError, TypeError, IndexError, AttributeError):
         raise CheckpointError(f"{path} {what_is_wrong(path)}") from None
     return validated(path, checkpoint)
+
+
+def refused(path: Path, error: pickle.UnpicklingError) -> CheckpointError:
+    """What a checkpoint whose pickle could not be read is: one holding Python objects (refused: no code runs), or a
+    damaged one. The same words whether torch read it (``checkpoint.read_checkpoint``) or this module did."""
+    if "unsupported global" in str(error).lower():
+        return CheckpointError(
+            f"{path} is not a fer_cli checkpoint: it holds Python objects, not plain data, and is not loaded"
+        )
+    return CheckpointError(f"{path} is not a readable fer_cli checkpoint (corrupt, truncated or foreign)")
 
 
 def validated(path: str | os.PathLike, checkpoint) -> dict:
