@@ -4,6 +4,7 @@ chromium and chromedriver, spoken to over the WebDriver protocol; skipped where 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import os
@@ -240,6 +241,26 @@ def test_without_the_serve_extra_one_line_and_exit_2(monkeypatch):
         "error: fer serve needs the serve extra (fastapi not installed): pip install '.[serve]' in a clone, "
         "or pip install 'fer-cli[serve]'"
     ]
+
+
+def test_no_idle_trim_is_left_behind_when_the_server_stops(tiny_checkpoint, uploads):
+    """Seen once in CI: a request cancelled at the end of the shutdown grace fell idle after the
+    lifespan had ended, while asyncio was shutting its default executor down; the idle trim it
+    scheduled then failed there and printed a traceback in the server's log."""
+    client = make_client([tiny_checkpoint])
+    with client:
+        state = client.app.state.fer
+        assert client.post("/predict", files=files(uploads, "a.png")).status_code == 200
+        pending = state._trim_timer  # answered and idle: a trim is due in a second
+        assert pending is not None
+    assert pending.cancelled() and state._trim_timer is None  # the lifespan's end cancelled it
+
+    async def a_request_ending_after_the_lifespan():
+        await asyncio.get_running_loop().shutdown_default_executor()
+        state.fell_idle()
+        return state._trim_timer
+
+    assert asyncio.run(a_request_ending_after_the_lifespan()) is None
 
 
 def test_a_port_in_use_is_one_line_and_exit_2(tiny_checkpoint):

@@ -80,6 +80,7 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
         try:
             yield
         finally:
+            state.stop_trimming()
             await asyncio.get_running_loop().run_in_executor(None, _close, state)
 
     app = FastAPI(
@@ -269,18 +270,31 @@ class _State:
         ]
         self.page = PAGE.read_text(encoding="utf-8")
         self._trim_timer: asyncio.TimerHandle | None = None
+        self._stopping = False
 
     def fell_idle(self) -> None:
         """Nothing waiting: if it stays so for a second, hand the memory freed since back to the
         system, so that the RSS returns near idle after a burst (glibc keeps it otherwise)."""
         if self._trim_timer is not None:
             self._trim_timer.cancel()
+            self._trim_timer = None
+        if self._stopping:
+            return
         loop = asyncio.get_running_loop()
         self._trim_timer = loop.call_later(IDLE_TRIM_S, self._trim_if_idle, loop)
 
+    def stop_trimming(self) -> None:
+        """The server is stopping: no trim is due any more. A request cancelled at the end of the
+        shutdown grace still falls idle afterwards, while asyncio is shutting its default executor
+        down; a trim scheduled then would fail there with a traceback in the log."""
+        self._stopping = True
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+            self._trim_timer = None
+
     def _trim_if_idle(self, loop: asyncio.AbstractEventLoop) -> None:
         self._trim_timer = None
-        if self.waiting == 0:
+        if self.waiting == 0 and not self._stopping:
             loop.run_in_executor(None, trim)
 
 
