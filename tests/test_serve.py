@@ -191,11 +191,11 @@ def test_a_full_queue_answers_503_at_once_and_recovers(tiny_checkpoint, uploads)
         sender.start()
         while client.get("/health").json()["waiting"] < 2:
             time.sleep(0.01)
-        started = time.perf_counter()
         refused = client.post("/predict", files=files(uploads, "a.png"))
-        took = time.perf_counter() - started
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
-        assert took < 1.0  # at once (the 100 ms is measured by benchmarks/serve.py, not on a busy CI)
+        # At once: answered while the first request is still held at the models, not after it
+        # (the 100 ms is measured by benchmarks/serve.py, not timed on a busy CI).
+        assert not first and sender.is_alive()
         release.set()
         sender.join(timeout=60)
         assert first[0].status_code == 200 and len(first[0].json()) == 2
