@@ -190,6 +190,10 @@ ShardOpt = Annotated[
         "outputs of 1/N..N/N concatenated are the unsharded output.",
     ),
 ]
+SplitOpt = Annotated[
+    str | None,
+    typer.Option("--split", metavar="NAME", help="With --votes: only the rows of this split (train, val)."),
+]
 ReportOpt = Annotated[
     Path | None,
     typer.Option(
@@ -668,10 +672,7 @@ def calibrate(
         Path | None,
         typer.Option("--votes", metavar="CSV", help="Fit against the majority of these votes (images under FOLDER)."),
     ] = None,
-    split: Annotated[
-        str | None,
-        typer.Option("--split", metavar="NAME", help="With --votes: only the rows of this split (e.g. val)."),
-    ] = None,
+    split: SplitOpt = None,
     prior_correction: Annotated[
         str,
         typer.Option(
@@ -828,10 +829,7 @@ def export(
         Path | None,
         typer.Option("--votes", metavar="CSV", help="With --val: score against the majority of these votes."),
     ] = None,
-    split: Annotated[
-        str | None,
-        typer.Option("--split", metavar="NAME", help="With --votes: only the rows of this split (e.g. val)."),
-    ] = None,
+    split: SplitOpt = None,
     workers: WorkersOpt = DEFAULT_WORKERS,
 ) -> None:
     """Export a model to ONNX, to run without torch.
@@ -1197,10 +1195,7 @@ def ensemble(
             "FOLDER (e.g. FER+); accuracy against each image's majority.",
         ),
     ] = None,
-    split: Annotated[
-        str | None,
-        typer.Option("--split", metavar="NAME", help="With --votes: only the rows of this split (train, val)."),
-    ] = None,
+    split: SplitOpt = None,
     faces: FacesOpt = Faces.auto,
     tta: TtaOpt = TTA.none,
     annotate: AnnotateOpt = None,

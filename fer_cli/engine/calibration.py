@@ -89,14 +89,8 @@ def fit_prior_correction(log_probs: np.ndarray, labels: np.ndarray, prior, fitte
     """
     log_probs = np.asarray(log_probs, dtype=np.float64)
     labels = np.asarray(labels)
-    log_prior = np.log(np.clip(np.asarray(prior, dtype=np.float64), 1e-6, None))
-    sweep = []
-    for tau in PRIOR_CORRECTIONS:
-        predicted = (log_probs - tau * log_prior).argmax(axis=1)
-        present = np.unique(labels)
-        recall = [float((predicted[labels == c] == c).mean()) for c in present]
-        accuracy = float((predicted == labels).mean()) if len(labels) else 0.0
-        sweep.append({"tau": tau, "accuracy": accuracy, "balanced_accuracy": float(np.mean(recall)) if recall else 0.0})
+    log_prior = log_class_prior(prior)
+    sweep = [{"tau": tau, **_corrected_scores(log_probs, labels, log_prior, tau)} for tau in PRIOR_CORRECTIONS]
     none = next(row for row in sweep if row["tau"] == 0)
     allowed = [row for row in sweep if row["accuracy"] >= none["accuracy"] - ACCURACY_GIVEN - 1e-9]
     best = max(allowed, key=lambda row: (round(row["accuracy"] + row["balanced_accuracy"], 9), -abs(row["tau"])))
@@ -129,12 +123,23 @@ def choose_prior_correction(
     if setting == "auto":
         return report
     tau = float(setting)
-    predicted = (np.asarray(log_probs) - tau * np.log(np.clip(np.asarray(prior, dtype=np.float64), 1e-6, None))).argmax(
-        1
-    )
-    recall = [float((predicted[labels == c] == c).mean()) for c in np.unique(labels)]
-    after = {"accuracy": float((predicted == labels).mean()), "balanced_accuracy": float(np.mean(recall))}
+    after = _corrected_scores(np.asarray(log_probs), np.asarray(labels), log_class_prior(prior), tau)
     return {**report, "tau": tau, "rule": "given (--prior-correction)", "after": after, "reason": ""}
+
+
+def log_class_prior(prior) -> np.ndarray:
+    """log(prior), a class never seen counted as rare (1e-6) rather than impossible."""
+    return np.log(np.clip(np.asarray(prior, dtype=np.float64), 1e-6, None))
+
+
+def _corrected_scores(log_probs: np.ndarray, labels: np.ndarray, log_prior: np.ndarray, tau: float) -> dict:
+    """Accuracy and balanced accuracy (mean recall of the classes present) of ``log_probs - tau * log_prior``."""
+    predicted = (log_probs - tau * log_prior).argmax(axis=1)
+    recall = [float((predicted[labels == c] == c).mean()) for c in np.unique(labels)]
+    return {
+        "accuracy": float((predicted == labels).mean()) if len(labels) else 0.0,
+        "balanced_accuracy": float(np.mean(recall)) if recall else 0.0,
+    }
 
 
 def describe_prior_correction(report: dict) -> str:

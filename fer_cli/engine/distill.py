@@ -143,7 +143,7 @@ def _read_cache(path: Path, key: str, shape: tuple[int, int], log: Console) -> t
         if cached.get("key") == key and tuple(cached["logits"].shape[1:]) == shape:
             return cached["logits"].float()
         reason = "it belongs to other teachers or data"
-    except Exception as error:  # noqa: BLE001: a truncated, corrupt or foreign file, whatever torch raises
+    except Exception as error:  # noqa: BLE001 - a truncated, corrupt or foreign file, whatever torch raises
         reason = f"it cannot be read ({type(error).__name__})"
     log.print(f"[yellow]warning:[/] the teachers' cache {escape(str(path))} is not usable ({reason}); computing again")
     with contextlib.suppress(OSError):
@@ -186,9 +186,7 @@ def _run_teacher(teacher: Teacher, data: LabelledTensors, device: str, log: Cons
         task = progress.add_task(f"teacher {teacher.name} ({used})", total=len(images))
         for start in range(0, len(images), BATCH):
             pixels = images[start : start + BATCH].numpy()
-            out[start : start + BATCH] = (classifier.runner.logits(pixels) + classifier.logit_adjustment)[
-                :, columns
-            ] / classifier.temperature
+            out[start : start + BATCH] = classifier.calibrated_logits(pixels)[:, columns]
             progress.advance(task, len(pixels))
     log.print(f"teacher {teacher.name}: logits on {len(images):,} training images ({used})")
     return torch.from_numpy(out)

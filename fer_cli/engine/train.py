@@ -50,7 +50,7 @@ from ..models.classifier import softmax
 from ..outputs import figures
 from ..outputs import tensorboard as tensorboard_log
 from . import distill, distributed
-from .calibration import calibrate, choose_prior_correction, describe, describe_prior_correction
+from .calibration import calibrate, choose_prior_correction, describe, describe_prior_correction, log_class_prior
 from .distill import DistillationLoss
 from .metrics import summarize, summarize_votes
 from .predict import stay_quiet_and_die_with_parent
@@ -1058,7 +1058,7 @@ def _fit_outputs(run: TrainingRun) -> tuple[dict | None, dict]:
     correction = choose_prior_correction(log_probs[clear], labels[clear], run.class_prior, config.prior_correction,
                                          fitted_on)  # fmt: skip
     tau = correction["tau"] if correction else 0.0
-    adjusted = log_probs - tau * np.log(np.clip(np.asarray(run.class_prior), 1e-6, None))
+    adjusted = log_probs - tau * log_class_prior(run.class_prior)
     calibration = calibrate(softmax(adjusted)[clear], labels[clear], fitted_on=fitted_on)
     checkpoint["temperature"] = float(calibration["temperature"])
     checkpoint["prior_correction"] = tau

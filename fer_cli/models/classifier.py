@@ -55,6 +55,10 @@ class Classifier:
             return 0.0
         return -self.prior_correction * np.log(np.asarray(self.class_prior, dtype=np.float32))
 
+    def calibrated_logits(self, pixels: np.ndarray) -> np.ndarray:
+        """The logits the probabilities are the softmax of: prior-corrected, then divided by the temperature."""
+        return (self.runner.logits(pixels) + self.logit_adjustment) / self.temperature
+
     def probabilities(self, pixels: np.ndarray, tta: TTA | str = TTA.none) -> np.ndarray:
         """Calibrated class probabilities (N, classes) in ``class_names`` order.
 
@@ -63,7 +67,7 @@ class Classifier:
         """
         total = None
         for view in views(pixels, tta):
-            probs = softmax((self.runner.logits(view) + self.logit_adjustment) / self.temperature)
+            probs = softmax(self.calibrated_logits(view))
             total = probs if total is None else total + probs
         return total / TTA(tta).view_count
 

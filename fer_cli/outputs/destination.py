@@ -36,9 +36,8 @@ class ResultsFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         remove_orphans(self.path)
         # A file name that is not UTF-8 keeps its own bytes (surrogateescape), as `ls > file` does: reversible.
-        self.stream = open(
-            self.temporary, "w", newline="", encoding="utf-8", errors="surrogateescape"
-        )  # OSError: caller
+        # An OSError here is the caller's to report.
+        self.stream = open(self.temporary, "w", newline="", encoding="utf-8", errors="surrogateescape")
 
     def produced(self) -> None:
         self.has_results = True
