@@ -8,6 +8,7 @@
 * The caller's environment: FER_DEBUG changes how user errors end, so the suite controls it.
 """
 
+import csv
 import io
 
 import pytest
@@ -84,7 +85,9 @@ def test_a_cpu_run_resumes_where_the_loss_is_scaled(tiny_dataset, tmp_path, monk
 
     scalers = []
     monkeypatch.setattr(
-        train_module, "grad_scaler", lambda device: scalers.append(torch.amp.GradScaler("cpu")) or scalers[-1]
+        train_module,
+        "grad_scaler",
+        lambda device, precision=None: scalers.append(torch.amp.GradScaler("cpu")) or scalers[-1],
     )
     log = io.StringIO()
     _resume(out, log)
@@ -104,8 +107,8 @@ def test_a_gpu_run_resumes_on_the_cpu_and_says_so(tiny_dataset, tmp_path, monkey
     log = io.StringIO()
     _resume(out, log)
     assert "at epoch 3 of 4 on cpu (it ran on cuda:0 until now)" in log.getvalue()
-    rows = history_path(out).read_text().splitlines()
-    assert rows[0].endswith(",device") and [row.rsplit(",", 1)[1] for row in rows[1:]] == ["cpu"] * 4
+    rows = list(csv.DictReader(history_path(out).read_text().splitlines()))
+    assert [row["device"] for row in rows] == ["cpu"] * 4
 
 
 def test_loss_scaler_state_is_restored_only_where_it_applies():

@@ -70,7 +70,7 @@ def test_resume_without_a_previous_run_is_an_error(tiny_dataset, tmp_path):
         train(_config(tiny_dataset, tmp_path / "new.pt", resume=True))
 
 
-@pytest.mark.parametrize("balance", ["sampler", "loss"])
+@pytest.mark.parametrize("balance", ["sampler", "loss", "logit-adjusted"])
 def test_imbalance_handling_and_held_out_validation(tmp_path, balance):
     data = make_labelled_folder(tmp_path / "data", per_class=10)
     out = tmp_path / "m.pt"
@@ -151,3 +151,35 @@ def test_init_starts_from_a_model_and_rebuilds_the_head_for_other_classes(tiny_d
 def test_freeze_epochs_without_init_is_a_usage_error(tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match="--freeze-epochs needs --init"):
         train(tiny_config(tiny_dataset, tmp_path / "m.pt", freeze_epochs=2))
+
+
+def test_logit_adjusted_loss_is_the_loss_of_logits_plus_the_log_prior():
+    prior = [0.7, 0.2, 0.1]
+    loss = train_module.LogitAdjustedLoss(torch.nn.CrossEntropyLoss(), torch.log(torch.tensor(prior)))
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 1, 2, 2, 0])
+    expected = torch.nn.functional.cross_entropy(logits + torch.log(torch.tensor(prior)), labels)
+    assert torch.allclose(loss(logits, labels), expected)
+    # a network that answers the prior alone is already right under it: its own logits need say nothing of it
+    assert loss(torch.zeros(1, 3), torch.tensor([2])) > loss(torch.zeros(1, 3), torch.tensor([0]))
+
+
+def test_precision_is_logged_recorded_and_may_change_on_resume(tiny_dataset, tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    out = tmp_path / "bf16.pt"
+    log = io.StringIO()
+    interrupt_in_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny_dataset, out, precision="bf16", epochs=2), log=Console(file=log, width=200))
+    assert "bfloat16 mixed precision (autocast)" in log.getvalue()
+    log = io.StringIO()
+    best = train(
+        TrainConfig(data="", out=str(out), resume=True, workers=0, device="cpu", precision="fp32",
+                    given=("out", "resume", "precision")),
+        log=Console(file=log, width=200),
+    )  # fmt: skip
+    assert "ignored" not in log.getvalue() and "float32" in log.getvalue()
+    assert [row["precision"] for row in _history(out)] == ["bf16", "fp32"]
+    assert read_checkpoint(out)["provenance"]["precision"] == ("bf16" if best["epoch"] == 1 else "fp32")

@@ -71,11 +71,14 @@ def calibrate(probs: np.ndarray, labels: np.ndarray, current_temperature: float 
 # The prior corrections tried, in steps of 0.1. A negative tau gives the common classes more weight: for a model
 # trained on balanced batches (--balance), which answers the rare classes more often than they occur.
 PRIOR_CORRECTIONS = tuple(round(0.1 * step, 1) for step in range(-15, 16))
-ACCURACY_GIVEN = 0.01  # the most accuracy a correction may cost (1 point): accuracy stays the headline
+ACCURACY_GIVEN = 0.03  # the most accuracy a correction may cost (3 points) for the rare classes' recall
 PRIOR_RULE = (
-    "the tau in -1.5, -1.4 .. 1.5 with the highest accuracy + balanced accuracy (mean recall of the classes) on the "
-    "validation images among those that cost at most 1 point of accuracy (the one nearest 0 at a tie)"
+    "the tau in -1.5, -1.4 .. 1.5 with the highest balanced accuracy (mean recall of the classes) on the validation "
+    "images among those that cost at most 3 points of accuracy (the one nearest 0 at a tie)"
 )
+# Why balanced accuracy first: the validation set's mix (FER+: neutral the majority of a third of the faces) is not a
+# user's. On posed faces from outside FER2013 a correction that gave up 2-3 points on FER+ gained ~10 (issue 30), and
+# the earlier rule (accuracy + balanced accuracy within 1 point) kept the neutral pull. The cost stays bounded.
 
 
 def fit_prior_correction(log_probs: np.ndarray, labels: np.ndarray, prior, fitted_on: str = "") -> dict:
@@ -93,7 +96,7 @@ def fit_prior_correction(log_probs: np.ndarray, labels: np.ndarray, prior, fitte
     sweep = [{"tau": tau, **_corrected_scores(log_probs, labels, log_prior, tau)} for tau in PRIOR_CORRECTIONS]
     none = next(row for row in sweep if row["tau"] == 0)
     allowed = [row for row in sweep if row["accuracy"] >= none["accuracy"] - ACCURACY_GIVEN - 1e-9]
-    best = max(allowed, key=lambda row: (round(row["accuracy"] + row["balanced_accuracy"], 9), -abs(row["tau"])))
+    best = max(allowed, key=lambda row: (round(row["balanced_accuracy"], 9), -abs(row["tau"])))
     reason = ""
     if len(labels) < MIN_IMAGES:
         best, reason = none, f"too few images ({len(labels):,}) to choose it on; it takes at least {MIN_IMAGES}"

@@ -69,7 +69,27 @@ def summarize_votes(votes: np.ndarray, majority: np.ndarray, probs: np.ndarray, 
         if len(votes)
         else 0.0,
     }
+    subtle = subtle_expressions(votes, majority, class_names)
+    if subtle is not None:
+        metrics["votes"]["subtle_recall"] = (
+            float((predicted[subtle] == majority[subtle]).mean()) if subtle.any() else None
+        )
+        metrics["votes"]["subtle_images"] = int(subtle.sum())
     return metrics
+
+
+SUBTLE_NEUTRAL_SHARE = 0.3  # 3 of FER+'s 10 taggers
+
+
+def subtle_expressions(votes: np.ndarray, majority: np.ndarray, class_names: list[str]) -> np.ndarray | None:
+    """The subtle expressions among voted images: those whose majority is an emotion while at least
+    ``SUBTLE_NEUTRAL_SHARE`` of the votes said neutral. A model's recall on them is the neutral pull in one number
+    (how often it answers neutral where most people saw the emotion). None without a neutral class."""
+    names = [name.lower() for name in class_names]
+    if "neutral" not in names:
+        return None
+    neutral = names.index("neutral")
+    return (np.asarray(majority) >= 0) & (majority != neutral) & (votes[:, neutral] >= SUBTLE_NEUTRAL_SHARE - 1e-9)
 
 
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:

@@ -28,7 +28,15 @@ from torch import nn
 from torchvision.transforms import v2
 
 from .. import __version__
-from ..device import autocast, grad_scaler, prepare_model, select_device, to_device
+from ..device import (
+    autocast,
+    describe_precision,
+    grad_scaler,
+    prepare_model,
+    resolve_precision,
+    select_device,
+    to_device,
+)
 from ..errors import CheckpointError, FerError, SourceError
 from ..files import writable_folder
 from ..inputs.augment import Augmentation, BatchAugment
@@ -57,7 +65,7 @@ from .predict import stay_quiet_and_die_with_parent
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "plateau", "none")
-BALANCING = ("none", "sampler", "loss")
+BALANCING = ("none", "sampler", "loss", "logit-adjusted")
 # Starting from a trained model (--init), what a user does not say: fewer epochs, AdamW at half its usual rate
 # (measured on FER+ votes from the shipped FER2013 models: see weights/README.md).
 FINE_TUNING = {"epochs": 10, "optimizer": "adamw", "lr_factor": 0.5, "freeze_epochs": 1}
@@ -81,11 +89,13 @@ class TrainConfig:
     mixup: float = 0.0  # MixUp's Beta(a, a) parameter; 0 = off (with cutmix too, each batch picks one)
     cutmix: float = 0.0  # CutMix's Beta(a, a) parameter; 0 = off
     augment: str = "default"  # 'default', 'none' or a comma list of flip,crop,shift,rotate,erase
-    balance: str = "none"  # class imbalance: none | sampler (weighted sampling) | loss (weighted loss)
+    balance: str = "none"  # class imbalance: none | sampler (weighted sampling) | loss (weighted loss) |
+    # logit-adjusted (the loss sees logits + log class prior: Menon et al. 2021)
     size: int = 48  # square input side in pixels
     channels: int = 1  # 1 = grayscale, 3 = RGB
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 (device.resolve_precision: bf16 on CPUs with bfloat16 units)
     workers: int = 2  # processes decoding the images (once, before the first epoch)
     half: bool = False  # store the best checkpoint's weights as float16 (half the size)
     tensorboard: str | None = None  # folder to log epochs to for TensorBoard (needs the tensorboard package)
@@ -382,6 +392,7 @@ class TrainingRun:
     config: TrainConfig
     group: distributed.Group
     device: torch.device
+    precision: str  # what autocast runs in: fp32, bf16 or fp16 (device.resolve_precision)
     log: Console
     class_names: list[str]
     preprocess: dict
@@ -518,16 +529,18 @@ def _set_up(
         mean, std = normalisation(train_data.images)
         preprocess = {"size": config.size, "channels": config.channels, "mean": mean, "std": std}
     processes = f" x {group.world} processes ({'nccl' if device.type == 'cuda' else 'gloo'})" if group.active else ""
+    precision = resolve_precision(config.precision, device)
     log.print(
         f"training {config.arch} on {len(train_data):,} images, validating on {len(val_data):,} ({val_origin}); "
-        f"{len(class_names)} classes; device {device}{processes}"
+        f"{len(class_names)} classes; device {device}{processes}; {describe_precision(precision, device)}"
     )
     network, model = _build_network(config, class_names, state, group, device, init, log)
     optimizer = _make_optimizer(config, model)
     steps_per_epoch = math.ceil(len(train_data) / group.world / config.batch_size)
     # The data stays in memory (on the GPU when it fits), augmented a whole batch at a time there.
     augment = BatchAugment(preprocess, Augmentation.parse(config.augment), device)
-    criterion = _make_criterion(config, train_data.labels, len(class_names), device)
+    class_prior = _class_prior(train_data, config)
+    criterion = _make_criterion(config, train_data.labels, class_prior, device)
     if train_data.votes is not None:
         log.print(_describe_targets(config))
     teaching = _teaching(config, train_data, state, device, log) if config.teachers else None
@@ -537,6 +550,7 @@ def _set_up(
         config=config,
         group=group,
         device=device,
+        precision=precision,
         log=log,
         class_names=class_names,
         preprocess=preprocess,
@@ -544,7 +558,7 @@ def _set_up(
         model=model,
         optimizer=optimizer,
         scheduler=_make_scheduler(config, optimizer, steps_per_epoch),
-        scaler=grad_scaler(device),
+        scaler=grad_scaler(device, precision),
         criterion=criterion,
         train_batches=InMemoryBatches(
             train_data,
@@ -557,11 +571,12 @@ def _set_up(
         val_batches=InMemoryBatches(val_data, device, augment, batch_size=256, targets=val_data.votes),
         val_size=len(val_data),
         val_majority=None if val_data.majority is None else val_data.majority.numpy(),
-        class_prior=_class_prior(train_data, config),
+        class_prior=class_prior,
         steps_per_epoch=steps_per_epoch,
         mix=batch_mixing(config, len(class_names)),
         provenance={
             **_provenance(config, val_origin, val_path, group, device, val_data),
+            "precision": precision,
             "labels": _labels_provenance(config, train_data, val_data),
             **_init_provenance(config, init, state),
             **_commands_provenance(config, state),
@@ -662,7 +677,7 @@ def _new_head_share(config: TrainConfig, init: dict) -> float:
 
 
 # What a resumed run takes from its command line: where it runs and writes, and --epochs (to extend it).
-RESUME_TAKES = ("out", "device", "workers", "tensorboard", "teacher_cache", "epochs")
+RESUME_TAKES = ("out", "device", "precision", "workers", "tensorboard", "teacher_cache", "epochs")
 
 
 def _resumed_config(config: TrainConfig, state: dict, log: Console) -> TrainConfig:
@@ -779,13 +794,32 @@ def _freeze_all_but_the_head(run: TrainingRun, frozen: bool) -> None:
         parameter.requires_grad_(not frozen or name.startswith(head))
 
 
-def _make_criterion(config: TrainConfig, labels: torch.Tensor, num_classes: int, device) -> nn.Module:
-    """Cross-entropy, with label smoothing, and with classes weighted by their rarity under ``--balance loss``."""
+def _make_criterion(config: TrainConfig, labels: torch.Tensor, class_prior: list[float], device) -> nn.Module:
+    """Cross-entropy, with label smoothing; with classes weighted by their rarity under ``--balance loss``, or with
+    the logits adjusted by the class prior under ``--balance logit-adjusted``."""
     weights = None
     if config.balance == "loss":
-        counts = torch.bincount(labels, minlength=num_classes).float()
-        weights = (counts.sum() / (num_classes * counts.clamp_min(1))).to(device)
-    return nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
+        counts = torch.bincount(labels, minlength=len(class_prior)).float()
+        weights = (counts.sum() / (len(class_prior) * counts.clamp_min(1))).to(device)
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
+    if config.balance == "logit-adjusted":
+        return LogitAdjustedLoss(criterion, torch.as_tensor(log_class_prior(class_prior), dtype=torch.float32))
+    return criterion
+
+
+class LogitAdjustedLoss(nn.Module):
+    """The loss of ``logits + log(class prior)`` (Menon et al., "Long-tail learning via logit adjustment", ICLR
+    2021): the network's own logits learn the classes as if they were equally common, so a rare class (FER+'s
+    contempt, 1.8% of the votes) is not out-voted by its prior. The prior correction chosen after training
+    (``--prior-correction``, tau may be negative) then sets how much of the prior the stored model gives back."""
+
+    def __init__(self, loss: nn.Module, log_prior: torch.Tensor):
+        super().__init__()
+        self.loss = loss
+        self.register_buffer("log_prior", log_prior)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, *rest) -> torch.Tensor:
+        return self.loss(logits + self.log_prior.to(logits.dtype), targets, *rest)
 
 
 def _describe_targets(config: TrainConfig) -> str:
@@ -888,6 +922,7 @@ def _train_epoch(run: TrainingRun, epoch: int, progress: Progress) -> tuple[floa
         run.device,
         on_batch=on_batch,
         mix=run.mix,
+        precision=run.precision,
     )
     progress.remove_task(task)
     loss, accuracy = distributed.mean_over_ranks(run.group, [loss, accuracy], run.device)
@@ -898,7 +933,7 @@ def _validate(run: TrainingRun) -> dict:
     """The metrics on the validation data (gathered from every rank), its mean loss under ``loss``."""
     share = run.val_share().numpy()
     probs, labels, loss = predict_tensors(run.model, run.val_batches.epoch(torch.from_numpy(share)), run.device,
-                                          run.criterion)  # fmt: skip
+                                          run.criterion, run.precision)  # fmt: skip
     probs, labels, share, loss_sums = distributed.gather_arrays(
         run.group, probs, labels, share, np.array([loss * len(labels)])
     )
@@ -943,6 +978,7 @@ def _record_epoch(
         "seconds": round(seconds, 2),
         "best": improved,
         "device": str(run.device),
+        "precision": run.precision,
     }
     run.history.append(record)
     return record
@@ -1048,6 +1084,7 @@ def _fit_outputs(run: TrainingRun) -> tuple[dict | None, dict]:
     out, config = run.out, run.config
     checkpoint = read_checkpoint(out)
     model = prepare_model(build_model(checkpoint), run.device)
+    # in prediction's precision (float32 on a CPU): the correction and temperature fit the logits users will get
     probs, targets, _ = predict_tensors(model, run.val_loader(everything=True), run.device)
     labels = targets if run.val_majority is None else run.val_majority
     clear = labels >= 0
@@ -1118,8 +1155,9 @@ def batch_mixing(config: TrainConfig, num_classes: int):
 
 
 def train_one_epoch(
-    model, loader, criterion, optimizer, scheduler, scaler, device, on_batch=None, mix=None, report_every: int = 25
-) -> tuple[float, float]:
+    model, loader, criterion, optimizer, scheduler, scaler, device, on_batch=None, mix=None, report_every: int = 25,
+    precision: str | None = None,
+) -> tuple[float, float]:  # fmt: skip
     """One pass over ``loader``; ``scheduler`` (if given) steps every batch; ``mix`` (MixUp/CutMix)
     blends each batch on the device. Returns mean loss and accuracy (against the unmixed labels).
 
@@ -1137,7 +1175,7 @@ def train_one_epoch(
         targets = labels
         if mix is not None:
             images, targets = mix(images, labels)
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(images)
             loss = criterion(logits, targets, *teacher)
         optimizer.zero_grad(set_to_none=True)
@@ -1161,14 +1199,16 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict_tensors(model, loader, device, criterion=None) -> tuple[np.ndarray, np.ndarray, float]:
+def predict_tensors(
+    model, loader, device, criterion=None, precision: str | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Softmax probabilities and labels (or the loader's targets, e.g. vote shares) for a labelled loader, and the
-    mean loss if ``criterion`` given."""
+    mean loss if ``criterion`` given; in ``precision`` (the training run's), by default prediction's."""
     model.eval()
     all_probs, all_labels, total_loss = [], [], 0.0
     for images, labels in loader:
         images = to_device(images, device)
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(images).float()
         if criterion is not None:
             total_loss += criterion(logits, labels.to(device)).item() * len(labels)
