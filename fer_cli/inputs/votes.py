@@ -145,8 +145,8 @@ class _Layout:
         for i in self.class_columns:
             if not header[i].strip().isprintable():
                 raise SourceError(
-                    f"{path}: column {i + 1} ({header[i]!r}) has a control character in its name; a class name is "
-                    "printed and kept in the model"
+                    f"{path}: column {i + 1} ({header[i]!r}) has a control character (or another that does not "
+                    "print) in its name; a class name is printed and kept in the model"
                 )
         if len(set(self.class_names)) != len(self.class_names):
             raise SourceError(f"{path} names a class twice: {', '.join(self.class_names)} (after anger -> angry etc.)")
