@@ -444,6 +444,14 @@ def train(
             help="With --votes: this share of each target is the image's own single label (FER2013's).",
         ),
     ] = 0.0,
+    allow_missing: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing",
+            help="With --votes: train on the images found even when more than half of those the votes name are "
+            "missing or unreadable (else an error: usually the wrong DATA folder).",
+        ),
+    ] = False,
     prior_correction: Annotated[
         str,
         typer.Option(
@@ -528,6 +536,7 @@ def train(
             votes=str(votes) if votes else None,
             targets=Targets(targets).value,
             label_weight=label_weight,
+            allow_missing=allow_missing,
             prior_correction=prior_correction,
             command=shlex.join(["fer", *sys.argv[1:]]),
             given=tuple(sorted(_given_on_the_command_line(ctx))),
@@ -721,11 +730,15 @@ def calibrate(
     import shutil
 
     from .engine.calibration import calibrate as fit
-    from .engine.calibration import describe, describe_prior_correction
+    from .engine.calibration import check_prior_correction, describe, describe_prior_correction
     from .engine.ensemble import predict_labelled
     from .models.checkpoint import store_calibration
     from .models.zoo import is_shipped, resolve_model
 
+    try:
+        check_prior_correction(prior_correction, ("keep", "auto", "none"))
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--prior-correction") from None
     classifier = resolve_model(model, note=_note)
     if not classifier.path.endswith(".pt"):
         raise typer.BadParameter("calibrate the checkpoint (.pt), then export it again", param_hint="MODEL")
@@ -793,15 +806,10 @@ def _refit_prior_correction(classifier, probs, labels, clear, setting: str, fitt
     import numpy as np
 
     from .engine.calibration import choose_prior_correction
-    from .models.classifier import softmax
+    from .models.classifier import log_class_prior, softmax
 
     if classifier.class_prior is None:
         raise FerError(f"{classifier.name} records no class prior (trained before fer recorded one): no correction")
-    if setting not in ("auto", "none"):
-        try:
-            float(setting)
-        except ValueError:
-            raise typer.BadParameter("keep, auto, none or a number", param_hint="--prior-correction") from None
     prior = np.asarray(classifier.class_prior, dtype=np.float64)
     raw = classifier.temperature * np.log(np.clip(probs, 1e-12, None)) - classifier.logit_adjustment
     correction = choose_prior_correction(raw[clear], labels[clear], prior, setting, fitted_on)
@@ -812,7 +820,7 @@ def _refit_prior_correction(classifier, probs, labels, clear, setting: str, fitt
             "prior": prior.tolist(),
             "reason": "none asked",
         }
-    return softmax(raw - correction["tau"] * np.log(np.clip(prior, 1e-6, None))), correction
+    return softmax(raw - correction["tau"] * log_class_prior(prior)), correction
 
 
 @handles_user_errors

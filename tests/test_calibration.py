@@ -116,3 +116,29 @@ def test_a_model_whose_temperature_is_kept_is_not_rewritten(tiny_checkpoint, tin
     done = CliRunner().invoke(app, ["calibrate", str(model), str(tiny_dataset / "val"), "--workers", "0"])
     assert "temperature kept" in done.output and "left as it was" in done.output
     assert model.stat().st_mtime_ns == stamp
+
+
+def test_calibrate_refuses_a_prior_correction_that_is_not_a_bounded_number(tiny_checkpoint, tmp_path):
+    """nan and inf were written into the model (which every command then refused as damaged); 1e308 made a model
+    that answered nothing. fer train's bound (-10 to 10) holds here too, and the model is left as it was."""
+    model = tmp_path / "model.pt"
+    shutil.copyfile(tiny_checkpoint, model)
+    before = model.read_bytes()
+    folder = make_labelled_folder(tmp_path / "val", per_class=4, seed=7)
+    for tau in ("nan", "inf", "-inf", "1e308", "10.5"):
+        done = CliRunner().invoke(app, ["calibrate", str(model), str(folder), "--prior-correction", tau, "-j", "0"])
+        assert done.exit_code == 2 and "--prior-correction" in done.output, (tau, done.output)
+        assert model.read_bytes() == before
+    done = CliRunner().invoke(app, ["calibrate", str(model), str(folder), "--prior-correction", "10", "-j", "0"])
+    assert done.exit_code == 0, done.output
+
+
+def test_a_fit_that_is_not_finite_is_refused():
+    import pytest
+
+    from fer_cli.errors import FerError
+
+    probs = softmax(np.random.default_rng(0).normal(0, 1, (200, 3)))
+    probs[3] = np.nan
+    with pytest.raises(FerError, match="not finite"):
+        calibrate(probs, np.arange(200) % 3)

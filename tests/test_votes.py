@@ -52,7 +52,8 @@ def test_a_ferplus_csv_is_read_with_this_tools_class_names(tmp_path):
     table = read_votes(votes)
     assert table.class_names == ["angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
     assert table.images == ["train/angry/fer00000.png", "val/happy/fer00001.png", "test/x.png"]
-    assert table.splits == ["train", "val", None] and table.given == ["angry", "happy", "sad"]
+    assert table.splits == ["train", "val", None]
+    assert [table.class_names[g] for g in table.given] == ["angry", "happy", "sad"]
     assert table.votes[0].tolist() == [3, 0, 2, 0, 0, 4, 1, 0]  # in the sorted classes' order
     assert list(table.rows("train")) == [0] and list(table.rows("val")) == [1]
 
@@ -438,3 +439,190 @@ def test_calibrate_sets_the_prior_correction_anew(voted, tmp_path):
     assert read_checkpoint(kept)["prior_correction"] == 0.5  # keep: the temperature alone
     done = invoke("calibrate", given, root, "--votes", votes, "--prior-correction", "lots", "-o", kept, "-j", 0)
     assert done.exit_code == 2 and "--prior-correction" in done.output
+
+
+# --- votes files that cannot be trusted (issue 33) -----------------------------------------------------
+
+
+def _votes_over(root, rows, names=CLASSES, header_tail: str = ""):
+    """A votes CSV in ROOT naming ``rows`` ([split, path, *votes]), with ``header_tail`` after its header."""
+    path = root / "votes.csv"
+    with open(path, "w", newline="") as handle:
+        handle.write(",".join(["split", "path", *names]) + header_tail + "\n")
+        csv.writer(handle).writerows(rows)
+    return path
+
+
+PREPROCESS = {"size": 48, "channels": 1}
+
+
+@pytest.mark.parametrize("outside", ["../../x.png", "img/../../x.png", "/etc/x.png"])
+def test_votes_paths_that_leave_the_images_folder_are_refused(tmp_path, outside):
+    votes = _votes_over(tmp_path, [["train", "img/a.png", 1, 0, 0], ["train", outside, 0, 1, 0]])
+    with pytest.raises(SourceError, match=r"line 3: .* outside"):
+        read_votes(votes)
+
+
+def test_a_fifo_named_by_a_votes_file_is_unreadable_at_once(tmp_path):
+    """A named pipe opened for reading waits for a writer: fer train hung. Only regular files are opened."""
+    import os
+    import threading
+
+    from fer_cli.inputs.data import read_voted_images
+
+    rows = [["train", *row] for row in _voted_images(tmp_path, 6)]
+    os.mkfifo(tmp_path / "img" / "pipe.png")
+    rows.append(["train", "img/pipe.png", 9, 1, 0, 0])
+    votes = _votes_csv(tmp_path, [row[1:] for row in rows], [])
+    done = {}
+    reader = threading.Thread(
+        target=lambda: done.update(data=read_voted_images(tmp_path, read_votes(votes), None, PREPROCESS)), daemon=True
+    )
+    reader.start()
+    reader.join(60)
+    if reader.is_alive():  # let the hung reader go before failing
+        os.close(os.open(tmp_path / "img" / "pipe.png", os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading the images waited on a named pipe")
+    assert len(done["data"]) == 6 and done["data"].left_out == {"unreadable or missing": 1}
+
+
+@pytest.mark.parametrize("value", ["1.7e308", "inf", "nan", "1e10"])
+def test_vote_counts_must_be_bounded_finite_numbers(tmp_path, value):
+    votes = write(tmp_path / "v.csv", f"path,a,b\nx.png,1,2\ny.png,{value},1\n")
+    with pytest.raises(SourceError, match="line 3: votes must be"):
+        read_votes(votes)
+
+
+def test_training_without_a_validation_majority_is_refused_before_decoding(tmp_path, monkeypatch):
+    from fer_cli.engine import train as train_module
+
+    rows = _voted_images(tmp_path, 12)
+    val = [[row[0], 5, 5, 0, 0] for row in rows[:3]]  # every validation image tied at the top
+    votes = _votes_csv(tmp_path, rows, val)
+
+    def decoded(*args, **kwargs):
+        raise AssertionError("decoded before refusing")
+
+    monkeypatch.setattr(train_module, "read_voted_images", decoded)
+    with pytest.raises(SourceError, match="no validation image with a majority"):
+        train(tiny_config(tmp_path, tmp_path / "m.pt", votes=str(votes), epochs=1))
+
+
+def test_a_trailing_comma_makes_no_class_and_an_unnamed_column_with_votes_is_refused(tmp_path):
+    table = read_votes(write(tmp_path / "v.csv", "path,a,b,\nx.png,1,2,\ny.png,0,3,\n"))
+    assert table.class_names == ["a", "b"]
+    assert any("without a name" in note for note in table.notes)
+    with pytest.raises(SourceError, match="column 3 has no name"):
+        read_votes(write(tmp_path / "w.csv", "path,a,,b\nx.png,1,4,2\n"))
+
+
+def test_class_names_with_control_characters_are_refused(tmp_path):
+    with pytest.raises(SourceError, match="control character"):
+        read_votes(write(tmp_path / "v.csv", "path,a,b\x1b[31m\nx.png,1,2\n"))
+
+
+def test_class_names_with_rich_markup_are_printed_as_they_are(tmp_path, capsys):
+    from rich.console import Console
+
+    names = ["[/]", "calm", "contempt[/b]"]
+    rows = _voted_images(tmp_path, 24, names=names)
+    votes = _votes_csv(tmp_path, rows, rows[:6], names=names)
+    train(tiny_config(tmp_path, tmp_path / "m.pt", votes=str(votes), epochs=1), Console(stderr=True, width=300))
+    assert "classes [/], calm, contempt[/b]" in capsys.readouterr().err
+    assert read_checkpoint(tmp_path / "m.pt")["class_names"] == names
+
+
+def test_a_class_never_voted_for_keeps_a_floored_prior(tmp_path):
+    """A class with no training votes has prior 0: log 0 made every answer NaN once corrected (and numpy warned)."""
+    import warnings
+
+    from fer_cli.models.classifier import Classifier
+
+    class Fixed:
+        def logits(self, pixels):
+            return np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]], dtype=np.float32)
+
+    model = Classifier("m", "x", Fixed(), ["a", "b", "c"], {}, class_prior=[0.7, 0.3, 0.0], prior_correction=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        probs = model.probabilities(np.zeros((2, 1, 2, 2), np.uint8))
+    assert np.isfinite(probs).all() and probs.argmax(1).tolist() == [2, 2]  # the unseen class: rare, not impossible
+
+
+def _fer_plus_pair(root, names: bool = True, drop: int | None = None):
+    """Kaggle's fer2013.csv (13 rows: 9 Training, 3 PublicTest, 1 PrivateTest) and FER+'s votes for it, row by row;
+    ``drop``: the votes file lacks that row, so every later row is one out of step."""
+    pixels = lambda label, i: " ".join(map(str, synthetic_face(label % 3, i).ravel()))  # noqa: E731
+    usage = ["Training"] * 9 + ["PublicTest"] * 3 + ["PrivateTest"]
+    emotions = [0, 3, 6] * 4 + [0]
+    fer2013 = root / "fer2013.csv"
+    fer2013.write_text("emotion,pixels,Usage\n" + "".join(
+        f"{e},{pixels(i, i)},{u}\n" for i, (e, u) in enumerate(zip(emotions, usage))))  # fmt: skip
+    header = "Usage," + ("Image name," if names else "") + "neutral,happiness,surprise,sadness,anger,disgust,fear,"
+    lines = []
+    for i, (e, u) in enumerate(zip(emotions, usage)):
+        votes = {0: "0,0,0,0,9,1,0,0", 3: "0,9,0,0,0,0,1,0", 6: "9,0,0,1,0,0,0,0"}[e]
+        if i != drop:
+            lines.append(f"{u}," + (f"fer{i:07d}.png," if names else "") + f"{votes},0,0\n")
+    new = write(root / "fer2013new.csv", header + "contempt,unknown,NF\n" + "".join(lines))
+    return fer2013, new
+
+
+def test_ferplus_rows_out_of_step_with_fer2013_are_refused(tmp_path):
+    from fer_cli.inputs.data import read_voted_images
+
+    fer2013, new = _fer_plus_pair(tmp_path, drop=5)
+    with pytest.raises(SourceError, match=r"line 7: image fer0000006.png is not row 5 .*out of step"):
+        read_votes(new, by_row=True)
+    fer2013, new = _fer_plus_pair(tmp_path, names=False, drop=5)
+    table = read_votes(new, by_row=True)
+    with pytest.raises(SourceError, match=r"line 10 is val, but .*line 10 is training.*out of step"):
+        read_voted_images(fer2013, table, "train", PREPROCESS)
+    fer2013, new = _fer_plus_pair(tmp_path, names=False)
+    assert len(read_voted_images(fer2013, read_votes(new, by_row=True), "val", PREPROCESS)) == 3  # in step
+
+
+def test_missing_images_are_one_warning_and_mostly_missing_is_an_error(tmp_path):
+    from fer_cli.inputs.data import read_voted_images
+
+    rows = _voted_images(tmp_path, 4)
+    missing = [[f"img/gone{i}.png", *row[1:]] for i, row in enumerate(rows * 2)]
+    said = []
+    table = read_votes(_votes_csv(tmp_path, rows + missing[:1], []))
+    data = read_voted_images(tmp_path, table, None, PREPROCESS, warn=said.append)
+    assert len(data) == 4 and len(said) == 1 and "1 image(s)" in said[0] and "gone0.png" in said[0]
+    table = read_votes(_votes_csv(tmp_path, rows + missing, []))
+    with pytest.raises(SourceError, match=r"8 of 12 images .* missing or unreadable.*--allow-missing"):
+        read_voted_images(tmp_path, table, None, PREPROCESS, warn=said.append)
+    said.clear()
+    data = read_voted_images(tmp_path, table, None, PREPROCESS, warn=said.append, allow_missing=True)
+    assert len(data) == 4 and len(said) == 1 and "8 image(s)" in said[0] and "e.g." in said[0]
+    assert said[0].count("gone") <= 3  # a few examples, not every one
+
+
+def test_fer_train_stops_when_most_images_are_missing_unless_allowed(tmp_path):
+    rows = _voted_images(tmp_path, 6)
+    missing = [[f"img/gone{i}.png", *row[1:]] for i, row in enumerate(rows * 2)]
+    votes = _votes_csv(tmp_path, rows + missing, rows[:3])
+    done = invoke("train", tmp_path, "--votes", votes, "--out", tmp_path / "m.pt", "--epochs", 1, "-j", 0,
+                  "--arch", "vgg", "--arch-option", "width=4", "--device", "cpu")  # fmt: skip
+    assert done.exit_code == 2 and "--allow-missing" in done.stderr, done.output
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_large_votes_file_is_read_into_compact_arrays(tmp_path):
+    """10^6 rows took 4.9 GB: the rows were held as Python lists of strings. Now a row costs its numbers and path."""
+    import tracemalloc
+
+    count = 20000
+    path = tmp_path / "big.csv"
+    with open(path, "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(FERPLUS_HEADER.split(","))
+        out.writerows(["train", f"train/x/fer{i:08d}.png", "angry", 4, 0, 0, 1, 3, 2, 0, 0, 0, 0] for i in range(count))
+    tracemalloc.start()
+    table = read_votes(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(table.images) == count
+    assert peak / count < 400, f"{peak / count:.0f} bytes a row"

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..models.classifier import softmax
+from ..errors import FerError
+from ..models.classifier import log_class_prior, softmax
 from .metrics import expected_calibration_error
 
 TEMPERATURE_RANGE = (0.05, 20.0)
@@ -50,7 +51,10 @@ def calibrate(probs: np.ndarray, labels: np.ndarray, current_temperature: float 
     and when a temperature fitted on one half of them lowers the NLL on the other half (both ways
     round); otherwise the model keeps ``current_temperature`` and ``reason`` says why.
     """
-    log_probs = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None))
+    probs = np.asarray(probs, dtype=np.float64)
+    if not np.isfinite(probs).all():
+        raise FerError(f"the model's probabilities are not finite numbers on {fitted_on or 'these images'}: not fitted")
+    log_probs = np.log(np.clip(probs, 1e-12, None))
     labels = np.asarray(labels)
     reason = _distrust(log_probs, labels)
     if reason:
@@ -65,7 +69,29 @@ def calibrate(probs: np.ndarray, labels: np.ndarray, current_temperature: float 
     # Kept within the search range overall: a model that is never wrong here would drive T to 0.
     temperature = float(np.clip(current_temperature * fit_temperature(log_probs, labels), *TEMPERATURE_RANGE))
     report = calibration_report(log_probs, labels, temperature / current_temperature)
+    if not (np.isfinite(temperature) and np.isfinite(report["nll_after"])):
+        raise FerError(f"the fit on {fitted_on or 'these images'} is not finite (temperature {temperature}, NLL "
+                       f"{report['nll_after']}): not applied")  # fmt: skip
     return {**report, "temperature": temperature, "fitted_on": fitted_on, "applied": True, "reason": ""}
+
+
+PRIOR_CORRECTION_BOUND = 10.0  # the largest |tau| given: beyond it the rarest class outweighs any logit
+
+
+def check_prior_correction(setting: str, words: tuple[str, ...] = ("auto", "none")) -> None:
+    """A ``--prior-correction`` value as fer train and fer calibrate take it: one of ``words``, or a number (tau)
+    from -10 to 10 (not NaN, not infinite); a ValueError saying so otherwise."""
+    if setting in words:
+        return
+    try:
+        tau = float(setting)
+    except ValueError:
+        raise ValueError(f"--prior-correction must be {', '.join(words)} or a number (tau)") from None
+    if not -PRIOR_CORRECTION_BOUND <= tau <= PRIOR_CORRECTION_BOUND:  # NaN too
+        raise ValueError(
+            f"--prior-correction must be between {-PRIOR_CORRECTION_BOUND:g} and {PRIOR_CORRECTION_BOUND:g}, "
+            f"not {setting}"
+        )
 
 
 # The prior corrections tried, in steps of 0.1. A negative tau gives the common classes more weight: for a model
@@ -128,11 +154,6 @@ def choose_prior_correction(
     tau = float(setting)
     after = _corrected_scores(np.asarray(log_probs), np.asarray(labels), log_class_prior(prior), tau)
     return {**report, "tau": tau, "rule": "given (--prior-correction)", "after": after, "reason": ""}
-
-
-def log_class_prior(prior) -> np.ndarray:
-    """log(prior), a class never seen counted as rare (1e-6) rather than impossible."""
-    return np.log(np.clip(np.asarray(prior, dtype=np.float64), 1e-6, None))
 
 
 def _corrected_scores(log_probs: np.ndarray, labels: np.ndarray, log_prior: np.ndarray, tau: float) -> dict:

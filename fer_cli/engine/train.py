@@ -51,14 +51,21 @@ from ..inputs.data import (
     read_voted_images,
     validation_images,
 )
-from ..inputs.votes import canonical_class, describe_left_out, read_votes
+from ..inputs.votes import canonical_class, describe_left_out, read_votes, require_a_majority
 from ..models.architectures import check_input_size, check_model_options, create_model
 from ..models.checkpoint import build_model, now_iso, read_checkpoint, save_checkpoint
 from ..models.classifier import softmax
 from ..outputs import figures
 from ..outputs import tensorboard as tensorboard_log
 from . import distill, distributed
-from .calibration import calibrate, choose_prior_correction, describe, describe_prior_correction, log_class_prior
+from .calibration import (
+    calibrate,
+    check_prior_correction,
+    choose_prior_correction,
+    describe,
+    describe_prior_correction,
+    log_class_prior,
+)
 from .distill import DistillationLoss
 from .metrics import summarize, summarize_votes
 from .predict import stay_quiet_and_die_with_parent
@@ -111,6 +118,7 @@ class TrainConfig:
     votes: str | None = None  # a votes CSV: each image's label distribution (DATA holds the images; see inputs.votes)
     targets: str = "distribution"  # with votes: learn the vote shares, or the majority class (one-hot)
     label_weight: float = 0.0  # with votes: this share of each target is the image's own single label (FER2013's)
+    allow_missing: bool = False  # with votes: train on the images found even when most are missing (else an error)
     prior_correction: str = "auto"  # tau of logits - tau * log(class prior): 'auto' (chosen on val), 'none', a number
     command: str = ""  # the command line, recorded for provenance
     given: tuple[str, ...] = ()  # the options the user wrote (the command line's parameter names), for --resume
@@ -158,13 +166,7 @@ class TrainConfig:
             raise ValueError("--label-smoothing must be in [0, 1)")
         if self.mixup < 0 or self.cutmix < 0:
             raise ValueError("--mixup and --cutmix must be 0 (off) or positive")
-        if self.prior_correction not in ("auto", "none"):
-            try:
-                tau = float(self.prior_correction)
-            except ValueError:
-                raise ValueError("--prior-correction must be auto, none or a number (tau)") from None
-            if not -10.0 <= tau <= 10.0:
-                raise ValueError("--prior-correction must be between -10 and 10")
+        check_prior_correction(self.prior_correction)
         if not 0.0 <= self.label_weight <= 1.0:
             raise ValueError("--label-weight must be in [0, 1]")
         if not self.votes and (self.label_weight or self.targets != "distribution"):
@@ -259,24 +261,34 @@ def _load_voted_data(config: TrainConfig, preprocess: dict, log: Console):
     table = read_votes(config.votes, by_row=by_row)
     warn = lambda m: log.print(f"[yellow]warning:[/] {escape(m)}")  # noqa: E731
     log.print(
-        f"votes: {table.origin}, {len(table.images):,} images, classes {', '.join(table.class_names)}"
+        f"votes: {escape(table.origin)}, {len(table.images):,} images, classes {escape(', '.join(table.class_names))}"
         + (f"; {table.unnamed:,} rows without an image left out" if table.unnamed else "")
     )
+    other = read_votes(config.val, by_row=by_row) if config.val else None
+    for note in table.notes + (other.notes if other else []):
+        warn(note)
+    train_split = "train" if table.has_split else None
+    if other:
+        val_table, val_split = other, "val" if other.count("val") else None
+    else:  # the val rows, or some of the training rows held out
+        val_table, val_split = table, "val" if table.count("val") else train_split
+    require_a_majority(val_table, val_split)
     decode = lambda t, split: read_voted_images(  # noqa: E731
-        data, t, split, preprocess, workers=config.workers, warn=warn, fer2013_labels=by_row
+        data, t, split, preprocess, config.workers, warn, fer2013_labels=by_row, allow_missing=config.allow_missing
     )
-    train = _targets_usable(decode(table, "train" if table.has_split else None), config, log, "training")
-    if config.val:
-        other = read_votes(config.val, by_row=by_row)
-        split = "val" if other.has_split and other.count("val") else None
-        val = decode(other, split).reorder_classes(train.class_names)
+    train = _targets_usable(decode(table, train_split), config, log, "training")
+    if other:
+        val = decode(other, val_split).reorder_classes(train.class_names)
         val_origin, val_path = val.origin, str(config.val)
-    elif table.has_split and table.count("val"):
+    elif val_split == "val":
         val, val_origin, val_path = decode(table, "val"), f"{table.origin} (val rows)", str(config.votes)
     else:
         train, val = _hold_out(train, fraction=0.1, seed=config.seed)
         val_origin, val_path = f"10% of {table.origin}'s rows held out (stratified, seed {config.seed})", None
     without = int((val.majority < 0).sum())
+    if without == len(val):
+        raise SourceError(f"{val_origin}: no validation image with a majority of the votes (of those read) to choose "
+                          "the best epoch by")  # fmt: skip
     log.print(
         f"validation: {len(val):,} images" + (f" ({describe_left_out(val.left_out)})" if val.left_out else "")
         + f"; accuracy against the majority of the votes on the {len(val) - without:,} with one"
@@ -737,7 +749,7 @@ def _adopt_initial_model(config: TrainConfig, init: dict, log: Console) -> Train
     """A run that starts from a model takes its architecture and input (size, channels) along with its weights."""
     log.print(
         f"starting from {config.init} ({init['arch']}, {init['preprocess']['size']} px, "
-        f"{init['preprocess']['channels']} channel(s); classes {', '.join(init['class_names'])})"
+        f"{init['preprocess']['channels']} channel(s); classes {escape(', '.join(init['class_names']))})"
     )
     return replace(
         config,
@@ -776,10 +788,10 @@ def _start_from(network: nn.Module, init: dict, class_names: list[str], log: Con
             name for name in init["class_names"] if canonical_class(name) not in map(canonical_class, class_names)
         ]
         log.print(
-            f"classifier head: {len(kept)} row(s) kept by class ({', '.join(kept) or 'none'})"
+            f"classifier head: {len(kept)} row(s) kept by class ({escape(', '.join(kept)) or 'none'})"
             + (f", {len(moved)} of them moved to the data's order" if moved else "")
-            + (f"; new, untrained: {', '.join(new)}" if new else "")
-            + (f"; not in the data, dropped: {', '.join(dropped)}" if dropped else "")
+            + (f"; new, untrained: {escape(', '.join(new))}" if new else "")
+            + (f"; not in the data, dropped: {escape(', '.join(dropped))}" if dropped else "")
         )
 
 

@@ -29,7 +29,7 @@ from .labelled import (  # noqa: F401 (the labelled folders' part, without torch
     labelled_digest,
     validation_images,
 )
-from .votes import VoteTable, outcome
+from .votes import SPLIT_CODES, VoteTable, outcome, split_of
 
 # FER2013's CSV labels 0..6, in that order.
 FER2013_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -112,25 +112,35 @@ def decode_labelled_files(files: LabelledFiles, preprocess: dict, workers: int =
     Unreadable files are skipped and counted through ``warn``, so one bad file in a dataset of
     thousands does not stop a training run.
     """
-    images, kept = _decode_paths(files.paths, files.origin, preprocess, workers, warn)
+    images, kept = _decode_paths(files.paths, preprocess, workers, warn)
+    if not kept:
+        raise SourceError(f"no readable images in {files.origin}")
     labels = torch.tensor([files.labels[i] for i in kept])
     return LabelledTensors(images, labels, files.class_names, files.origin)
 
 
-def _decode_paths(paths: list[str], origin: str, preprocess: dict, workers: int, warn) -> tuple[torch.Tensor, list]:
-    """The readable images of ``paths`` decoded (N, C, H, W), and which of ``paths`` they are."""
+EXAMPLES = 3  # how many unreadable files a warning names
+MOST_MISSING = 0.5  # more of a votes file's images missing than this share: the wrong folder, usually
+
+
+def _decode_paths(paths: list[str], preprocess: dict, workers: int, warn) -> tuple[torch.Tensor | None, list]:
+    """The readable images of ``paths`` decoded (N, C, H, W; None when none is), and which of ``paths`` they are.
+    The unreadable ones are one warning through ``warn``, naming a few."""
     loader = torch.utils.data.DataLoader(_DecodeFiles(paths, preprocess), batch_size=256, num_workers=workers)
-    images, kept = [], []
+    images, kept, bad = [], [], []
     for batch, indices in loader:
         good = indices >= 0
         images.append(batch[good])
         kept.extend(indices[good].tolist())
-        if warn:
-            for bad in (-1 - indices[~good]).tolist():
-                warn(f"skipped unreadable image {paths[bad]}")
-    if not kept:
-        raise SourceError(f"no readable images in {origin}")
-    return torch.cat(images), kept
+        bad.extend((-1 - indices[~good][: EXAMPLES - len(bad)]).tolist())
+    if warn and len(kept) < len(paths):
+        missing = len(paths) - len(kept)
+        warn(f"{missing:,} image(s) unreadable or missing, skipped ({_examples(paths, bad, missing)})")
+    return (torch.cat(images) if kept else None), kept
+
+
+def _examples(paths: list[str], some: list[int], total: int) -> str:
+    return "e.g. " + ", ".join(paths[i] for i in some) + (", ..." if total > len(some) else "")
 
 
 def read_fer2013_csv(path: str | os.PathLike, usage: Iterable[str], preprocess: dict) -> LabelledTensors:
@@ -138,7 +148,7 @@ def read_fer2013_csv(path: str | os.PathLike, usage: Iterable[str], preprocess: 
 
     A CSV without a Usage column counts every row as Training. Pixels are square grayscale.
     """
-    rows = list(_fer2013_rows(path, lambda row: row is not None and row in usage))
+    rows = list(_fer2013_rows(path, lambda _, row: row in usage))
     if not rows:
         raise SourceError(f"{path} has no rows with Usage {' or '.join(sorted(usage))}")
     tensors = [decode(Image.fromarray(img, mode="L"), preprocess) for _, img, _ in rows]
@@ -147,16 +157,16 @@ def read_fer2013_csv(path: str | os.PathLike, usage: Iterable[str], preprocess: 
 
 
 def _fer2013_rows(path: str | os.PathLike, wanted):
-    """(row number from 0, 48x48-like uint8 image, label) for every row of a FER2013-style CSV whose usage
-    (lower case; "training" when the CSV has no Usage column) ``wanted`` accepts. A bad row is an error
-    naming its line."""
+    """(row number from 0, 48x48-like uint8 image, label) for every row of a FER2013-style CSV that ``wanted(row
+    number, usage)`` accepts (usage in lower case; "training" when the CSV has no Usage column). A bad row is an
+    error naming its line."""
     try:
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or not {"emotion", "pixels"} <= set(reader.fieldnames):
                 raise SourceError(f"{path} is not a FER2013-style CSV: it needs 'emotion' and 'pixels' columns")
             for index, row in enumerate(reader):
-                if not wanted((row.get("Usage") or "Training").strip().lower()):
+                if not wanted(index, (row.get("Usage") or "Training").strip().lower()):
                     continue
                 try:
                     pixels = np.array((row["pixels"] or "").split(), dtype=np.uint8)
@@ -184,14 +194,17 @@ def read_voted_images(
     workers: int = 0,
     warn=None,
     fer2013_labels: bool = True,
+    allow_missing: bool = False,
 ) -> LabelledTensors:
     """The images of one split of a votes table (``split`` 'train', 'val', or None for every row) decoded, with their
     vote shares, majorities and single labels (see ``LabelledTensors``).
 
     ``images`` is the folder the table's paths are relative to, or a FER2013-style CSV whose rows pair up with
-    the table's in order (FER+'s ``fer2013new.csv`` beside Kaggle's ``fer2013.csv``). Images left out by their votes
-    and unreadable ones are counted in ``left_out``. An image's single label (``given``) is the table's label column,
-    or the FER2013 CSV's emotion (``fer2013_labels``).
+    the table's in order (FER+'s ``fer2013new.csv`` beside Kaggle's ``fer2013.csv``; rows whose splits disagree are an
+    error). Images left out by their votes and unreadable ones are counted in ``left_out``; when more than half of a
+    folder's images are missing or unreadable (the wrong folder, usually) that is an error, unless ``allow_missing``.
+    An image's single label (``given``) is the table's label column, or the FER2013 CSV's emotion
+    (``fer2013_labels``).
     """
     rows = table.rows(split)
     if len(rows) == 0:
@@ -200,35 +213,32 @@ def read_voted_images(
     rows = rows[verdict.keep]
     left_out = dict(verdict.left_out)
     source = Path(images)
-    given = [table.given[r] for r in rows]
+    given = table.given[rows]
+    has_given = table.has_label or (source.is_file() and fer2013_labels)
     if source.is_file():
-        by_number = {table.images[r]: i for i, r in enumerate(rows)}
-        found, emotion = {}, {}
-        for index, pixels, label in _fer2013_rows(source, lambda usage: True):
-            if index in by_number:
-                found[by_number[index]] = decode(Image.fromarray(pixels, mode="L"), preprocess)
-                emotion[by_number[index]] = FER2013_CLASSES[label]
-        if len(found) < len(rows):
-            raise SourceError(
-                f"{table.origin} has rows beyond the rows of {source}: a votes file beside a FER2013 CSV must list "
-                "its images in the same order (FER+'s fer2013new.csv beside fer2013.csv)"
-            )
-        kept = sorted(found)
-        decoded = torch.stack([found[i] for i in kept])
-        paths = None
-        if fer2013_labels and not any(given):
-            given = [emotion[i] for i in range(len(rows))]
+        decoded, emotion = _decode_fer2013_rows(source, table, rows, preprocess)
+        kept, paths = list(range(len(rows))), None
+        if fer2013_labels and not table.has_label:
+            index = {name: i for i, name in enumerate(table.class_names)}
+            given = np.array([index.get(FER2013_CLASSES[label], -1) for label in emotion], dtype=np.int64)
     else:
         if not source.is_dir():
             raise SourceError(f"no such folder: {source}")
-        paths = [str(source / table.images[r]) for r in rows]
-        decoded, kept = _decode_paths(paths, table.origin, preprocess, workers, warn)
+        paths = [os.path.join(source, table.images[r]) for r in rows]
+        decoded, kept = _decode_paths(paths, preprocess, workers, warn)
+        missing = len(rows) - len(kept)
+        if missing > MOST_MISSING * len(rows) and not allow_missing:
+            raise SourceError(
+                f"{missing:,} of {len(rows):,} images {table.origin} names are missing or unreadable under {source}: "
+                "is that the folder its paths are relative to? (--allow-missing trains on the rest)"
+            )
+        if not kept:
+            raise SourceError(f"no readable images in {table.origin}")
         paths = [paths[i] for i in kept]
-        if len(kept) < len(rows):
-            left_out["unreadable or missing"] = len(rows) - len(kept)
+        if missing:
+            left_out["unreadable or missing"] = missing
     kept_t = torch.as_tensor(kept, dtype=torch.long)
     distributions = torch.from_numpy(verdict.distributions)[kept_t]
-    given_index = [table.class_names.index(g) if g in table.class_names else -1 for g in given]
     return LabelledTensors(
         images=decoded,
         labels=distributions.argmax(dim=1),
@@ -236,7 +246,42 @@ def read_voted_images(
         origin=f"{table.origin}" + (f" ({split} rows)" if split else ""),
         votes=distributions,
         majority=torch.from_numpy(verdict.majority)[kept_t],
-        given=torch.tensor(given_index, dtype=torch.long)[kept_t] if any(g is not None for g in given) else None,
+        given=torch.as_tensor(given, dtype=torch.long)[kept_t] if has_given else None,
         left_out=left_out,
         paths=paths,
     )
+
+
+def _decode_fer2013_rows(
+    source: Path, table: VoteTable, rows: np.ndarray, preprocess: dict
+) -> tuple[torch.Tensor, list]:
+    """The images of a FER2013 CSV at the table's ``rows`` (row numbers: FER+ beside fer2013.csv) decoded, in
+    ``rows``' order, and FER2013's emotion (0..6) of each. Every row of the table is checked against the CSV's: a
+    row whose split (Usage) disagrees means the files are out of step, an error naming the first."""
+    by_number = {int(table.images[r]): i for i, r in enumerate(rows)}
+    numbers = np.asarray(table.images, dtype=np.int64)
+    split_by_number = np.full(int(numbers.max()) + 1, -1, dtype=np.int8)
+    if table.has_split:
+        split_by_number[numbers] = table.split_codes
+    found, emotion = [None] * len(rows), [0] * len(rows)
+
+    def wanted(index: int, usage: str) -> bool:
+        ours = int(split_by_number[index]) if index < len(split_by_number) else -1
+        if ours >= 0 and ours != SPLIT_CODES[split_of(usage)]:
+            name = {code: name for name, code in SPLIT_CODES.items()}[ours] or "another split"
+            raise SourceError(
+                f"{table.origin}, line {index + 2} is {name}, but {source}, line {index + 2} is {usage or 'empty'}: "
+                "the two files are out of step (a row missing or added?); a votes file beside a FER2013 CSV lists "
+                "its images in the same order"
+            )
+        return index in by_number
+
+    for index, pixels, label in _fer2013_rows(source, wanted):
+        found[by_number[index]] = decode(Image.fromarray(pixels, mode="L"), preprocess)
+        emotion[by_number[index]] = label
+    if any(image is None for image in found):
+        raise SourceError(
+            f"{table.origin} has rows beyond the rows of {source}: a votes file beside a FER2013 CSV must list "
+            "its images in the same order (FER+'s fer2013new.csv beside fer2013.csv)"
+        )
+    return torch.stack(found), emotion

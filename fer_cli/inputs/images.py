@@ -9,15 +9,18 @@ here imports torch, so predicting with an exported (ONNX) model never loads it.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import glob
 import io
 import os
+import stat
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -75,9 +78,8 @@ def read_image(path: str | os.PathLike | ImageBytes, channels: int) -> Image.Ima
         # image that cannot be read is an error per file; a raw library warning is neither.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.simplefilter("ignore", UserWarning)
-        source = io.BytesIO(path.data) if isinstance(path, ImageBytes) else path
         try:
-            with Image.open(source, formats=IMAGE_FORMATS) as image:
+            with _open(path) as source, Image.open(source, formats=IMAGE_FORMATS) as image:
                 image.load()
                 image = ImageOps.exif_transpose(image)
             return _to_channels(image, channels)
@@ -89,6 +91,21 @@ def read_image(path: str | os.PathLike | ImageBytes, channels: int) -> Image.Ima
             raise UnreadableImage(f"the decoder failed ({type(error).__name__})") from None
 
 
+def _open(path: str | os.PathLike | ImageBytes) -> BinaryIO:
+    """An image's bytes to read: a regular file (links followed), opened without waiting; a named pipe, a device or a
+    folder is an ``OSError`` at once (opening a pipe to read waits for a writer: a listed FIFO hung a whole run)."""
+    if isinstance(path, ImageBytes):
+        return io.BytesIO(path.data)
+    handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return os.fdopen(handle, "rb")
+    except BaseException:
+        os.close(handle)
+        raise
+
+
 def image_header(path: str | os.PathLike | ImageBytes) -> tuple[int, int, str] | None:
     """The (width, height, mode) an image declares in its header, read without decoding its pixels
     (to weigh it before reading it); None when it is not an image ``read_image`` opens.
@@ -98,9 +115,8 @@ def image_header(path: str | os.PathLike | ImageBytes) -> tuple[int, int, str] |
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.simplefilter("ignore", UserWarning)
-        source = io.BytesIO(path.data) if isinstance(path, ImageBytes) else path
         try:
-            with Image.open(source, formats=IMAGE_FORMATS) as image:
+            with _open(path) as source, Image.open(source, formats=IMAGE_FORMATS) as image:
                 return image.width, image.height, image.mode
         except Image.DecompressionBombError:
             raise

@@ -6,15 +6,17 @@ any non-negative weight: probabilities work too)::
     split,path,fer2013_label,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,not_a_face
     train,train/angry/fer00000.png,angry,4,0,0,1,3,2,0,0,0,0
 
-* the image: a ``path`` column (also ``image``, ``file``, ``Image name``), relative to the images' folder;
-  beside a FER2013 CSV (FER+'s own ``fer2013new.csv`` beside Kaggle's ``fer2013.csv``) rows pair up in
-  order instead, and a row without an image name is one FER+ left unlabelled;
+* the image: a ``path`` column (also ``image``, ``file``, ``Image name``), relative to the images' folder and
+  inside it (an absolute path, or one that leaves by ``..``, is an error); beside a FER2013 CSV (FER+'s own
+  ``fer2013new.csv`` beside Kaggle's ``fer2013.csv``) rows pair up in order instead, a row without an image name is
+  one FER+ left unlabelled, and a FER+ name (``fer0000123.png``) must be its row's (else the files are out of step);
 * which split: an optional ``split`` or ``Usage`` column (train/Training, val/PublicTest; other rows,
   PrivateTest, are never read);
 * the image's single label, if it has one: an optional ``label`` or ``fer2013_label`` column;
 * ``unknown`` and ``not_a_face`` (FER+'s NF): votes that are no class;
-* every other column of numbers is a class. FER+'s emotion names become this tool's
-  (anger -> angry, happiness -> happy, sadness -> sad).
+* every other column is a class, of numbers from 0 to ``MAX_VOTES`` (empty: 0). FER+'s emotion names become this
+  tool's (anger -> angry, happiness -> happy, sadness -> sad); a name with a control character is refused, and a
+  column without a name is passed over when it holds nothing (a spreadsheet's trailing comma), refused otherwise.
 
 An image whose most voted column is "unknown" or "not a face" is left out (counted): it shows no
 readable expression. The majority of an image is the class with strictly the most votes, "unknown"
@@ -25,7 +27,11 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+import posixpath
+import re
+from array import array
+from dataclasses import dataclass, field
+from pathlib import PureWindowsPath
 
 import numpy as np
 
@@ -39,6 +45,9 @@ LABEL_COLUMNS = ("label", "fer2013_label")
 NO_CLASS_COLUMNS = ("unknown", "not_a_face", "nf", "not a face")
 TRAIN_SPLITS = ("train", "training")
 VAL_SPLITS = ("val", "validation", "publictest")
+MAX_VOTES = 1e9  # the most one cell may hold: the sums of a row's votes stay finite
+SPLIT_CODES = {None: 0, "train": 1, "val": 2}  # how VoteTable.split_codes spells a row's split
+FER_IMAGE_NAME = re.compile(r"fer(\d+)\.png", re.IGNORECASE)  # FER+'s name for row N of fer2013.csv
 
 
 def canonical_class(name: str) -> str:
@@ -59,121 +68,170 @@ def split_of(usage: str | None) -> str | None:
 
 @dataclass
 class VoteTable:
-    """A votes CSV, read: one entry per row that has an image."""
+    """A votes CSV, read: one entry per row that has an image, in compact arrays (a file can have millions)."""
 
     origin: str
     class_names: list[str]  # this tool's names, sorted (as class folders are)
-    images: list[str]  # each row's path (relative), or its row number (0 first) when rows pair up in order
-    splits: list[str | None]  # 'train', 'val', None (another split), or 'train' for all when there is no split column
+    images: list  # each row's path (relative, inside the images' folder), or its row number (0 first) by row
+    split_codes: np.ndarray  # (N,) int8, SPLIT_CODES: 1 train, 2 val, 0 another split; 1 for all without a split column
     votes: np.ndarray  # (N, classes) float64, as in the file
     no_class: np.ndarray  # (N, 2) float64: unknown and not-a-face votes (0 where the file has no such column)
-    given: list[str | None]  # each row's single label (this tool's name) when the file has a label column
+    given: np.ndarray  # (N,) int64: each row's single label as an index into class_names (-1: none, or no class)
     has_split: bool
+    has_label: bool  # the file has a label column
     unnamed: int  # rows without an image name (FER+: images it left unlabelled)
+    notes: list[str] = field(default_factory=list)  # what was passed over in reading it, to say
+
+    @property
+    def splits(self) -> list[str | None]:
+        names = {code: name for name, code in SPLIT_CODES.items()}
+        return [names[code] for code in self.split_codes.tolist()]
 
     def rows(self, split: str | None) -> np.ndarray:
         """Indices of the rows of one split ('train', 'val'), or of every row (None)."""
         if split is None:
             return np.arange(len(self.images))
-        return np.flatnonzero(np.array([s == split for s in self.splits], dtype=bool))
+        return np.flatnonzero(self.split_codes == SPLIT_CODES[split])
 
     def count(self, split: str) -> int:
-        return int(sum(s == split for s in self.splits))
+        return len(self.rows(split))
 
 
 def read_votes(path: str | os.PathLike, by_row: bool = False) -> VoteTable:
     """Read a votes CSV (see the module's docstring); ``by_row``: its rows pair up with another file's rows in order,
-    so the image column is optional and a row is known by its number."""
+    so the image column is optional and a row is known by its number. The rows are read one at a time."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
             if not header:
                 raise SourceError(f"{path} is empty; a votes CSV needs a header and a row per image")
-            lines = list(reader)
+            layout = _Layout(path, header, by_row)
+            table = layout.read(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise SourceError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
-    names = [column.strip().lower() for column in header]
-    role = {}
-    for i, name in enumerate(names):
-        for kind, known in (("path", PATH_COLUMNS), ("split", SPLIT_COLUMNS), ("label", LABEL_COLUMNS),
-                            ("no_class", NO_CLASS_COLUMNS)):  # fmt: skip
-            if name in known and (kind == "no_class" or kind not in role.values()):
-                role[i] = kind
-    if "path" not in role.values() and not by_row:
-        raise SourceError(
-            f"{path} has no image column: name one of its columns path (or {', '.join(PATH_COLUMNS[1:])})"
-        )
-    candidates = [i for i in range(len(names)) if i not in role]
-    numeric = [i for i in candidates if _all_numbers(line[i] if i < len(line) else "" for line in lines)]
-    ignored = [header[i] for i in candidates if i not in numeric]
-    class_columns = sorted(numeric, key=lambda i: canonical_class(header[i]))  # as class folders sort
-    class_names = [canonical_class(header[i]) for i in class_columns]
-    if len(class_names) < 2:
-        raise SourceError(
-            f"{path} has {len(class_names)} column(s) of votes; a votes CSV needs a column of numbers per class (2+)"
-            + (f" (not numbers: {', '.join(ignored)})" if ignored else "")
-        )
-    if len(set(class_names)) != len(class_names):
-        raise SourceError(f"{path} names a class twice: {', '.join(class_names)} (after anger -> angry etc.)")
-    if ignored:
-        raise SourceError(
-            f"{path}: column(s) {', '.join(ignored)} hold something other than numbers; a votes CSV has a column "
-            "of numbers per class, and only path, split, label, unknown and not_a_face beside them"
-        )
-    column = {kind: i for i, kind in role.items() if kind != "no_class"}
-    no_class_columns = [i for i, kind in role.items() if kind == "no_class"]
-    images, splits, votes, no_class, given, unnamed = [], [], [], [], [], 0
-    for number, line in enumerate(lines):
-        line = line + [""] * (len(names) - len(line))
-        image = line[column["path"]].strip() if "path" in column else ""
-        if not image and (not by_row or "path" in column):
-            unnamed += 1
-            continue
-        try:
-            row_votes = [_number(line[i]) for i in class_columns]
-            row_other = [_number(line[i]) for i in no_class_columns] + [0.0] * (2 - len(no_class_columns))
-        except ValueError as error:
-            raise SourceError(f"{path}, line {number + 2}: {error}") from None
-        images.append(number if by_row else image)
-        splits.append(split_of(line[column["split"]]) if "split" in column else "train")
-        votes.append(row_votes)
-        no_class.append(row_other[:2])
-        label = line[column["label"]].strip() if "label" in column else ""
-        given.append(canonical_class(label) if label else None)
-    if not images:
+    if not table.images:
         raise SourceError(f"{path} has no rows with an image")
-    return VoteTable(
-        origin=str(path),
-        class_names=class_names,
-        images=images,
-        splits=splits,
-        votes=np.array(votes, dtype=np.float64).reshape(len(images), len(class_names)),
-        no_class=np.array(no_class, dtype=np.float64).reshape(len(images), 2),
-        given=given,
-        has_split="split" in column,
-        unnamed=unnamed,
-    )
+    return table
 
 
-def _number(text: str) -> float:
-    text = text.strip()
-    value = float(text) if text else 0.0
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"votes must be non-negative numbers, not {text!r}")
-    return value
+class _Layout:
+    """What each column of a votes CSV's header is, and how its rows are read."""
 
+    def __init__(self, path, header: list[str], by_row: bool):
+        self.path, self.header, self.by_row = path, header, by_row
+        names = [column.strip().lower() for column in header]
+        role = {}
+        for i, name in enumerate(names):
+            for kind, known in (("path", PATH_COLUMNS), ("split", SPLIT_COLUMNS), ("label", LABEL_COLUMNS),
+                                ("no_class", NO_CLASS_COLUMNS)):  # fmt: skip
+                if name in known and (kind == "no_class" or kind not in role.values()):
+                    role[i] = kind
+        if "path" not in role.values() and not by_row:
+            raise SourceError(
+                f"{path} has no image column: name one of its columns path (or {', '.join(PATH_COLUMNS[1:])})"
+            )
+        self.column = {kind: i for i, kind in role.items() if kind != "no_class"}
+        self.no_class_columns = [i for i, kind in role.items() if kind == "no_class"][:2]
+        others = [i for i in range(len(names)) if i not in role]
+        self.unnamed_columns = [i for i in others if not names[i]]  # a trailing comma's: refused if they hold votes
+        self.class_columns = sorted((i for i in others if names[i]), key=lambda i: canonical_class(header[i]))
+        self.class_names = [canonical_class(header[i]) for i in self.class_columns]
+        if len(self.class_names) < 2:
+            raise SourceError(
+                f"{path} has {len(self.class_names)} column(s) of votes; a votes CSV needs a column of numbers per "
+                "class (2+)"
+            )
+        for i in self.class_columns:
+            if not header[i].strip().isprintable():
+                raise SourceError(
+                    f"{path}: column {i + 1} ({header[i]!r}) has a control character (or another that does not "
+                    "print) in its name; a class name is printed and kept in the model"
+                )
+        if len(set(self.class_names)) != len(self.class_names):
+            raise SourceError(f"{path} names a class twice: {', '.join(self.class_names)} (after anger -> angry etc.)")
+        self.width = len(names)
 
-def _all_numbers(values) -> bool:
-    for value in values:
-        value = value.strip()
-        if not value:
-            continue
+    def read(self, reader) -> VoteTable:
+        numbers = array("d")  # each row's class votes, then its two no-class votes
+        images, splits, given, unnamed = [], array("b"), array("q"), 0
+        label_index = {name: i for i, name in enumerate(self.class_names)}
+        path_at, split_at, label_at = (self.column.get(kind) for kind in ("path", "split", "label"))
+        for number, line in enumerate(reader):
+            if len(line) < self.width:
+                line = line + [""] * (self.width - len(line))
+            image = line[path_at].strip() if path_at is not None else ""
+            if not image and (not self.by_row or path_at is not None):
+                unnamed += 1
+                continue
+            for i in self.unnamed_columns:
+                if line[i].strip():
+                    raise SourceError(
+                        f"{self.path}: column {i + 1} has no name, but line {number + 2} holds {line[i].strip()!r} "
+                        "in it; name it (a class) or remove it"
+                    )
+            numbers.extend(self._number(line[i], i, number) for i in self.class_columns)
+            numbers.extend(self._number(line[i], i, number) for i in self.no_class_columns)
+            numbers.extend([0.0] * (2 - len(self.no_class_columns)))
+            images.append(self._image(image, number))
+            splits.append(SPLIT_CODES[split_of(line[split_at])] if split_at is not None else SPLIT_CODES["train"])
+            label = line[label_at].strip() if label_at is not None else ""
+            given.append(label_index.get(canonical_class(label), -1) if label else -1)
+        table = np.frombuffer(numbers, dtype=np.float64).reshape(len(images), len(self.class_names) + 2)
+        notes = []
+        if self.unnamed_columns:
+            notes.append(
+                f"{self.path}: {len(self.unnamed_columns)} column(s) without a name and without votes passed over "
+                "(a trailing comma?)"
+            )
+        return VoteTable(
+            origin=str(self.path),
+            class_names=self.class_names,
+            images=images,
+            split_codes=np.frombuffer(splits, dtype=np.int8),
+            votes=table[:, :-2],
+            no_class=table[:, -2:],
+            given=np.frombuffer(given, dtype=np.int64),
+            has_split=split_at is not None,
+            has_label=label_at is not None,
+            unnamed=unnamed,
+            notes=notes,
+        )
+
+    def _number(self, text: str, column: int, number: int) -> float:
+        text = text.strip()
         try:
-            float(value)
+            value = float(text) if text else 0.0
         except ValueError:
-            return False
-    return True
+            raise SourceError(
+                f"{self.path}: column(s) {self.header[column].strip()} hold something other than numbers (line "
+                f"{number + 2}: {text!r}); a votes CSV has a column of numbers per class, and only path, split, "
+                "label, unknown and not_a_face beside them"
+            ) from None
+        if not 0 <= value <= MAX_VOTES:  # NaN too
+            raise SourceError(
+                f"{self.path}, line {number + 2}: votes must be non-negative numbers up to {MAX_VOTES:g}, not {text!r}"
+            )
+        return value
+
+    def _image(self, image: str, number: int):
+        """A row's image: its path, which must stay inside the images' folder; by row, its number (checked against
+        FER+'s image name, which holds it)."""
+        if self.by_row:
+            named = FER_IMAGE_NAME.fullmatch(image)
+            if named and int(named.group(1)) != number:
+                raise SourceError(
+                    f"{self.path}, line {number + 2}: image {image} is not row {number} of the FER2013 CSV this file "
+                    "pairs with: the two files are out of step (a row missing or added?)"
+                )
+            return number
+        relative = posixpath.normpath(image.replace("\\", "/"))
+        if posixpath.isabs(relative) or PureWindowsPath(image).drive or relative.split("/")[0] == "..":
+            raise SourceError(
+                f"{self.path}, line {number + 2}: {image} is outside the images' folder; a votes CSV names images by "
+                "their path inside it"
+            )
+        return image
 
 
 @dataclass
@@ -202,6 +260,17 @@ def outcome(votes: np.ndarray, no_class: np.ndarray) -> Outcome:
     distributions = (votes[keep] / totals[keep, None]).astype(np.float32)
     left_out = {"mostly unknown or not a face": int(unreadable.sum())} if unreadable.any() else {}
     return Outcome(keep, distributions, majority.astype(np.int64), left_out)
+
+
+def require_a_majority(table: VoteTable, split: str | None) -> None:
+    """Refuse validation rows (``split``: 'val', 'train' to hold some out of, None for every row) without a single
+    image whose votes have a clear majority: the best epoch is chosen by accuracy against it. Read before decoding."""
+    rows = table.rows(split)
+    if len(rows) and not (outcome(table.votes[rows], table.no_class[rows]).majority >= 0).any():
+        raise SourceError(
+            f"{table.origin}: no validation image with a majority of the votes (every one tied at the top, or left "
+            "out); the best epoch is chosen by accuracy against it"
+        )
 
 
 def describe_left_out(left_out: dict) -> str:

@@ -53,7 +53,7 @@ class Classifier:
         learning via logit adjustment"), which lifts the classes the training data had few of; 0 without."""
         if not self.prior_correction or self.class_prior is None:
             return 0.0
-        return -self.prior_correction * np.log(np.asarray(self.class_prior, dtype=np.float32))
+        return -self.prior_correction * log_class_prior(self.class_prior).astype(np.float32)
 
     def calibrated_logits(self, pixels: np.ndarray) -> np.ndarray:
         """The logits the probabilities are the softmax of: prior-corrected, then divided by the temperature."""
@@ -70,6 +70,15 @@ class Classifier:
             probs = softmax(self.calibrated_logits(view))
             total = probs if total is None else total + probs
         return total / TTA(tta).view_count
+
+
+PRIOR_FLOOR = 1e-6  # a class the training data never had is this rare, not impossible: log 0 made every answer NaN
+
+
+def log_class_prior(prior) -> np.ndarray:
+    """log(prior), each share floored at PRIOR_FLOOR: the one log prior that fer train, fer calibrate and every
+    model's prior correction use."""
+    return np.log(np.clip(np.asarray(prior, dtype=np.float64), PRIOR_FLOOR, None))
 
 
 def described_by(path: str | os.PathLike, description: dict, runner: Runner, arch: str = "") -> Classifier:
