@@ -183,3 +183,11 @@ def test_precision_is_logged_recorded_and_may_change_on_resume(tiny_dataset, tmp
     assert "ignored" not in log.getvalue() and "float32" in log.getvalue()
     assert [row["precision"] for row in _history(out)] == ["bf16", "fp32"]
     assert read_checkpoint(out)["provenance"]["precision"] == ("bf16" if best["epoch"] == 1 else "fp32")
+
+
+def test_an_epoch_keeps_its_last_partial_batch_unless_it_is_a_sliver():
+    drops = train_module._drops_last_batch
+    assert not drops(150, 64)  # 64 + 64 + 22: every image trains
+    assert drops(129, 64)  # one image alone: batch norm cannot train on it
+    assert drops(140, 64) and not drops(144, 64)  # 12 is under a quarter of a batch, 16 is not
+    assert not drops(128, 64) and not drops(40, 64)  # whole batches; a run smaller than one batch

@@ -1240,7 +1240,15 @@ def _epoch_batches(config: TrainConfig, batches: InMemoryBatches, epoch: int, gr
     order = shuffled_order(batches.labels, shuffle, balanced=config.balance == "sampler")
     order = share_of(order, group.rank, group.world, equal=True)
     augmentations = torch.Generator().manual_seed(_epoch_seed(config, epoch, group.rank, AUGMENT_STREAM))
-    return batches.epoch(order, augmentations, drop_last=len(order) > config.batch_size)
+    return batches.epoch(order, augmentations, drop_last=_drops_last_batch(len(order), config.batch_size))
+
+
+def _drops_last_batch(images: int, batch_size: int) -> bool:
+    """Whether an epoch leaves out its last, partial batch: only when it is a sliver (under a quarter of a batch,
+    or one image, which batch norm cannot train on) after at least one whole batch. 150 images at batch 64 train
+    on all 150 (two batches of 64 and one of 22), not on 128."""
+    left = images % batch_size
+    return images > batch_size and 0 < left < max(2, batch_size // 4)
 
 
 def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
