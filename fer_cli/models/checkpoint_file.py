@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError, ModelError
 from .architectures import check_model_options
-from .classifier import implausible
+from .classifier import edited_by_hand, implausible
 
 FORMAT = "fer_cli.checkpoint"
 VERSION = 1
@@ -100,7 +100,7 @@ def validated(path: str | os.PathLike, checkpoint) -> dict:
         raise CheckpointError(f"{path} was written by a newer fer_cli (format version {checkpoint['version']})")
     problem = _malformed(checkpoint) or implausible(checkpoint)
     if problem:
-        raise CheckpointError(f"{path} is damaged or was edited by hand: {problem}")
+        raise edited_by_hand(path, problem)
     return checkpoint
 
 

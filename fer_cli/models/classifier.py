@@ -80,7 +80,7 @@ def described_by(path: str | os.PathLike, description: dict, runner: Runner, arc
     description that cannot be right (classes named twice, a temperature of 0, a std of 0...) is refused."""
     problem = implausible(description)
     if problem:
-        raise CheckpointError(f"{path} is damaged or was edited by hand: {problem}")
+        raise edited_by_hand(path, problem)
     return Classifier(
         name=Path(path).stem,
         arch=arch or description["arch"],
@@ -94,6 +94,11 @@ def described_by(path: str | os.PathLike, description: dict, runner: Runner, arc
         provenance=dict(description.get("provenance", {})),
         path=str(path),
     )
+
+
+def edited_by_hand(path: str | os.PathLike, problem: str) -> CheckpointError:
+    """The error for a model file whose description cannot be right: ``problem`` says why."""
+    return CheckpointError(f"{path} is damaged or was edited by hand: {problem}")
 
 
 def implausible(description: dict) -> str:
