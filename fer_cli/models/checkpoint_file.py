@@ -26,10 +26,10 @@ from .classifier import edited_by_hand, implausible
 FORMAT = "fer_cli.checkpoint"
 VERSION = 1
 REQUIRED_KEYS = ("arch", "model_config", "class_names", "preprocess", "state_dict")
-# What an archive may unpack to beyond its own size. torch stores the weights uncompressed (each unpacks to its own
-# size); the pickle of everything else is a few hundred KB (a resumable checkpoint's history included). A 3 MB file
-# whose pickle is deflated from 3 GiB is refused here, not unpacked.
-MAX_PICKLE_BYTES = 64 << 20
+# The most a checkpoint's pickle may unpack to, and its whole archive beyond its own size. torch stores the weights
+# uncompressed (each unpacks to its own size); the pickle of everything else is about 100 KB (the shipped ones, their
+# metrics and calibration reports included). A 3 MB file whose pickle is deflated from 3 GiB is refused, not unpacked.
+MAX_PICKLE_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,8 @@ def onnx_form(path: str | os.PathLike, note: Callable[[str], None] = lambda mess
                 onnx_cache.prune(folder, KEEP, _used_here)
     except onnx_cache.LockTimeout:
         raise NoOnnxForm(f"another fer process has been exporting it for {EXPORT_WAIT_S:.0f} s") from None
+    except OSError as error:  # its lock cannot be made (the folder changed since it was checked)
+        raise NoOnnxForm(f"its ONNX form cannot be cached in {folder} ({error.strerror or error})") from None
     return entry
 
 
