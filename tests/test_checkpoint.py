@@ -190,6 +190,7 @@ def _edited(tmp_path, name: str, **changes):
         ({"model_config": {"width": 10**6}}, "width 1000000"),
         ({"model_config": {"width": "wide"}}, "width"),
         ({"model_config": [4]}, "model_config"),
+        ({"model_config": {1: 2, "width": 4}}, "model_config"),
         ({"metrics": ["accuracy"]}, "metrics"),
         ({"class_names": [f"c{i}" for i in range(5000)]}, "classes"),
     ],

@@ -255,9 +255,12 @@ def test_pruning_deletes_only_the_entries_fer_made(tiny_checkpoint, tmp_path, mo
     theirs = ["mobilenet-v2.onnx", "clip-vit-b32.onnx", "resnet50-v1-7.onnx", "a-v1-ort.onnx"]
     for name in theirs:
         (folder / name).write_bytes(b"someone else's model")
+    (folder / ".export-settings").mkdir()  # a folder of theirs, hours old, named as fer's private ones once were
+    os.utime(folder / ".export-settings", (0, 0))
     for i in range(2):
         onnx_form(_copy_with(tiny_checkpoint, tmp_path / f"p{i}.pt", temperature=1.0 + i))
     assert {name for name in theirs if (folder / name).exists()} == set(theirs)
+    assert (folder / ".export-settings").is_dir()
 
 
 def test_a_command_never_evicts_the_entries_it_uses(tiny_checkpoint, tmp_path, monkeypatch):

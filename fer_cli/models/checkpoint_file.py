@@ -107,10 +107,11 @@ def validated(path: str | os.PathLike, checkpoint) -> dict:
 def _malformed(checkpoint: dict) -> str:
     """Why a checkpoint's network cannot be built from it as it is (a wrong type, an option out of its range), or
     '': checked before anything is built, so a hand-edited file is refused in one line, not by torch's exporter."""
-    if not isinstance(checkpoint["arch"], str) or not isinstance(checkpoint["model_config"], dict):
+    arch, options = checkpoint["arch"], checkpoint["model_config"]
+    if not isinstance(arch, str) or not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
         return "its arch is not a name with a model_config table of options"
     try:
-        check_model_options(checkpoint["arch"], checkpoint["model_config"])
+        check_model_options(arch, options)
     except ModelError as error:
         return str(error)
     weights = checkpoint["state_dict"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -39,6 +40,8 @@ EXPORT_FORMAT = 1  # raised when the exported graph changes: older entries are t
 KEEP = 8  # entries kept in the cache, the most recently used (resnet18's is 45 MB, a vgg width 64's 20 MB)
 EXPORT_WAIT_S = 60.0  # how long a first run waits for another process exporting the same checkpoint (seconds)
 _used_here: set[Path] = set()  # the entries this process runs: never pruned by it
+_SCRATCH_PREFIX = ".fer-export-"  # the private folder of an export: this, then tempfile's 8 characters
+_SCRATCH_NAME = re.compile(re.escape(_SCRATCH_PREFIX) + "[a-z0-9_]{8}")
 
 
 class CheckpointRunner:
@@ -143,7 +146,7 @@ def _export(checkpoint_path: Path, entry: Path, checkpoint_sha256: str) -> None:
     checkpoint = read_checkpoint(checkpoint_path)
     _remove_abandoned_exports(entry.parent)
     try:
-        with tempfile.TemporaryDirectory(dir=entry.parent, prefix=".export-") as scratch:
+        with tempfile.TemporaryDirectory(dir=entry.parent, prefix=_SCRATCH_PREFIX) as scratch:
             exported, optimised = Path(scratch) / "exported.onnx", Path(scratch) / "optimised.onnx"
             write_exported(checkpoint, checkpoint_path, exported)
             _optimise(exported, optimised)
@@ -159,9 +162,11 @@ def _export(checkpoint_path: Path, entry: Path, checkpoint_sha256: str) -> None:
 
 def _remove_abandoned_exports(folder: Path, older_than_s: float = 3600) -> None:
     """The private folders of exports killed outright (SIGKILL, power loss): an export takes seconds, not hours."""
-    for scratch in folder.glob(".export-*"):
+    for scratch in folder.glob(_SCRATCH_PREFIX + "*"):
+        if not _SCRATCH_NAME.fullmatch(scratch.name):  # not a folder fer made
+            continue
         with contextlib.suppress(OSError):
-            if time.time() - scratch.stat().st_mtime > older_than_s:
+            if scratch.is_dir() and time.time() - scratch.stat().st_mtime > older_than_s:
                 shutil.rmtree(scratch, ignore_errors=True)
 
 
