@@ -75,7 +75,7 @@ def check_unpacked_sizes(path: Path) -> None:
     if pickled > MAX_PICKLE_BYTES or unpacked > path.stat().st_size + MAX_PICKLE_BYTES:
         raise CheckpointError(
             f"{path} is not a fer_cli checkpoint: its {path.stat().st_size / 2**20:.1f} MiB would unpack to "
-            f"{max(pickled, unpacked) / 2**20:.0f} MiB (a checkpoint's unpack to about their own size); not read"
+            f"{max(pickled, unpacked) / 2**20:.0f} MiB (checkpoints unpack to about their own size); not read"
         )
 
 

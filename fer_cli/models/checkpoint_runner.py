@@ -125,7 +125,7 @@ def onnx_form(path: str | os.PathLike, note: Callable[[str], None] = lambda mess
     try:
         with onnx_cache.entry_lock(entry, EXPORT_WAIT_S, functools.partial(note, waiting)):
             if not onnx_cache.is_whole(entry, sha256):  # the process waited for may have made it
-                again = " again: its cached form was damaged or changed" if entry.exists() else ", once"
+                again = " again (the cached one is damaged, changed or an older fer's)" if entry.exists() else ", once"
                 note(f"exporting {name} to ONNX for the CPU{again} (cached in {folder})")
                 _export(Path(path), entry, sha256)
                 onnx_cache.prune(folder, KEEP, _used_here)
