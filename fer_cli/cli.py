@@ -39,6 +39,7 @@ from typer.core import TyperCommand
 from . import __version__
 from .errors import FerError, Interrupted, SourceError
 from .files import writable_folder
+from .models.architectures import MAX_INPUT_SIDE, MIN_INPUT_SIDE
 from .models.tta import TTA
 from .outputs.destination import KNOWN_SUFFIXES, ResultsFile, format_from_path
 from .outputs.results import WRITERS, print_ensemble_report, printable
@@ -365,7 +366,9 @@ def train(
             "logit-adjusted (the loss sees logits + log class prior, so rare classes are learnt as often as common).",
         ),
     ] = Balance.none,
-    size: Annotated[int, typer.Option(min=8, metavar="PX", help="Input side in pixels.")] = 48,
+    size: Annotated[
+        int, typer.Option(min=MIN_INPUT_SIDE, max=MAX_INPUT_SIDE, metavar="PX", help="Input side in pixels.")
+    ] = 48,
     channels: Annotated[int, typer.Option(min=1, max=3, metavar="1|3", help="1 = grayscale, 3 = RGB.")] = 1,
     seed: Annotated[int, typer.Option(metavar="N")] = 0,
     half: Annotated[

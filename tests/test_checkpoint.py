@@ -125,3 +125,89 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
         save_checkpoint(path, _checkpoint(create_model("vgg", num_classes=3, width=4)))
     assert path.read_bytes() == b"previous"
     assert list(tmp_path.iterdir()) == [path]  # no temporary left behind
+
+
+# --- hostile files: refused before they cost memory or reach the network's builder ---------------
+
+
+def _with_pickle(source, out, payload: bytes):
+    """``source``'s archive with its ``data.pkl`` replaced by ``payload``, deflated (torch never compresses)."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(out, "w") as bomb:
+        for info in original.infolist():
+            if info.filename.endswith("/data.pkl"):
+                bomb.writestr(info.filename, payload, compress_type=zipfile.ZIP_DEFLATED)
+            else:
+                bomb.writestr(info, original.read(info))
+    return out
+
+
+def test_a_zip_bomb_is_refused_before_it_is_unpacked(tmp_path):
+    import tracemalloc
+
+    from fer_cli.models.checkpoint_file import read_description
+
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, _checkpoint(create_model("vgg", num_classes=3, width=4)))
+    size = 256 << 20  # a BINBYTES8 pickle of 256 MiB, deflated to a quarter of a megabyte
+    bomb = _with_pickle(good, tmp_path / "bomb.pt", b"\x80\x04\x8e" + size.to_bytes(8, "little") + bytes(size) + b".")
+    assert bomb.stat().st_size < 2 << 20
+    tracemalloc.start()
+    try:
+        for read in (read_description, read_checkpoint):
+            with pytest.raises(CheckpointError, match="would unpack to 256 MiB") as refused:
+                read(bomb)
+            message = str(refused.value)
+            assert "\n" not in message and message.startswith(f"{bomb} is not a fer_cli checkpoint")
+        assert tracemalloc.get_traced_memory()[1] < 32 << 20  # nothing was unpacked
+    finally:
+        tracemalloc.stop()
+
+
+def _edited(tmp_path, name: str, **changes):
+    path = tmp_path / f"{name}.pt"
+    checkpoint = _checkpoint(create_model("vgg", num_classes=3, width=4))
+    for key, value in changes.items():
+        if "." in key:
+            outer, inner = key.split(".")
+            checkpoint[outer] = {**checkpoint[outer], inner: value}
+        else:
+            checkpoint[key] = value
+    save_checkpoint(path, checkpoint)
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"preprocess.size": 1}, "input 1 px"),
+        ({"preprocess.size": 4096}, "input 4096 px"),
+        ({"preprocess": [48, 1]}, "preprocess"),
+        ({"state_dict": {"0.weight": [[0.5]]}}, "state_dict"),
+        ({"state_dict": "weights"}, "state_dict"),
+        ({"model_config": {"width": -5}}, "width -5"),
+        ({"model_config": {"width": 10**6}}, "width 1000000"),
+        ({"model_config": {"width": "wide"}}, "width"),
+        ({"model_config": [4]}, "model_config"),
+        ({"model_config": {1: 2, "width": 4}}, "model_config"),
+        ({"metrics": ["accuracy"]}, "metrics"),
+        ({"class_names": [f"c{i}" for i in range(5000)]}, "classes"),
+    ],
+)
+def test_hand_edited_checkpoints_are_refused_in_one_line_before_building(tmp_path, changes, reason):
+    from fer_cli.models.checkpoint_file import read_description
+
+    path = _edited(tmp_path, "edited", **changes)
+    for read in (read_checkpoint, read_description, load_classifier):
+        with pytest.raises(CheckpointError, match="damaged or was edited by hand") as refused:
+            read(path)
+        assert reason in str(refused.value) and "\n" not in str(refused.value), read.__name__
+
+
+def test_a_checkpoint_at_the_input_size_bounds_still_runs(tmp_path):
+    for side in (16, 256):
+        path = _edited(tmp_path, f"side{side}", **{"preprocess.size": side})
+        classifier = load_classifier(path)
+        classifier.runner.prepare("cpu")
+        assert classifier.probabilities(np.zeros((1, 1, side, side), np.uint8)).shape == (1, 3)

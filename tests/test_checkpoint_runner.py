@@ -23,6 +23,7 @@ from fer_cli.models.checkpoint import load_checkpoint_classifier, read_checkpoin
 from fer_cli.models.checkpoint_file import TensorInfo, read_description
 from fer_cli.models.checkpoint_runner import CheckpointRunner, onnx_form
 from fer_cli.models.exported import OnnxRunner, read_metadata
+from fer_cli.models.onnx_cache import record_path
 from fer_cli.models.zoo import load_classifier
 
 from .synthetic import FER_VAL
@@ -114,13 +115,6 @@ def test_without_a_usable_cache_the_checkpoint_runs_with_torch_and_says_why(tiny
     assert "No space left on device" in notes[-1] and not list((tmp_path / "full" / "onnx").glob("*.onnx"))
 
 
-def test_only_the_entries_used_last_are_kept(tiny_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(checkpoint_runner, "KEEP", 2)
-    entries = [onnx_form(_copy_with(tiny_checkpoint, tmp_path / f"m{i}.pt", temperature=1.0 + i)) for i in range(3)]
-    assert sorted((tmp_path / "cache" / "onnx").glob("*.onnx")) == sorted(entries[1:])
-
-
 def test_concurrent_first_runs_export_once_and_agree(tiny_checkpoint, image_folder, tmp_path):
     environment = {**os.environ, "FER_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "fer_cli", "predict", str(image_folder), "-m", str(tiny_checkpoint), "-f", "jsonl"]
@@ -198,3 +192,147 @@ def test_damaged_foreign_and_unsafe_files_give_torchs_errors(tmp_path):
         with pytest.raises(CheckpointError) as without:
             read_description(path)
         assert str(without.value) == str(by_torch.value), name
+
+
+# --- the cache trusts nothing it did not write, deletes nothing it did not make, waits for no one forever --------
+
+
+def _reference_probabilities(path, tiny_dataset):
+    reference = load_checkpoint_classifier(path)
+    reference.runner.prepare("cpu")
+    return reference.probabilities(_val_pixels(tiny_dataset / "val", reference.preprocess))
+
+
+def _edit_head_bias(entry: Path) -> None:
+    """The entry with its last layer's bias pushed towards the first class, its metadata kept."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(entry))
+    biases = [init for init in model.graph.initializer if init.dims == [3]]  # (classes,): the head's bias
+    assert biases
+    for bias in biases:
+        values = numpy_helper.to_array(bias).copy()
+        values[0] += 100.0
+        bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    onnx.save(model, str(entry))
+
+
+def test_an_edited_or_unreadable_entry_is_exported_again(tiny_checkpoint, tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
+    path = _copy_with(tiny_checkpoint, tmp_path / "edited.pt", temperature=1.3)
+    expected = _reference_probabilities(path, tiny_dataset)
+    entry = onnx_form(path)
+    nested = "[" * 200_000 + "]" * 200_000
+    damages = {
+        "an edited head bias": _edit_head_bias,
+        "metadata nested 200,000 deep": lambda entry: _set_metadata(entry, nested),
+        "its record nested 200,000 deep": lambda entry: record_path(entry).write_text(nested),
+    }
+    for damage, apply in damages.items():
+        apply(entry)
+        notes = []
+        classifier = load_classifier(path, note=notes.append)
+        assert classifier.runner.prepare("cpu") == "cpu" and isinstance(classifier.runner.engine, OnnxRunner)
+        pixels = _val_pixels(tiny_dataset / "val", classifier.preprocess)
+        np.testing.assert_allclose(classifier.probabilities(pixels), expected, atol=1e-5, err_msg=damage)
+        assert any("exporting edited.pt" in note for note in notes), (damage, notes)
+
+
+def _set_metadata(path: Path, value: str) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {"fer_cli": value})
+    onnx.save(model, str(path))
+
+
+def test_pruning_deletes_only_the_entries_fer_made(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(checkpoint_runner, "KEEP", 1)
+    folder = tmp_path / "cache" / "onnx"
+    folder.mkdir(parents=True)
+    theirs = ["mobilenet-v2.onnx", "clip-vit-b32.onnx", "resnet50-v1-7.onnx", "a-v1-ort.onnx"]
+    for name in theirs:
+        (folder / name).write_bytes(b"someone else's model")
+    (folder / ".export-settings").mkdir()  # a folder of theirs, hours old, named as fer's private ones once were
+    os.utime(folder / ".export-settings", (0, 0))
+    for i in range(2):
+        onnx_form(_copy_with(tiny_checkpoint, tmp_path / f"p{i}.pt", temperature=1.0 + i))
+    assert {name for name in theirs if (folder / name).exists()} == set(theirs)
+    assert (folder / ".export-settings").is_dir()
+
+
+def test_a_command_never_evicts_the_entries_it_uses(tiny_checkpoint, tmp_path, monkeypatch):
+    """An ensemble of more checkpoints than the cache keeps: exported on the first run only, whatever the order."""
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(checkpoint_runner, "KEEP", 2)
+    members = [_copy_with(tiny_checkpoint, tmp_path / f"e{i}.pt", temperature=1.0 + i) for i in range(3)]
+    notes = []
+    first = [onnx_form(member, notes.append) for member in members]
+    assert len(notes) == 3 and all(entry.exists() for entry in first)
+    notes.clear()
+    assert [onnx_form(member, notes.append) for member in members] == first and notes == []
+
+
+def test_earlier_commands_entries_beyond_keep_are_pruned(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(checkpoint_runner, "KEEP", 2)
+    entries = []
+    for i in range(3):  # three commands, one after another, each with one checkpoint
+        monkeypatch.setattr(checkpoint_runner, "_used_here", set())
+        entries.append(onnx_form(_copy_with(tiny_checkpoint, tmp_path / f"m{i}.pt", temperature=1.0 + i)))
+    assert sorted((tmp_path / "cache" / "onnx").glob("*.onnx")) == sorted(entries[1:])
+
+
+def test_a_stopped_first_export_holds_up_only_its_own_checkpoint_and_not_for_ever(tiny_checkpoint, tmp_path,
+                                                                                   monkeypatch):  # fmt: skip
+    """Ctrl-Z on one first run: another checkpoint's first run goes ahead; the same checkpoint's says that it waits,
+    once, and runs with torch when the wait is over."""
+    import signal
+    import threading
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FER_CACHE_DIR", str(cache))
+    stopped_one = _copy_with(tiny_checkpoint, tmp_path / "stopped.pt", temperature=1.1)
+    other = _copy_with(tiny_checkpoint, tmp_path / "other.pt", temperature=1.2)
+    script = (
+        "import os, signal, sys\n"
+        "from fer_cli.models.checkpoint_runner import onnx_form\n"
+        "def stop(message):\n"
+        "    print(message, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGSTOP)\n"  # stopped inside its export, as Ctrl-Z does
+        f"onnx_form({str(stopped_one)!r}, stop)\n"
+    )
+    environment = {**os.environ, "FER_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-c", script], env=environment, stdout=subprocess.PIPE, text=True)
+    try:
+        assert "exporting stopped.pt" in first.stdout.readline()
+
+        def in_thread(function, *args):
+            outcome = {}
+
+            def run():
+                try:
+                    outcome["value"] = function(*args)
+                except Exception as error:  # the test looks at it
+                    outcome["error"] = error
+
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            thread.join(timeout=120)
+            assert not thread.is_alive(), f"{function.__name__} is still waiting"
+            return outcome
+
+        assert in_thread(onnx_form, other).get("value") is not None  # not held up by the stopped one
+        monkeypatch.setattr(checkpoint_runner, "EXPORT_WAIT_S", 1.0)
+        notes = []
+        runner = CheckpointRunner(stopped_one, notes.append)
+        assert in_thread(runner.prepare, "cpu").get("value") == "cpu"
+        assert type(runner.engine).__name__ == "TorchRunner"
+        waits = [note for note in notes if "waiting" in note]
+        assert len(waits) == 1 and "stopped.pt" in waits[0], notes
+        assert any("runs with torch" in note for note in notes), notes
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)

@@ -123,3 +123,49 @@ def test_export_command_reports_agreement_and_refuses_bad_requests(tiny_checkpoi
     assert "epoch" in load_classifier(tiny_checkpoint).metrics and "epoch" not in stored.metrics  # its own scores
     assert stored.metrics["count"] == 24 and "calibration" in stored.metrics and stored.provenance["val_path"] == val
     assert f"accuracy on {val}: {stored.metrics['accuracy']:.2%} (stored in the file)" in done.output
+
+
+def _protobuf_field(number: int, value: bytes) -> bytes:
+    def varint(n):
+        out = b""
+        while n >= 0x80:
+            out, n = out + bytes([n & 0x7F | 0x80]), n >> 7
+        return out + bytes([n])
+
+    return varint(number << 3 | 2) + varint(len(value)) + value
+
+
+@pytest.mark.parametrize(
+    "stored",
+    ["[" * 200_000 + "]" * 200_000, "[1, 2]", '{"arch": "vgg"}', '{"arch": 3, "class_names": ["a", "b"]}'],
+    ids=["nested 200,000 deep", "a list", "no classes", "arch a number"],
+)
+def test_an_onnx_file_whose_metadata_cannot_be_read_is_its_own_clear_error(stored, tiny_checkpoint, tmp_path,
+                                                                           monkeypatch):  # fmt: skip
+    import onnx
+
+    from fer_cli.models.checkpoint_runner import onnx_form
+    from fer_cli.models.exported import read_metadata
+    from fer_cli.models.zoo import model_catalogue, resolve_model
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    crafted = weights / "crafted.onnx"
+    entry = _protobuf_field(1, b"fer_cli") + _protobuf_field(2, stored.encode())
+    crafted.write_bytes(_protobuf_field(14, entry))  # a ModelProto with only its metadata_props
+    graph = weights / "graph.onnx"  # a whole graph, with that metadata
+    model = onnx.load(str(onnx_form(tiny_checkpoint)))
+    onnx.helper.set_model_props(model, {"fer_cli": stored})
+    onnx.save(model, str(graph))
+    (weights / "fine.pt").write_bytes(Path(tiny_checkpoint).read_bytes())
+    monkeypatch.setenv("FER_WEIGHTS_DIR", str(weights))
+    for path in (crafted, graph):
+        for read in (read_metadata, resolve_model):
+            with pytest.raises(FerError) as refused:
+                read(str(path))
+            assert str(path) in str(refused.value) and "\n" not in str(refused.value)
+    notes = []
+    listed = {entry["name"] for entry in model_catalogue(note=notes.append)["shipped"]}
+    assert "fine" in listed and not {"crafted", "graph"} & listed
+    assert sum("left out" in note and ("crafted.onnx" in note or "graph.onnx" in note) for note in notes) == 2
+    assert resolve_model(None).path.endswith(".pt")

@@ -39,10 +39,11 @@ def test_one_unreadable_file_among_the_weights_is_left_out_with_a_note(tiny_chec
         assert "left out" in done.stderr and "broken.pt" in done.stderr
 
 
-def test_an_input_size_the_architecture_cannot_take_is_refused_before_decoding(tiny_dataset, tmp_path):
-    done = invoke("train", tiny_dataset, "--arch", "vgg", "--size", "8", "--out", tmp_path / "m.pt", "-j", 0)
-    assert done.exit_code == 2 and "cannot take 8x8 inputs; it needs at least 16 px" in done.stderr
-    assert "decoding" not in done.stderr
+def test_an_input_size_out_of_range_is_refused_before_decoding(tiny_dataset, tmp_path):
+    for side, bound in (("8", "16"), ("300", "256")):
+        done = invoke("train", tiny_dataset, "--arch", "vgg", "--size", side, "--out", tmp_path / "m.pt", "-j", 0)
+        assert done.exit_code == 2 and "--size" in done.stderr and bound in done.stderr, done.stderr
+        assert "decoding" not in done.stderr
 
 
 def test_an_unwritable_home_prints_no_matplotlib_warning(tmp_path):

@@ -21,6 +21,16 @@ if TYPE_CHECKING:
 ModelBuilder = Callable[..., "nn.Module"]
 _REGISTRY: dict[str, ModelBuilder] = {}
 
+# The sides of the square inputs a network may declare (a checkpoint's preprocess.size, training's --size). Faces
+# are detected at any size but carry about 48 px of expression (FER2013's crops are 48 px); a network's cost grows
+# with the square of its side (a vgg at 4096 px took 49 s and 5 GB for one face, each upload to `fer serve` the
+# same), 256 px already costs 28 times 48's, and vgg pools its input down 16-fold (16 px leaves it 1 px).
+MIN_INPUT_SIDE, MAX_INPUT_SIDE = 16, 256
+
+# The ranges of the builders' options: a width is a memory lever (10^6 would allocate terabytes before any weight is
+# read), a dropout of 1 or more is no network. A width of 512 is eight times the shipped vgg's.
+OPTION_RANGES: dict[str, tuple[type, float, float]] = {"width": (int, 2, 512), "dropout": (float, 0.0, 0.9)}
+
 
 def register_model(builder: ModelBuilder) -> ModelBuilder:
     """Make ``builder`` available under its function name; a second builder with that name is a bug."""
@@ -51,7 +61,8 @@ def model_options(name: str) -> dict[str, object]:
 
 
 def check_model_options(name: str, options: dict) -> None:
-    """Raise ModelError, listing the valid choices, for an unknown architecture or option."""
+    """Raise ModelError, listing the valid choices, for an unknown architecture or option, or a value out of its
+    range (``OPTION_RANGES``): nothing is built with it."""
     valid = model_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
@@ -59,19 +70,33 @@ def check_model_options(name: str, options: dict) -> None:
             f"architecture '{name}' has no option {', '.join(unknown)}; "
             f"valid options: {', '.join(f'{k}={v}' for k, v in valid.items()) or 'none'}"
         )
+    for key, value in options.items():
+        if key in OPTION_RANGES and not _in_range(value, *OPTION_RANGES[key]):
+            kind, low, high = OPTION_RANGES[key]
+            whole = "a whole number" if kind is int else "a number"
+            raise ModelError(f"architecture '{name}': {key} {value!r} is out of range ({whole} from {low} to {high})")
+
+
+def _in_range(value, kind: type, low: float, high: float) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int if kind is int else int | float):
+        return False
+    return low <= value <= high
 
 
 def check_input_size(name: str, options: dict, size: int, channels: int) -> None:
-    """Raise ModelError when architecture ``name`` cannot take ``size`` x ``size`` inputs (vgg pools its input down
-    four times: 8 px is too small). One tiny forward pass, before any data is decoded."""
+    """Raise ModelError when architecture ``name`` cannot take ``size`` x ``size`` inputs: a side outside
+    ``MIN_INPUT_SIDE``..``MAX_INPUT_SIDE``, or one the network cannot reduce. One tiny forward pass, before any data
+    is decoded."""
     import torch
 
+    if not MIN_INPUT_SIDE <= size <= MAX_INPUT_SIDE:
+        raise ModelError(f"inputs of {size} px are out of range: {MIN_INPUT_SIDE} to {MAX_INPUT_SIDE} px (--size)")
     model = create_model(name, 2, channels, **options).eval()
     try:
         with torch.no_grad():
             model(torch.zeros(2, channels, size, size))
     except RuntimeError:
-        smallest = next((side for side in range(size + 1, 257) if _takes(model, side, channels)), None)
+        smallest = next((side for side in range(size + 1, MAX_INPUT_SIDE + 1) if _takes(model, side, channels)), None)
         at_least = f"; it needs at least {smallest} px" if smallest else ""
         raise ModelError(f"architecture '{name}' cannot take {size}x{size} inputs{at_least} (--size)") from None
 

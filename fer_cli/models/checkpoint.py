@@ -29,7 +29,7 @@ from ..device import autocast, prepare_model, select_device
 from ..errors import CheckpointError
 from ..files import remove_orphans, temporary_sibling
 from .architectures import create_model
-from .checkpoint_file import FORMAT, VERSION, refused, validated, what_is_wrong
+from .checkpoint_file import FORMAT, VERSION, check_unpacked_sizes, refused, validated, what_is_wrong
 from .classifier import Classifier, described_by
 
 
@@ -92,6 +92,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint file: {path}")
+    check_unpacked_sizes(path)
     try:
         # mmap: listing checkpoints reads only their metadata, not every weight
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

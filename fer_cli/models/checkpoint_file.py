@@ -19,11 +19,17 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ModelError
+from .architectures import check_model_options
+from .classifier import edited_by_hand, implausible
 
 FORMAT = "fer_cli.checkpoint"
 VERSION = 1
 REQUIRED_KEYS = ("arch", "model_config", "class_names", "preprocess", "state_dict")
+# The most a checkpoint's pickle may unpack to, and its whole archive beyond its own size. torch stores the weights
+# uncompressed (each unpacks to its own size); the pickle of everything else is about 100 KB (the shipped ones, their
+# metrics and calibration reports included). A 3 MB file whose pickle is deflated from 3 GiB is refused, not unpacked.
+MAX_PICKLE_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ def read_description(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint file: {path}")
+    check_unpacked_sizes(path)
     try:
         with zipfile.ZipFile(path) as archive:
             pickled = [name for name in archive.namelist() if name.endswith("/data.pkl") and name.count("/") == 1]
@@ -52,6 +59,24 @@ def read_description(path: str | os.PathLike) -> dict:
     except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError, TypeError, IndexError, AttributeError):
         raise CheckpointError(f"{path} {what_is_wrong(path)}") from None
     return validated(path, checkpoint)
+
+
+def check_unpacked_sizes(path: Path) -> None:
+    """Refuse, before any member is read (by this module or by torch), an archive whose pickle or whole content
+    would unpack to more than a checkpoint's can (``MAX_PICKLE_BYTES``): a zip bomb. A file that is no zip archive
+    is left to the reader, whose error says what it is."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return
+    pickled = max((m.file_size for m in members if m.filename.endswith("/data.pkl")), default=0)
+    unpacked = sum(m.file_size for m in members)
+    if pickled > MAX_PICKLE_BYTES or unpacked > path.stat().st_size + MAX_PICKLE_BYTES:
+        raise CheckpointError(
+            f"{path} is not a fer_cli checkpoint: its {path.stat().st_size / 2**20:.1f} MiB would unpack to "
+            f"{max(pickled, unpacked) / 2**20:.0f} MiB (checkpoints unpack to about their own size); not read"
+        )
 
 
 def refused(path: Path, error: pickle.UnpicklingError) -> CheckpointError:
@@ -73,7 +98,28 @@ def validated(path: str | os.PathLike, checkpoint) -> dict:
         raise CheckpointError(f"{path} is missing {', '.join(missing)}")
     if checkpoint.get("version", 0) > VERSION:
         raise CheckpointError(f"{path} was written by a newer fer_cli (format version {checkpoint['version']})")
+    problem = _malformed(checkpoint) or implausible(checkpoint)
+    if problem:
+        raise edited_by_hand(path, problem)
     return checkpoint
+
+
+def _malformed(checkpoint: dict) -> str:
+    """Why a checkpoint's network cannot be built from it as it is (a wrong type, an option out of its range), or
+    '': checked before anything is built, so a hand-edited file is refused in one line, not by torch's exporter."""
+    arch, options = checkpoint["arch"], checkpoint["model_config"]
+    if not isinstance(arch, str) or not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        return "its arch is not a name with a model_config table of options"
+    try:
+        check_model_options(arch, options)
+    except ModelError as error:
+        return str(error)
+    weights = checkpoint["state_dict"]
+    if not isinstance(weights, dict) or not all(
+        isinstance(name, str) and hasattr(value, "shape") and hasattr(value, "dtype") for name, value in weights.items()
+    ):
+        return "its state_dict is not a table of named tensors"
+    return ""
 
 
 def what_is_wrong(path: Path) -> str:

@@ -4,18 +4,24 @@ onnxruntime, without importing torch, which alone takes longer than most runs.
 The ONNX form of a checkpoint is exported by torch the first time the checkpoint runs on a CPU, and
 kept in fer's cache folder (``files.cache_dir()/onnx``) under the checkpoint's sha256. Any checkpoint
 gets one (a shipped one, one a user trained), the shipped weights stay as they are, and a changed
-checkpoint is a new hash, so a new export: an entry can never belong to another file. Entries are
-written under a temporary name and renamed when whole; concurrent first runs queue on a lock, so one
-exports and the others read its entry. The last ``KEEP`` entries used are kept. Where no entry can be
-made (a read-only or full cache, an export that fails) the checkpoint runs with torch on the CPU, as
-it always could, and the caller's ``note`` hears why. The ONNX form is float32, the checkpoint's own
-network: its probabilities equal torch's to float precision (tests/test_checkpoint_runner.py).
+checkpoint is a new hash, so a new export. An entry is used only while the record written beside it
+when it was made names the checkpoint's sha256 and the graph's own (``onnx_cache``): one edited,
+replaced or unreadable is exported again. Entries are written under a temporary name and renamed when
+whole; concurrent first runs of one checkpoint queue on its entry's lock, so one exports and the
+others read its entry (a run waits at most ``EXPORT_WAIT_S``, saying so, then runs with torch); other
+checkpoints' first runs do not wait. The last ``KEEP`` entries used are kept, and every entry the
+running process uses. Where no entry can be made (a read-only or full cache, an export that fails)
+the checkpoint runs with torch on the CPU, as it always could, and the caller's ``note`` hears why.
+The ONNX form is float32, the checkpoint's own network: its probabilities equal torch's to float
+precision (tests/test_checkpoint_runner.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -27,10 +33,15 @@ import numpy as np
 from ..device import runs_on_the_cpu
 from ..errors import CheckpointError, FerError
 from ..files import cache_dir, file_sha256, writable_folder
-from .exported import OnnxRunner, _onnxruntime, read_metadata
+from . import onnx_cache
+from .exported import OnnxRunner, _onnxruntime
 
 EXPORT_FORMAT = 1  # raised when the exported graph changes: older entries are then exported again
 KEEP = 8  # entries kept in the cache, the most recently used (resnet18's is 45 MB, a vgg width 64's 20 MB)
+EXPORT_WAIT_S = 60.0  # how long a first run waits for another process exporting the same checkpoint (seconds)
+_used_here: set[Path] = set()  # the entries this process runs: never pruned by it
+_SCRATCH_PREFIX = ".fer-export-"  # the private folder of an export: this, then tempfile's 8 characters
+_SCRATCH_NAME = re.compile(re.escape(_SCRATCH_PREFIX) + "[a-z0-9_]{8}")
 
 
 class CheckpointRunner:
@@ -93,53 +104,53 @@ class NoOnnxForm(Exception):
 
 
 def onnx_form(path: str | os.PathLike, note: Callable[[str], None] = lambda message: None) -> Path:
-    """The cache entry holding the checkpoint at ``path`` as ONNX, exported now (by torch) if there is none.
+    """The cache entry holding the checkpoint at ``path`` as ONNX, exported now (by torch) if there is none whole.
 
-    Raises ``NoOnnxForm`` where the cache cannot hold it, ``CheckpointError`` for a checkpoint that cannot be
-    built (weights that do not fit the architecture).
+    Raises ``NoOnnxForm`` where the cache cannot hold it (or another process has been making it for
+    ``EXPORT_WAIT_S``), ``CheckpointError`` for a checkpoint that cannot be built (weights that do not fit).
     """
     sha256 = file_sha256(path)
     folder = cache_dir() / "onnx"
-    entry = folder / f"{sha256[:32]}-v{EXPORT_FORMAT}-ort{_onnxruntime_version()}.onnx"
-    if _exported_from(entry, sha256):
-        _mark_used(entry)
+    entry = onnx_cache.entry_path(folder, sha256, EXPORT_FORMAT, _onnxruntime_version())
+    _used_here.add(entry)
+    if onnx_cache.is_whole(entry, sha256):
+        onnx_cache.mark_used(entry)
         return entry
     try:
         writable_folder(folder)
     except OSError as error:
         raise NoOnnxForm(f"its ONNX form cannot be cached in {folder} ({error.strerror or error})") from None
-    with _export_lock(folder):  # another process may be exporting it: wait, then read its entry
-        if _exported_from(entry, sha256):
-            return entry
-        note(f"exporting {Path(path).name} to ONNX for the CPU, once (cached in {folder})")
-        _export(Path(path), entry)
-        _keep_recent(folder, KEEP)
+    name = Path(path).name
+    waiting = f"{name}: waiting while another fer process exports it to ONNX (at most {EXPORT_WAIT_S:.0f} s)"
+    try:
+        with onnx_cache.entry_lock(entry, EXPORT_WAIT_S, functools.partial(note, waiting)):
+            if not onnx_cache.is_whole(entry, sha256):  # the process waited for may have made it
+                again = " again (the cached one is damaged, changed or an older fer's)" if entry.exists() else ", once"
+                note(f"exporting {name} to ONNX for the CPU{again} (cached in {folder})")
+                _export(Path(path), entry, sha256)
+                onnx_cache.prune(folder, KEEP, _used_here)
+    except onnx_cache.LockTimeout:
+        raise NoOnnxForm(f"another fer process has been exporting it for {EXPORT_WAIT_S:.0f} s") from None
+    except OSError as error:  # its lock cannot be made (the folder changed since it was checked)
+        raise NoOnnxForm(f"its ONNX form cannot be cached in {folder} ({error.strerror or error})") from None
     return entry
 
 
-def _exported_from(entry: Path, sha256: str) -> bool:
-    """Whether ``entry`` is a whole export of the checkpoint with this hash (its metadata says so)."""
-    try:
-        return read_metadata(entry)["provenance"]["exported_from_sha256"] == sha256
-    except (OSError, FerError, KeyError, TypeError):
-        return False
-
-
-def _export(checkpoint_path: Path, entry: Path) -> None:
+def _export(checkpoint_path: Path, entry: Path, checkpoint_sha256: str) -> None:
     """The checkpoint as ONNX at ``entry``, its graph as onnxruntime optimises it (batch norms folded into the
     convolutions, activations fused: what it would otherwise redo at every start, half of a session's making).
-    Written in a private folder beside it, then renamed: ``entry`` is whole or absent."""
+    Written in a private folder beside it, then renamed and recorded (``onnx_cache.place``)."""
     from .checkpoint import read_checkpoint
     from .exported import write_exported
 
     checkpoint = read_checkpoint(checkpoint_path)
     _remove_abandoned_exports(entry.parent)
     try:
-        with tempfile.TemporaryDirectory(dir=entry.parent, prefix=".export-") as scratch:
+        with tempfile.TemporaryDirectory(dir=entry.parent, prefix=_SCRATCH_PREFIX) as scratch:
             exported, optimised = Path(scratch) / "exported.onnx", Path(scratch) / "optimised.onnx"
             write_exported(checkpoint, checkpoint_path, exported)
             _optimise(exported, optimised)
-            os.replace(optimised, entry)
+            onnx_cache.place(optimised, entry, checkpoint_sha256)
     except CheckpointError:
         raise
     except OSError as error:  # a full disk
@@ -151,9 +162,11 @@ def _export(checkpoint_path: Path, entry: Path) -> None:
 
 def _remove_abandoned_exports(folder: Path, older_than_s: float = 3600) -> None:
     """The private folders of exports killed outright (SIGKILL, power loss): an export takes seconds, not hours."""
-    for scratch in folder.glob(".export-*"):
+    for scratch in folder.glob(_SCRATCH_PREFIX + "*"):
+        if not _SCRATCH_NAME.fullmatch(scratch.name):  # not a folder fer made
+            continue
         with contextlib.suppress(OSError):
-            if time.time() - scratch.stat().st_mtime > older_than_s:
+            if scratch.is_dir() and time.time() - scratch.stat().st_mtime > older_than_s:
                 shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -171,36 +184,3 @@ def _optimise(source: Path, out: Path) -> None:
 def _onnxruntime_version() -> str:
     """Part of an entry's name: its graph is the optimised one of this onnxruntime (a new version, a new entry)."""
     return _onnxruntime().__version__
-
-
-@contextlib.contextmanager
-def _export_lock(folder: Path):
-    """Held while one process exports into ``folder``; where files cannot be locked, nothing is held (two
-    first runs then both export, and the second rename replaces the first's entry with an equal one)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    with open(folder / "export.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _mark_used(entry: Path) -> None:
-    with contextlib.suppress(OSError):  # a read-only cache is still read
-        os.utime(entry)
-
-
-def _keep_recent(folder: Path, keep: int) -> None:
-    """Delete all but the ``keep`` entries used last (a process that has one open keeps reading it)."""
-    used = {}
-    for entry in folder.glob("*-v*.onnx"):
-        with contextlib.suppress(OSError):  # another process pruning at the same time
-            used[entry] = entry.stat().st_mtime
-    for old in sorted(used, key=used.get, reverse=True)[keep:]:
-        with contextlib.suppress(OSError):
-            old.unlink()

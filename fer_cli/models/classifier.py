@@ -16,7 +16,10 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import CheckpointError
+from .architectures import MAX_INPUT_SIDE, MIN_INPUT_SIDE
 from .tta import TTA, views
+
+MAX_CLASSES = 1000  # a head of a million classes would be gigabytes before a weight is read
 
 
 class Runner(Protocol):
@@ -84,9 +87,9 @@ def log_class_prior(prior) -> np.ndarray:
 def described_by(path: str | os.PathLike, description: dict, runner: Runner, arch: str = "") -> Classifier:
     """A Classifier from the dict a checkpoint, or an exported model's metadata, describes itself with; a
     description that cannot be right (classes named twice, a temperature of 0, a std of 0...) is refused."""
-    problem = _implausible(description)
+    problem = implausible(description)
     if problem:
-        raise CheckpointError(f"{path} is damaged or was edited by hand: {problem}")
+        raise edited_by_hand(path, problem)
     return Classifier(
         name=Path(path).stem,
         arch=arch or description["arch"],
@@ -102,19 +105,34 @@ def described_by(path: str | os.PathLike, description: dict, runner: Runner, arc
     )
 
 
-def _implausible(description: dict) -> str:
-    """Why a model's description cannot be right, or ''."""
+def edited_by_hand(path: str | os.PathLike, problem: str) -> CheckpointError:
+    """The error for a model file whose description cannot be right: ``problem`` says why."""
+    return CheckpointError(f"{path} is damaged or was edited by hand: {problem}")
+
+
+def implausible(description: dict) -> str:
+    """Why a model's description (a checkpoint's dict, an exported model's metadata) cannot be right, or ''."""
     names = description.get("class_names")
     if not isinstance(names, list | tuple) or len(names) < 2 or not all(isinstance(n, str) and n for n in names):
         return "it needs two or more class names"
+    if len(names) > MAX_CLASSES:
+        return f"{len(names)} classes (at most {MAX_CLASSES})"
     if len(set(names)) != len(names):
         return f"a class is named twice ({', '.join(sorted({n for n in names if list(names).count(n) > 1}))})"
+    preprocess = description.get("preprocess")
+    if not isinstance(preprocess, dict) or not all(isinstance(preprocess.get(k), int) for k in ("size", "channels")):
+        return "its preprocess is not a table of size, channels, mean and std"
+    for key in ("metrics", "provenance"):
+        if not isinstance(description.get(key, {}), dict):
+            return f"its {key} are not a table"
+    accuracy = description.get("metrics", {}).get("accuracy")
+    if accuracy is not None and (not isinstance(accuracy, int | float) or isinstance(accuracy, bool)):
+        return f"its accuracy {accuracy!r} is not a number"
     try:
         temperature = float(description.get("temperature", 1.0))
-        preprocess = description["preprocess"]
         std = [float(v) for v in preprocess.get("std", [1.0])]
         mean = [float(v) for v in preprocess.get("mean", [0.0])]
-        channels, size = int(preprocess["channels"]), int(preprocess["size"])
+        channels, size = preprocess["channels"], preprocess["size"]
         prior = description.get("class_prior")
         prior = None if prior is None else [float(v) for v in prior]
         tau = float(description.get("prior_correction", 0.0))
@@ -124,7 +142,9 @@ def _implausible(description: dict) -> str:
         return f"temperature {temperature} (it must be a positive number)"
     if not all(np.isfinite(v) and v > 0 for v in std) or not all(np.isfinite(v) for v in mean):
         return f"normalisation std {std} (each must be a positive number)"
-    if channels not in (1, 3) or len(std) != channels or len(mean) != channels or not 1 <= size <= 4096:
+    if not MIN_INPUT_SIDE <= size <= MAX_INPUT_SIDE:
+        return f"input {size} px (a network's input side is {MIN_INPUT_SIDE} to {MAX_INPUT_SIDE} px)"
+    if channels not in (1, 3) or len(std) != channels or len(mean) != channels:
         return f"input {size} px, {channels} channel(s), {len(mean)} mean(s) and {len(std)} std(s) do not fit together"
     if prior is not None and (len(prior) != len(names) or not all(np.isfinite(v) and v >= 0 for v in prior)):
         return "its class prior does not fit its classes"

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import CheckpointError, DeviceError, FerError
 from ..files import file_sha256
 from ..inputs.images import READ_ERRORS, iter_image_paths, model_pixels, read_image
-from .classifier import Classifier, described_by
+from .classifier import Classifier, described_by, edited_by_hand, implausible
 
 METADATA_KEY = "fer_cli"
 FORMAT = "fer_cli.onnx"
@@ -73,10 +73,24 @@ class OnnxRunner:
         return self.session.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.uint8)})[0].astype(np.float32)
 
     def metadata(self) -> dict:
-        stored = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if not stored:
-            raise CheckpointError(f"{self.path} is an ONNX model but not one exported by `fer export`")
-        return json.loads(stored)
+        return parsed_metadata(self.path, self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
+
+
+def parsed_metadata(path: str | os.PathLike, stored: str | bytes | None) -> dict:
+    """An exported model's description from the JSON its metadata holds; whatever cannot be read or cannot be right
+    (not JSON, nested past the parser's depth, no architecture or classes) is that model's ``CheckpointError``."""
+    if not stored:
+        raise CheckpointError(f"{path} is an ONNX model but not one exported by `fer export`")
+    try:
+        meta = json.loads(stored)
+    except (ValueError, RecursionError) as error:  # json's and UTF-8's errors are ValueErrors
+        raise CheckpointError(f"{path} is not a readable ONNX model: {str(error).splitlines()[0]}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("arch"), str):
+        raise edited_by_hand(path, "its metadata names no architecture")
+    problem = implausible(meta)
+    if problem:
+        raise edited_by_hand(path, problem)
+    return meta
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -86,16 +100,20 @@ def read_metadata(path: str | os.PathLike) -> dict:
     An ONNX file is a protobuf ``ModelProto``; its ``metadata_props`` (field 14) are (key, value) string
     pairs. The other fields are skipped over unread, the graph included.
     """
+    stored = None
     try:
         with open(path, "rb") as stream:
             for number, value in _fields(stream, os.fstat(stream.fileno()).st_size, lazy={7}):
                 if number == 14:
                     entry = dict(_fields_of(value))
                     if entry.get(1) == METADATA_KEY.encode():
-                        return json.loads(entry.get(2, b"").decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:  # json's errors are ValueErrors too
+                        stored = entry.get(2, b"")
+                        break
+    except ValueError as error:
         raise CheckpointError(f"{path} is not a readable ONNX model: {error}") from None
-    raise CheckpointError(f"{path} is an ONNX model but not one exported by `fer export`")
+    except OSError as error:
+        raise CheckpointError(f"{path} cannot be read: {error.strerror or error}") from None
+    return parsed_metadata(path, stored)
 
 
 def _varint(stream) -> int:
