@@ -491,3 +491,79 @@ def test_no_server_path_no_third_party_url_and_no_echo(server):
         assert response.json()["detail"] == (
             'send the images as files in the multipart field "files" (curl -F files=@face.png URL)'
         )
+
+
+# --- 7. uploads that never come, answers never read (issue 33) ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def budgeted(tiny_checkpoint):
+    """A 2 MB upload budget (1 MB a request), and a body timeout long enough to hold it through a test."""
+    args = ["-m", str(tiny_checkpoint), "--max-upload-mb", "1", "--upload-budget-mb", "2", "--body-timeout", "60"]
+    running = Server(args)
+    yield running
+    running.stop()
+    assert "Traceback" not in "".join(running.log)
+
+
+PART = b'--b\r\nContent-Disposition: form-data; name="files"; filename="held.png"\r\n\r\n'  # a body's opening
+
+
+def admitted_upload(server: Server, length: int) -> socket.socket:
+    """A POST /predict that declares a body of ``length`` bytes and waits for the server's word to
+    send it (Expect: 100-continue): returned once the server has admitted it, before a byte of it."""
+    connection = server.connect()
+    connection.sendall(
+        f"POST /predict HTTP/1.1\r\nHost: {server.host}:{server.port}\r\nExpect: 100-continue\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {length}\r\n\r\n".encode()
+    )
+    head = b""
+    while not head.endswith(b"\r\n\r\n") and (byte := connection.recv(1)):  # the interim answer, and no further
+        head += byte
+    assert head.startswith(b"HTTP/1.1 100 "), head
+    return connection
+
+
+def upload_bytes(server: Server) -> int:
+    with server.client() as http:
+        return http.get("/health").json()["upload_bytes"]
+
+
+def test_uploads_that_send_no_body_hold_none_of_the_budget(budgeted):
+    """Issue 33: 13 connections declaring 20 MB each and sending nothing held the whole 256 MB
+    upload budget, and every other upload was 503 for the 60 s body timeout (reopened as they
+    were closed: for good). Here two declare 1 MB each, the whole 2 MB budget, and send nothing."""
+    stalled = [admitted_upload(budgeted, MB) for _ in range(2)]
+    try:
+        with budgeted.client() as http:
+            probe = http.post("/predict", files=[("files", face())])
+            assert probe.status_code == 200, probe.text
+            assert http.get("/health").json()["upload_bytes"] == 0  # declared, not received: nothing in hand
+    finally:
+        for connection in stalled:
+            connection.close()
+
+
+def test_the_bytes_received_count_against_the_upload_budget(budgeted):
+    """The budget holds what has arrived: an upload declaring more than is left is 503 at once, and
+    one admitted while there was room is cut off (503) as soon as the bytes in hand pass it."""
+    first, second, third = (admitted_upload(budgeted, MB) for _ in range(3))  # 3 MB declared: no byte held yet
+    try:
+        first.sendall(PART + bytes(MB // 2 - len(PART)))
+        second.sendall(PART + bytes(6 * MB // 10 - len(PART)))
+        in_hand = MB // 2 + 6 * MB // 10
+        until(lambda: upload_bytes(budgeted) == in_hand, what="1.1 MB of uploads in hand")
+        with budgeted.client() as http:
+            refused = http.post("/predict", files=[("files", ("big.png", bytes(MB - 4096)))])
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert "of uploads in hand" in refused.json()["detail"] and "--upload-budget-mb" in refused.json()["detail"]
+        # The third passes the budget with its last byte: all of it read, then refused and closed.
+        third.sendall(PART + bytes(2 * MB - in_hand + 1 - len(PART)))
+        status, received, _ = answer_of(third)
+        assert status == 503 and b"--upload-budget-mb" in received
+    finally:
+        for connection in (first, second, third):
+            connection.close()
+    until(lambda: upload_bytes(budgeted) == 0, what="the closed uploads' bytes let go")
+    with budgeted.client() as http:
+        assert http.post("/predict", files=[("files", face())]).status_code == 200
