@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import re
 import resource
 import signal
@@ -567,3 +568,68 @@ def test_the_bytes_received_count_against_the_upload_budget(budgeted):
     until(lambda: upload_bytes(budgeted) == 0, what="the closed uploads' bytes let go")
     with budgeted.client() as http:
         assert http.post("/predict", files=[("files", face())]).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def hurried(tiny_checkpoint):
+    """A client has 5 s to take its answer (--send-timeout 5); answers waiting hold at most 4 MB."""
+    running = Server(["-m", str(tiny_checkpoint), "--send-timeout", "5", "--answer-memory-mb", "4"])
+    yield running
+    running.stop()
+    assert "Traceback" not in "".join(running.log)
+
+
+def noise_jpeg(side: int) -> bytes:
+    """A JPEG of noise: its annotated copy is a PNG of ~3 bytes a pixel (nothing in it compresses)."""
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (side, side), random.Random(0).randbytes(side * side * 3)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def unread_annotation(server: Server, image: bytes) -> socket.socket:
+    """POST /predict?annotate=true with ``image``, sent whole from a socket with a 4 KB receive
+    buffer that never reads its answer."""
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="files"; filename="noise.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + image + b"\r\n--b--\r\n"
+    )
+    connection = socket.socket()
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.settimeout(60)
+    connection.connect((server.host, server.port))
+    connection.sendall(
+        f"POST /predict?annotate=true HTTP/1.1\r\nHost: {server.host}:{server.port}\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return connection
+
+
+def closed_by_server(connection: socket.socket) -> bool:
+    """Whether the server has closed (or reset) the connection, told by its TCP state, without
+    reading what it sent."""
+    state = connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    return state in (7, 8)  # TCP_CLOSE (reset), TCP_CLOSE_WAIT (closed)
+
+
+def test_answers_their_clients_do_not_take_are_dropped_and_held_within_a_budget(hurried):
+    """Issue 33: 12 clients with a 4 KB receive buffer that never read their annotated PNGs (106 MB
+    each, of an 8.7 MB noise JPEG) held the server at +1.4 GB for 160 s and more, as long as they
+    stayed. Here the answers are ~8.7 MB (a 1700x1700 noise JPEG), over the 4 MB answer budget."""
+    image = noise_jpeg(1700)
+    unread = [unread_annotation(hurried, image) for _ in range(2)]
+    try:
+        with hurried.client() as http:
+            until(lambda: http.get("/health").json()["answer_bytes"] > 4 * MB, what="an answer waiting for its client")
+            refused = http.post("/predict", files=[("files", face())])  # new work waits for the answers to go
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert "--answer-memory-mb" in refused.json()["detail"]
+            until(lambda: all(closed_by_server(c) for c in unread), what="the connections that do not read closed")
+            until(lambda: http.get("/health").json()["answer_bytes"] == 0, what="their answers let go")
+            assert http.post("/predict", files=[("files", face())]).status_code == 200
+            taken = http.post("/predict?annotate=true", files=[("files", ("noise.jpg", image))])  # a client that reads
+            assert taken.status_code == 200 and Image.open(io.BytesIO(taken.content)).size == (1700, 1700)
+            assert len(taken.content) > 8 * MB
+    finally:
+        for connection in unread:
+            connection.close()

@@ -12,11 +12,11 @@ nor how many connections are open. ``GuardedH11`` is uvicorn's h11 protocol with
   or of the previous answer on a kept-alive connection): 408 and closed;
 * its body within ``body_timeout_s`` of its headers: 408 and closed;
 * its answer taken by the client: while bytes written to a connection wait for the client to take
-  them, it must take, every ``send_timeout_s``, at least what waited at the start of that span, or
-  ``MIN_SEND_RATE`` a second of it, whichever is less; otherwise the connection is closed at once
-  (aborted: what was still to send is dropped). Without it, a client that never read kept its
-  answer (a 106 MB annotated PNG) in the server's memory as long as it kept the connection open;
-  measured over each span, not from one stall to the next, a client reading a trickle fails too;
+  them, it must take, every ``send_timeout_s``, what waited at the start of that span or
+  ``MIN_SEND_RATE`` a second of it, whichever is less; otherwise the connection is reset at once
+  (what was still to send is dropped, in the process and in the kernel). Measured over spans, not
+  from one stall to the next, so a client that reads a trickle is cut off too. Without it, a client
+  that never read held its answer (a 106 MB annotated PNG) in memory as long as it stayed;
 * on SIGTERM or Ctrl-C, an upload still arriving is answered 503 and closed at once, and the
   requests already received have ``shutdown_grace_s`` to be answered before the server stops.
 
@@ -30,11 +30,13 @@ finish reading it). The subclass relies on uvicorn's H11Protocol and RequestResp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
 import resource
 import socket
+import struct
 from dataclasses import dataclass
 
 import h11
@@ -218,9 +220,20 @@ class GuardedH11(H11Protocol):
         left = self.transport.get_write_buffer_size()
         taken = self.transport.written - left - self._taken
         if taken < min(self._owed, MIN_SEND_RATE * self.limits.send_timeout_s):
-            self.transport.abort()  # connection_lost follows: the app hears that the client left
+            self._reset()
         elif left:
             self._watch_sending()
+
+    def _reset(self) -> None:
+        """Close the connection at once, dropping what it still had to send: a reset (SO_LINGER 0),
+        not a close, whose FIN would wait behind bytes the client does not take, in the kernel's
+        buffers, and the client would not hear of it. connection_lost follows: the app hears that
+        the client left."""
+        with contextlib.suppress(OSError, AttributeError):
+            self.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+        self.transport.abort()
 
     def _cancel_timers(self) -> None:
         for name in ("_header_timer", "_body_timer", "_send_timer"):
