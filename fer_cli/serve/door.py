@@ -138,14 +138,14 @@ class Door:
                 received += size
                 state.uploading += size
                 if received > config.max_upload_bytes:
-                    refused = True
                     answer = too_large(config.max_upload_bytes)
                 elif state.uploading > config.upload_budget_bytes:
-                    refused = True
                     answer = uploads_in_hand(state)
-                if refused:
-                    await answer(scope, None, send)
-                    return {"type": "http.disconnect"}  # the app stops reading; its answer is dropped
+                else:
+                    return message
+                refused = True
+                await answer(scope, None, send)
+                return {"type": "http.disconnect"}  # the app stops reading; its answer is dropped
             return message
 
         async def guarded_send(message):
