@@ -12,11 +12,14 @@ nor how many connections are open. ``GuardedH11`` is uvicorn's h11 protocol with
   or of the previous answer on a kept-alive connection): 408 and closed;
 * its body within ``body_timeout_s`` of its headers: 408 and closed;
 * its answer taken by the client: while bytes written to a connection wait for the client to take
-  them, it must take, every ``send_timeout_s``, what waited at the start of that span or
-  ``MIN_SEND_RATE`` a second of it, whichever is less; otherwise the connection is reset at once
-  (what was still to send is dropped, in the process and in the kernel). Measured over spans, not
-  from one stall to the next, so a client that reads a trickle is cut off too. Without it, a client
-  that never read held its answer (a 106 MB annotated PNG) in memory as long as it stayed;
+  them (in the transport's buffer, or in the kernel's, not yet acknowledged), it must take, every
+  ``send_timeout_s``, what waited at the start of that span or ``MIN_SEND_RATE`` a second of it,
+  whichever is less; otherwise the connection is reset at once (what was still to send is dropped,
+  in the process and in the kernel). Measured over spans, not from one stall to the next, so a
+  client that reads a trickle is cut off too; and by what the client acknowledged, not by what the
+  kernel accepted (its send buffer takes megabytes at once, and a client reading well would show no
+  progress while it drained them). Without it, a client that never read held its answer (a 106 MB
+  annotated PNG) in memory as long as it stayed;
 * on SIGTERM or Ctrl-C, an upload still arriving is answered 503 and closed at once, and the
   requests already received have ``shutdown_grace_s`` to be answered before the server stops.
 
@@ -24,7 +27,8 @@ These answers are written straight to the connection (the app never saw the requ
 finish reading it). The subclass relies on uvicorn's H11Protocol and RequestResponseCycle attributes
 (``cycle``, ``more_body``, ``response_started``, ``response_complete``, ``disconnected``,
 ``message_event``), stable since uvicorn 0.13, and on both writing through ``self.transport`` (which
-``_Counted`` wraps to count what is written).
+``_Counted`` wraps to count what is written). The kernel's unacknowledged bytes are Linux's
+``SIOCOUTQ``; where it is missing, the transport's buffer alone is measured.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import resource
 import socket
 import struct
+import termios
 from dataclasses import dataclass
 
 import h11
@@ -205,11 +211,11 @@ class GuardedH11(H11Protocol):
 
     def _wrote(self) -> None:
         """After a write: bytes left waiting for the client start the watch on its taking them."""
-        if self._send_timer is None and self.transport.get_write_buffer_size():
+        if self._send_timer is None and self.transport.waiting():
             self._watch_sending()
 
     def _watch_sending(self) -> None:
-        self._owed = self.transport.get_write_buffer_size()
+        self._owed = self.transport.waiting()
         self._taken = self.transport.written - self._owed
         self._send_timer = self.loop.call_later(self.limits.send_timeout_s, self._send_checked)
 
@@ -217,7 +223,7 @@ class GuardedH11(H11Protocol):
         """The end of a span: a client that took too little is cut off; one that still has bytes
         waiting starts another span."""
         self._send_timer = None
-        left = self.transport.get_write_buffer_size()
+        left = self.transport.waiting()
         taken = self.transport.written - left - self._taken
         if taken < min(self._owed, MIN_SEND_RATE * self.limits.send_timeout_s):
             self._reset()
@@ -267,11 +273,17 @@ REASONS = {408: "Request Timeout", 503: "Service Unavailable"}
 
 
 class _Counted:
-    """A connection's transport that counts the bytes written to it, and says when it has written."""
+    """A connection's transport that counts the bytes written to it, says when it has written, and
+    tells how many of them the client has not yet taken."""
 
     def __init__(self, transport: asyncio.Transport, wrote):
         self._transport, self._wrote = transport, wrote
+        self._socket = transport.get_extra_info("socket")
         self.written = 0
+
+    def waiting(self) -> int:
+        """Bytes written and not yet taken: in the transport's buffer, and in the kernel's."""
+        return self._transport.get_write_buffer_size() + _unacknowledged(self._socket)
 
     def write(self, data: bytes) -> None:
         self._transport.write(data)
@@ -285,3 +297,16 @@ class _Counted:
 def _cancel(timer: asyncio.TimerHandle | None) -> None:
     if timer is not None:
         timer.cancel()
+
+
+_OUTQ = getattr(termios, "TIOCOUTQ", None)  # on a TCP socket, Linux's SIOCOUTQ
+
+
+def _unacknowledged(sock) -> int:
+    """Bytes in the kernel's send queue not yet acknowledged by the client; 0 where unknown."""
+    if _OUTQ is None or sock is None:
+        return 0
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 0
