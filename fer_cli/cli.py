@@ -1390,7 +1390,7 @@ def serve(
             "--send-timeout",
             min=0.1,
             metavar="S",
-            help="Seconds a client may go on taking an answer at under 64 KB/s (or not at all); then it is closed.",
+            help="Seconds a client may take an answer at under 64 KB/s (or not at all); then the connection is reset.",
         ),
     ] = 30.0,
     shutdown_grace: Annotated[

@@ -23,11 +23,12 @@ held is what the server holds. A declared length is still checked against the ro
 upload that cannot fit is refused before it is sent; one admitted while there was room, whose
 bytes pass the budget because others arrived meanwhile, is cut off then.
 
-The answer budget counts the bodies of ``/predict`` answers from the moment they are handed to the
-connection until the client has taken all but the last ``ANSWER_CHUNK`` of them: an answer is sent
-a chunk at a time, each once the connection's buffer has drained, so an answer its client does not
-read waits in the app's hands (counted) rather than in the connection's buffer (not). A client
-that does not take it at all is cut off after ``--send-timeout`` (``server.py``), which lets it go.
+The answer budget counts the body of each ``/predict`` answer from its first byte sent until its
+last chunk is written to the connection: an answer is sent ``ANSWER_CHUNK`` at a time, each once
+the connection's buffer has drained, so an answer its client does not read waits in the app's
+hands (counted), not in the connection's buffer (where nothing counted it: 106 MB a client). A
+client that does not take its answer is cut off after ``--send-timeout`` (``server.py``), and the
+answer let go.
 """
 
 from __future__ import annotations
