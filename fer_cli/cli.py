@@ -1382,7 +1382,19 @@ def serve(
     upload_budget_mb: Annotated[
         float,
         typer.Option(
-            "--upload-budget-mb", min=0.001, metavar="MB", help="Bodies of all requests in hand, together; more: 503."
+            "--upload-budget-mb",
+            min=0.001,
+            metavar="MB",
+            help="Bodies of all requests in hand (the bytes received), together; more: 503.",
+        ),
+    ] = 256.0,
+    answer_memory_mb: Annotated[
+        float,
+        typer.Option(
+            "--answer-memory-mb",
+            min=0.001,
+            metavar="MB",
+            help="Answers waiting for their clients to take them, together; more: new uploads 503.",
         ),
     ] = 256.0,
     max_connections: Annotated[
@@ -1400,6 +1412,15 @@ def serve(
     body_timeout: Annotated[
         float, typer.Option("--body-timeout", min=0.1, metavar="S", help="Seconds for a request's body; then 408.")
     ] = 60.0,
+    send_timeout: Annotated[
+        float,
+        typer.Option(
+            "--send-timeout",
+            min=0.1,
+            metavar="S",
+            help="Seconds a client may take an answer at under 64 KB/s (or not at all); then the connection is reset.",
+        ),
+    ] = 30.0,
     shutdown_grace: Annotated[
         float,
         typer.Option(
@@ -1461,6 +1482,7 @@ def serve(
     config = ServeConfig(
         max_upload_bytes=round(max_upload_mb * 2**20),
         upload_budget_bytes=round(max(upload_budget_mb, max_upload_mb) * 2**20),  # room for one largest upload
+        answer_budget_bytes=round(answer_memory_mb * 2**20),
         queue=queue,
         max_pixels=round(max_megapixels * 1e6),
         decode_budget_bytes=round(decode_memory_mb * 2**20),
@@ -1475,7 +1497,7 @@ def serve(
         _note(
             f"--max-connections {max_connections} lowered to {connections}: the open-file limit (ulimit -n) holds no more"
         )
-    limits = ConnectionLimits(connections, header_timeout, body_timeout, shutdown_grace)
+    limits = ConnectionLimits(connections, header_timeout, body_timeout, shutdown_grace, send_timeout_s=send_timeout)
     try:  # bound here, so that a port in use is one line and exit 2, and --port 0 can say which it got
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listening = socket.socket(family, socket.SOCK_STREAM)

@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import re
 import resource
 import signal
@@ -491,3 +492,146 @@ def test_no_server_path_no_third_party_url_and_no_echo(server):
         assert response.json()["detail"] == (
             'send the images as files in the multipart field "files" (curl -F files=@face.png URL)'
         )
+
+
+# --- 7. uploads that never come, answers never read (issue 33) ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def budgeted(tiny_checkpoint):
+    """A 2 MB upload budget (1 MB a request), and a body timeout long enough to hold it through a test."""
+    args = ["-m", str(tiny_checkpoint), "--max-upload-mb", "1", "--upload-budget-mb", "2", "--body-timeout", "60"]
+    running = Server(args)
+    yield running
+    running.stop()
+    assert "Traceback" not in "".join(running.log)
+
+
+PART = b'--b\r\nContent-Disposition: form-data; name="files"; filename="held.png"\r\n\r\n'  # a body's opening
+
+
+def admitted_upload(server: Server, length: int) -> socket.socket:
+    """A POST /predict that declares a body of ``length`` bytes and waits for the server's word to
+    send it (Expect: 100-continue): returned once the server has admitted it, before a byte of it."""
+    connection = server.connect()
+    connection.sendall(
+        f"POST /predict HTTP/1.1\r\nHost: {server.host}:{server.port}\r\nExpect: 100-continue\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {length}\r\n\r\n".encode()
+    )
+    head = b""
+    while not head.endswith(b"\r\n\r\n") and (byte := connection.recv(1)):  # the interim answer, and no further
+        head += byte
+    assert head.startswith(b"HTTP/1.1 100 "), head
+    return connection
+
+
+def upload_bytes(server: Server) -> int:
+    with server.client() as http:
+        return http.get("/health").json()["upload_bytes"]
+
+
+def test_uploads_that_send_no_body_hold_none_of_the_budget(budgeted):
+    """Issue 33: 13 connections declaring 20 MB each and sending nothing held the whole 256 MB
+    upload budget, and every other upload was 503 for the 60 s body timeout (reopened as they
+    were closed: for good). Here two declare 1 MB each, the whole 2 MB budget, and send nothing."""
+    stalled = [admitted_upload(budgeted, MB) for _ in range(2)]
+    try:
+        with budgeted.client() as http:
+            probe = http.post("/predict", files=[("files", face())])
+            assert probe.status_code == 200, probe.text
+            assert http.get("/health").json()["upload_bytes"] == 0  # declared, not received: nothing in hand
+    finally:
+        for connection in stalled:
+            connection.close()
+
+
+def test_the_bytes_received_count_against_the_upload_budget(budgeted):
+    """The budget holds what has arrived: an upload declaring more than is left is 503 at once, and
+    one admitted while there was room is cut off (503) as soon as the bytes in hand pass it."""
+    first, second, third = (admitted_upload(budgeted, MB) for _ in range(3))  # 3 MB declared: no byte held yet
+    try:
+        first.sendall(PART + bytes(MB // 2 - len(PART)))
+        second.sendall(PART + bytes(6 * MB // 10 - len(PART)))
+        in_hand = MB // 2 + 6 * MB // 10
+        until(lambda: upload_bytes(budgeted) == in_hand, what="1.1 MB of uploads in hand")
+        with budgeted.client() as http:
+            refused = http.post("/predict", files=[("files", ("big.png", bytes(MB - 4096)))])
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert "of uploads in hand" in refused.json()["detail"] and "--upload-budget-mb" in refused.json()["detail"]
+        # The third passes the budget with its last byte: all of it read, then refused and closed.
+        third.sendall(PART + bytes(2 * MB - in_hand + 1 - len(PART)))
+        status, received, _ = answer_of(third)
+        assert status == 503 and b"--upload-budget-mb" in received
+    finally:
+        for connection in (first, second, third):
+            connection.close()
+    until(lambda: upload_bytes(budgeted) == 0, what="the closed uploads' bytes let go")
+    with budgeted.client() as http:
+        assert http.post("/predict", files=[("files", face())]).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def hurried(tiny_checkpoint):
+    """A client has 5 s to take its answer (--send-timeout 5); answers waiting hold at most 4 MB."""
+    running = Server(["-m", str(tiny_checkpoint), "--send-timeout", "5", "--answer-memory-mb", "4"])
+    yield running
+    running.stop()
+    assert "Traceback" not in "".join(running.log)
+
+
+def noise_jpeg(side: int) -> bytes:
+    """A JPEG of noise: its annotated copy is a PNG of ~3 bytes a pixel (nothing in it compresses)."""
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (side, side), random.Random(0).randbytes(side * side * 3)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def unread_annotation(server: Server, image: bytes) -> socket.socket:
+    """POST /predict?annotate=true with ``image``, sent whole from a socket with a 4 KB receive
+    buffer that never reads its answer."""
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="files"; filename="noise.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + image + b"\r\n--b--\r\n"
+    )
+    connection = socket.socket()
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.settimeout(60)
+    connection.connect((server.host, server.port))
+    connection.sendall(
+        f"POST /predict?annotate=true HTTP/1.1\r\nHost: {server.host}:{server.port}\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return connection
+
+
+def closed_by_server(connection: socket.socket) -> bool:
+    """Whether the server has closed (or reset) the connection, told by its TCP state, without
+    reading what it sent."""
+    state = connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    return state in (7, 8)  # TCP_CLOSE (reset), TCP_CLOSE_WAIT (closed)
+
+
+def test_answers_their_clients_do_not_take_are_dropped_and_held_within_a_budget(hurried):
+    """Issue 33: 12 clients with a 4 KB receive buffer that never read their annotated PNGs (106 MB
+    each, of an 8.7 MB noise JPEG) held the server at +1.4 GB for 160 s and more, as long as they
+    stayed. Here the answers are ~8.7 MB (a 1700x1700 noise JPEG), over the 4 MB answer budget."""
+    image = noise_jpeg(1700)
+    unread = [unread_annotation(hurried, image) for _ in range(2)]
+    try:
+        with hurried.client() as http:
+            until(lambda: http.get("/health").json()["answer_bytes"] > 4 * MB, what="an answer waiting for its client")
+            refused = http.post("/predict", files=[("files", face())])  # new work waits for the answers to go
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert "--answer-memory-mb" in refused.json()["detail"]
+            until(lambda: all(closed_by_server(c) for c in unread), what="the connections that do not read closed")
+            until(lambda: http.get("/health").json()["answer_bytes"] == 0, what="their answers let go")
+            assert http.post("/predict", files=[("files", face())]).status_code == 200
+            taken = http.post("/predict?annotate=true", files=[("files", ("noise.jpg", image))])  # a client that reads
+            assert taken.status_code == 200 and len(taken.content) > 8 * MB
+            copy = Image.open(io.BytesIO(taken.content))
+            copy.load()  # whole: a cut one fails here
+            assert copy.size == (1700, 1700)
+    finally:
+        for connection in unread:
+            connection.close()

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import os
+import random
 import shutil
 import signal
 import socket
@@ -62,6 +63,12 @@ def uploads(tmp_path) -> Path:
     return folder
 
 
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def files(folder: Path, *names: str) -> list:
     return [("files", (name, (folder / name).read_bytes())) for name in names]
 
@@ -104,6 +111,14 @@ def test_annotate_returns_the_annotated_png(client, uploads):
     assert image.format == "PNG" and min(image.size) >= 256  # a 48x48 crop enlarged, as for --annotate
     two = client.post("/predict?annotate=true", files=files(uploads, "a.png", "sky.png"))
     assert two.status_code == 422 and two.json()["detail"] == "annotate=true takes one image; this request has 2"
+    # An answer over 256 KB goes out a chunk at a time (counted while it does): whole all the same.
+    noise = Image.frombytes("RGB", (600, 600), random.Random(0).randbytes(600 * 600 * 3))
+    large = client.post("/predict?annotate=true", files=[("files", ("noise.png", png_bytes(noise)))])
+    assert large.status_code == 200 and len(large.content) > 4 * 256 * 2**10
+    copy = Image.open(io.BytesIO(large.content))
+    copy.load()  # a whole PNG: a cut one fails here
+    assert copy.size == (600, 600)
+    assert client.get("/health").json()["answer_bytes"] == 0
 
 
 def test_models_health_docs_and_page(client, tiny_checkpoint):
@@ -118,6 +133,7 @@ def test_models_health_docs_and_page(client, tiny_checkpoint):
     assert models["serving"][0]["file"] == "tiny.pt"
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["model"] == "tiny" and health["waiting"] == 0
+    assert health["upload_bytes"] == 0 and health["answer_bytes"] == 0
     openapi = client.get("/openapi.json").json()
     assert {"/predict", "/models", "/health", "/"} <= set(openapi["paths"])
     docs = client.get("/docs")

@@ -13,8 +13,8 @@ for files of those names. Nothing a client sends is written under its own name: 
 memory (Starlette spools a part over 1 MB to an anonymous temporary file while it parses).
 
 Load, and clients that mean harm: the door (``door.py``) turns away other web pages and foreign
-Host names, and admits an upload only while the queue and the upload budget have room, before its
-body is read. Each image is weighed from its header (``uploads.py``: pixels, memory to decode)
+Host names, and admits an upload only while the queue, the upload budget (bytes received) and the
+answer budget (answers not yet taken by their clients) have room, before its body is read. Each image is weighed from its header (``uploads.py``: pixels, memory to decode)
 before it is decoded; reading threads (``pool.py``) take the images of the requests waiting in turn,
 within a memory budget; the batcher (``batcher.py``) runs the faces through the models in batches
 of ``max_batch``, one face of each request in turn. A request with too many faces is refused as soon
@@ -43,7 +43,7 @@ from ..outputs.annotate import class_colours
 from ..outputs.results import JsonWriter, Prediction, printable
 from .batcher import Batcher
 from .docs import api_page
-from .door import Door, HostCheck, busy
+from .door import Door, HostCheck, answers_waiting, busy
 from .pool import FairPool, MemoryBudget, Stopping, trim
 from .uploads import Refused, annotate_task, check_sizes, header_tasks, read_tasks
 
@@ -54,7 +54,8 @@ IDLE_TRIM_S = 1.0  # idle this long after a request: freed memory handed back to
 @dataclass(frozen=True)
 class ServeConfig:
     max_upload_bytes: int = 20 * 2**20  # a request's body; larger: 413
-    upload_budget_bytes: int = 256 * 2**20  # the bodies of all requests in hand together; more: 503
+    upload_budget_bytes: int = 256 * 2**20  # the bodies of all requests in hand together (as received); more: 503
+    answer_budget_bytes: int = 256 * 2**20  # answers waiting for their clients to take them; more: new uploads 503
     queue: int = 256  # images admitted and not yet answered; one more: 503
     max_pixels: int = 40_000_000  # one image's, from its header; more: 413 before decoding
     decode_budget_bytes: int = 768 * 2**20  # decodes in flight, by their estimated peak; an image past it alone: 413
@@ -122,7 +123,7 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
                 "or annotate=true with more than one image, or no files."
             },
             503: {
-                "description": "Busy (the queue, the upload budget or the connections are full): try again after "
+                "description": "Busy (the queue, the upload or answer budget, or the connections are full): try again after "
                 "Retry-After seconds. Or the server is stopping."
             },
         },
@@ -149,6 +150,8 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
             if all(outcome.error for outcome in outcomes):
                 return _error(422, "\n".join(_skipped_line(outcome) for outcome in outcomes))
             if annotate:
+                if state.answering > config.answer_budget_bytes:  # filled while this one was read: draw no more
+                    return answers_waiting(state)
                 return await _annotated_answer(state, items[0], headers[0], rows[0])
             return Response(_json_document(rows, predictor.class_names), media_type="application/json")
         except Refused as refusal:
@@ -182,6 +185,8 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
             "batches": batcher.batches if batcher else 0,
             "requests": batcher.requests if batcher else 0,
             "faces": batcher.faces if batcher else 0,
+            "upload_bytes": state.uploading,
+            "answer_bytes": state.answering,
         }
 
     @app.get("/", response_class=HTMLResponse, summary="A page to drop photos on")
@@ -252,7 +257,8 @@ class _State:
         self.batcher: Batcher | None = None
         self.readers: FairPool | None = None
         self.waiting = 0  # images admitted and not yet answered (touched only on the event loop)
-        self.uploading = 0  # bytes of the bodies of requests in hand (the door's count, on the event loop)
+        self.uploading = 0  # bytes of the bodies of requests in hand, as received (the door's count, on the event loop)
+        self.answering = 0  # bytes of answers not yet taken by their clients (the door's count, on the event loop)
         self.colours = class_colours(predictor.class_names)
         self.catalogue = _without_paths(model_catalogue())  # read once: listing the shipped models loads each
         self.serving = [

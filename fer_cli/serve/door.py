@@ -10,9 +10,25 @@ Web pages the user visits must not use the server: its API answers any program o
   page); another page's, or ``null`` (a sandboxed frame, a file), is refused: 403. Without a
   preflight, a form on any page could otherwise post images here.
 * ``/predict``: a full queue (503, Retry-After), a body declared over ``--max-upload-mb`` (413),
-  and bodies past the upload budget (503, Retry-After), all answered without reading the body, and
-  the connection closed after the answer; a body without a declared length that passes the limit
-  is cut off with 413 as soon as it does.
+  a body declared larger than the upload budget has room for (503, Retry-After), and answers
+  waiting for their clients past the answer budget (503, Retry-After), all answered without
+  reading the body, and the connection closed after the answer; a body that passes the limit, or
+  takes the bytes in hand past the budget, is cut off (413, 503) as soon as it does.
+
+The upload budget counts the bytes that have arrived, not the lengths the requests declare: a
+declared length costs a client nothing to send, and reserving it let 13 connections that declared
+20 MB and sent no body hold a 256 MB budget for the whole body timeout (and, reopened as they were
+closed, for good). Counted as they arrive, holding the budget takes sending that much, and what is
+held is what the server holds. A declared length is still checked against the room left, so an
+upload that cannot fit is refused before it is sent; one admitted while there was room, whose
+bytes pass the budget because others arrived meanwhile, is cut off then.
+
+The answer budget counts the body of each ``/predict`` answer from its first byte sent until its
+last chunk is written to the connection: an answer is sent ``ANSWER_CHUNK`` at a time, each once
+the connection's buffer has drained, so an answer its client does not read waits in the app's
+hands (counted), not in the connection's buffer (where nothing counted it: 106 MB a client). A
+client that does not take its answer is cut off after ``--send-timeout`` (``server.py``), and the
+answer let go.
 """
 
 from __future__ import annotations
@@ -22,6 +38,7 @@ import ipaddress
 from starlette.responses import JSONResponse
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+ANSWER_CHUNK = 256 * 2**10  # an answer is handed to the connection this much at a time
 
 
 class HostCheck:
@@ -94,49 +111,76 @@ class Door:
         state, config = self.state, self.state.config
         if state.waiting >= config.queue:
             return await busy(state)(scope, receive, send)
+        if state.answering > config.answer_budget_bytes:
+            return await answers_waiting(state)(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         size = int(declared) if declared is not None and declared.isdigit() else None
         if size is not None and size > config.max_upload_bytes:
             return await too_large(config.max_upload_bytes)(scope, receive, send)
-        held = size if size is not None else config.max_upload_bytes
-        if state.uploading + held > config.upload_budget_bytes:
-            return await refusal(
-                503,
-                f"busy: {state.uploading / 2**20:,.0f} MB of uploads in hand (at most "
-                f"{config.upload_budget_bytes / 2**20:,.0f}, fer serve --upload-budget-mb); try again shortly",
-                retry_after=config.retry_after_s,
-            )(scope, receive, send)
-        state.uploading += held
-        try:
-            await self._counted(scope, receive, send, config.max_upload_bytes)
-        finally:
-            state.uploading -= held
+        if state.uploading + (size or 0) > config.upload_budget_bytes:
+            return await uploads_in_hand(state)(scope, receive, send)
+        await self._counted(scope, receive, send)
 
-    async def _counted(self, scope, receive, send, limit: int) -> None:
-        """The app, with a body that passes ``limit`` cut off by a 413 as soon as it does."""
+    async def _counted(self, scope, receive, send) -> None:
+        """The app, with the body's bytes counted in the upload budget as they arrive (until the
+        request is answered), and cut off by a 413 or a 503 as soon as they pass the request's limit
+        or the budget; its answer counted in the answer budget while it is sent (``_answering``)."""
+        state, config = self.state, self.state.config
         received = 0
         refused = False
 
         async def counting_receive():
             nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit and not refused:
-                    refused = True
-                    await too_large(limit)(scope, None, send)
-                    return {"type": "http.disconnect"}  # the app stops reading; its answer is dropped
+                size = len(message.get("body", b""))
+                received += size
+                state.uploading += size
+                if received > config.max_upload_bytes:
+                    answer = too_large(config.max_upload_bytes)
+                elif state.uploading > config.upload_budget_bytes:
+                    answer = uploads_in_hand(state)
+                else:
+                    return message
+                refused = True
+                await answer(scope, None, send)
+                return {"type": "http.disconnect"}  # the app stops reading; its answer is dropped
             return message
 
         async def guarded_send(message):
             if not refused:
-                await send(message)
+                await self._answering(send, message)
 
         try:
             await self.app(scope, counting_receive, guarded_send)
         except Exception:
             if not refused:
                 raise
+        finally:
+            state.uploading -= received
+
+    async def _answering(self, send, message) -> None:
+        """``send``, with a response body counted in ``state.answering`` until the connection has
+        taken all but its last chunk (uvicorn's ``send`` waits for the connection's buffer to drain
+        before it writes, then writes all it is given)."""
+        if message["type"] != "http.response.body" or not message.get("body"):
+            return await send(message)
+        body, more = message["body"], message.get("more_body", False)
+        self.state.answering += len(body)
+        try:
+            for start in range(0, len(body), ANSWER_CHUNK):
+                last = start + ANSWER_CHUNK >= len(body)
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": body[start : start + ANSWER_CHUNK],
+                        "more_body": more or not last,
+                    }
+                )
+        finally:
+            self.state.answering -= len(body)
 
 
 def _origin(origin: str) -> tuple[str, str, int | None]:
@@ -167,6 +211,26 @@ def busy(state) -> JSONResponse:
     )
 
 
+def uploads_in_hand(state) -> JSONResponse:
+    budget = state.config.upload_budget_bytes
+    return refusal(
+        503,
+        f"busy: {_mb(state.uploading)} of uploads in hand (at most {_mb(budget)}, fer serve --upload-budget-mb); "
+        "try again shortly",
+        retry_after=state.config.retry_after_s,
+    )
+
+
+def answers_waiting(state) -> JSONResponse:
+    budget = state.config.answer_budget_bytes
+    return refusal(
+        503,
+        f"busy: {_mb(state.answering)} of answers waiting for their clients to take them (at most {_mb(budget)}, "
+        "fer serve --answer-memory-mb); try again shortly",
+        retry_after=state.config.retry_after_s,
+    )
+
+
 def too_large(limit: int) -> JSONResponse:
     return refusal(413, f"the upload is over {limit / 2**20:g} MB (fer serve --max-upload-mb)")
 
@@ -175,3 +239,7 @@ def _shown(text: str, most: int = 80) -> str:
     """A client's header quoted in an answer: printable, and short."""
     text = "".join(c if c.isprintable() else "?" for c in text)
     return repr(text if len(text) <= most else text[:most] + "...")
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:,.1f} MB"

@@ -11,23 +11,38 @@ nor how many connections are open. ``GuardedH11`` is uvicorn's h11 protocol with
 * a request's line and headers must arrive within ``header_timeout_s`` (of the connection opening,
   or of the previous answer on a kept-alive connection): 408 and closed;
 * its body within ``body_timeout_s`` of its headers: 408 and closed;
+* its answer taken by the client: while bytes written to a connection wait for the client to take
+  them (in the transport's buffer, or in the kernel's, not yet acknowledged), it must take, every
+  ``send_timeout_s``, what waited at the start of that span or ``MIN_SEND_RATE`` a second of it,
+  whichever is less; otherwise the connection is reset at once (what was still to send is dropped,
+  in the process and in the kernel). Measured over spans, not from one stall to the next, so a
+  client that reads a trickle is cut off too; and by what the client acknowledged, not by what the
+  kernel accepted (its send buffer takes megabytes at once, and a client reading well would show no
+  progress while it drained them). Without it, a client that never read held its answer (a 106 MB
+  annotated PNG) in memory as long as it stayed;
 * on SIGTERM or Ctrl-C, an upload still arriving is answered 503 and closed at once, and the
   requests already received have ``shutdown_grace_s`` to be answered before the server stops.
 
 These answers are written straight to the connection (the app never saw the request, or will not
 finish reading it). The subclass relies on uvicorn's H11Protocol and RequestResponseCycle attributes
 (``cycle``, ``more_body``, ``response_started``, ``response_complete``, ``disconnected``,
-``message_event``), stable since uvicorn 0.13.
+``message_event``), stable since uvicorn 0.13, and on both writing through ``self.transport`` (which
+``_Counted`` wraps to count what is written). The kernel's unacknowledged bytes are Linux's
+``SIOCOUTQ``; where it is missing, the transport's buffer alone is measured.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import fcntl
 import json
 import logging
 import resource
 import socket
+import struct
+import termios
 from dataclasses import dataclass
 
 import h11
@@ -36,6 +51,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 FD_RESERVE = 100  # file descriptors kept for the process itself: model files, threads, logs...
 FDS_PER_CONNECTION = 2  # its socket, and a part of its upload spooled to a temporary file
+MIN_SEND_RATE = 64 * 2**10  # bytes a second a client must take of an answer waiting for it (see above)
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,7 @@ class ConnectionLimits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     shutdown_grace_s: float = 5.0
+    send_timeout_s: float = 30.0
 
 
 def connection_cap(wanted: int) -> int:
@@ -113,7 +130,9 @@ class GuardedH11(H11Protocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
-        super().connection_made(transport)
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._owed = self._taken = 0  # bytes waiting for the client, and taken by it, when the span began
+        super().connection_made(_Counted(transport, self._wrote))
         if len(self.connections) > self.limits.max_connections:
             self._answer_and_close(
                 503,
@@ -190,10 +209,42 @@ class GuardedH11(H11Protocol):
             408, f"the request's body took over {self.limits.body_timeout_s:g}s (fer serve --body-timeout)"
         )
 
+    def _wrote(self) -> None:
+        """After a write: bytes left waiting for the client start the watch on its taking them."""
+        if self._send_timer is None and self.transport.waiting():
+            self._watch_sending()
+
+    def _watch_sending(self) -> None:
+        self._owed = self.transport.waiting()
+        self._taken = self.transport.written - self._owed
+        self._send_timer = self.loop.call_later(self.limits.send_timeout_s, self._send_checked)
+
+    def _send_checked(self) -> None:
+        """The end of a span: a client that took too little is cut off; one that still has bytes
+        waiting starts another span."""
+        self._send_timer = None
+        left = self.transport.waiting()
+        taken = self.transport.written - left - self._taken
+        if taken < min(self._owed, MIN_SEND_RATE * self.limits.send_timeout_s):
+            self._reset()
+        elif left:
+            self._watch_sending()
+
+    def _reset(self) -> None:
+        """Close the connection at once, dropping what it still had to send: a reset (SO_LINGER 0),
+        not a close, whose FIN would wait behind bytes the client does not take, in the kernel's
+        buffers, and the client would not hear of it. connection_lost follows: the app hears that
+        the client left."""
+        with contextlib.suppress(OSError, AttributeError):
+            self.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+        self.transport.abort()
+
     def _cancel_timers(self) -> None:
-        for timer in (getattr(self, "_header_timer", None), getattr(self, "_body_timer", None)):
-            _cancel(timer)
-        self._header_timer = self._body_timer = None
+        for name in ("_header_timer", "_body_timer", "_send_timer"):
+            _cancel(getattr(self, name, None))
+            setattr(self, name, None)
 
     # --- answers the app never gives ----------------------------------------------------------------
 
@@ -221,6 +272,41 @@ class GuardedH11(H11Protocol):
 REASONS = {408: "Request Timeout", 503: "Service Unavailable"}
 
 
+class _Counted:
+    """A connection's transport that counts the bytes written to it, says when it has written, and
+    tells how many of them the client has not yet taken."""
+
+    def __init__(self, transport: asyncio.Transport, wrote):
+        self._transport, self._wrote = transport, wrote
+        self._socket = transport.get_extra_info("socket")
+        self.written = 0
+
+    def waiting(self) -> int:
+        """Bytes written and not yet taken: in the transport's buffer, and in the kernel's."""
+        return self._transport.get_write_buffer_size() + _unacknowledged(self._socket)
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+        self.written += len(data)
+        self._wrote()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
 def _cancel(timer: asyncio.TimerHandle | None) -> None:
     if timer is not None:
         timer.cancel()
+
+
+_OUTQ = getattr(termios, "TIOCOUTQ", None)  # on a TCP socket, Linux's SIOCOUTQ
+
+
+def _unacknowledged(sock) -> int:
+    """Bytes in the kernel's send queue not yet acknowledged by the client; 0 where unknown."""
+    if _OUTQ is None or sock is None:
+        return 0
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 0
