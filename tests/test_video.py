@@ -68,7 +68,8 @@ def runner():
 
 
 def predict(runner, *args, stdin=None):
-    return runner.invoke(app, ["predict", *map(str, args), "-m", "fast", "-j", "0"], input=stdin, prog_name="fer")
+    # the defaults first: an option given again in args wins
+    return runner.invoke(app, ["predict", "-m", "fast", "-j", "0", *map(str, args)], input=stdin, prog_name="fer")
 
 
 def records(result) -> list[dict]:
@@ -109,14 +110,31 @@ def test_a_rotated_video_is_read_upright(tmp_path):
     """A phone's portrait video: stored sideways, with a display matrix that turns it 90 degrees
     counter-clockwise (PyAV's ``rotation``, as its ``set_display_rotation`` writes it)."""
     upright = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    stored = np.rot90(upright, -1)  # turned clockwise: 64 high, 48 wide
-    for rotation, turns in ((90, -1), (-90, 1), (180, 2)):
+    for rotation, turns in ((90, -1), (-90, 1), (180, 2)):  # stored turned the other way: 90 is 48 wide, 64 high
         clip = write_video(
             tmp_path / f"r{rotation}.mp4", [np.rot90(upright, turns)], codec="libx264rgb", rotation=rotation
         )
         (frame,) = read_frames(str(clip), Sampling())
         assert frame.pixels.shape == upright.shape and (frame.pixels == upright).all(), rotation
-    assert stored.shape == (64, 48, 3)
+
+
+def test_a_file_cut_short_without_a_decoding_error_is_told_by_its_declared_duration(tmp_path):
+    """FFV1 in Matroska cut short decodes without an error: its frames just stop before the duration in its header."""
+    frames = np.random.default_rng(0).integers(0, 256, (20, 48, 64, 3), dtype=np.uint8)
+    whole = tmp_path / "whole.mkv"
+    with av.open(str(whole), "w") as container:
+        stream = container.add_stream("ffv1", rate=RATE)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "bgr0"
+        for pixels in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode(None))
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    *read, problem = read_frames(str(cut), Sampling())
+    assert 0 < len(read) < 15 and not any(frame.last for frame in read)
+    assert all((frame.pixels == pixels).all() for frame, pixels in zip(read, frames))  # the frames before, as they were
+    assert isinstance(problem, MissingInput) and problem.reason.startswith("cut short or damaged: its frames stop at")
+    assert [frame.last for frame in read_frames(str(whole), Sampling())][-1]  # the whole file: no error
 
 
 def test_videos_are_found_in_folders_globs_and_stdin(tmp_path):
@@ -159,6 +177,8 @@ def test_one_record_per_face_per_frame_equal_to_predicting_the_frame_as_an_image
         assert image_row["box"] == video_row["box"] and image_row["label"] == video_row["label"]
         assert image_row["probabilities"] == pytest.approx(video_row["probabilities"], abs=1e-6)
     assert "1 of 1 input predicted (12 faces; 12 video frames)" in result.stderr
+    in_workers = predict(runner, face_clip, "-f", "jsonl", "-b", "4", "-j", "2")  # frames read in 2 processes
+    assert in_workers.exit_code == 0 and records(in_workers) == rows
 
 
 def test_sampling_options_csv_json_and_the_track_table(runner, face_clip):
