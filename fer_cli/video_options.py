@@ -1,13 +1,17 @@
-"""`fer predict`'s video options: which frames are read (``--fps``, ``--start``, ``--end``) and ``--smooth``."""
+"""`fer predict`'s video options: which frames are read (``--fps``, ``--start``, ``--end``) and ``--smooth``.
+
+Nothing heavy is imported here: `fer --help` and `fer --version` load this module too.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .inputs.video import MAX_FRAMES, Sampling
+if TYPE_CHECKING:
+    from .inputs.video import Sampling
 
 FpsOpt = Annotated[
     float | None,
@@ -31,14 +35,16 @@ SmoothOpt = Annotated[
 
 @dataclass(frozen=True)
 class VideoSettings:
-    sampling: Sampling = Sampling()
+    sampling: Sampling | None = None  # None: every frame
     smooth: float | None = None
 
 
 def video_settings(fps: float | None, start: float, end: float | None, smooth: float | None) -> VideoSettings:
     """The options checked; a bad one is a usage error naming it."""
+    from .inputs import video
+
     try:
-        sampling = Sampling(fps, start, end, MAX_FRAMES)
+        sampling = video.Sampling(fps, start, end, video.MAX_FRAMES)
     except ValueError as error:
         option = str(error).split()[0] if str(error).startswith("--") else "--fps"
         raise typer.BadParameter(str(error), param_hint=option) from None

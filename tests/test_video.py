@@ -198,7 +198,7 @@ def test_sampling_options_csv_json_and_the_track_table(runner, face_clip):
 
     table = predict(runner, face_clip, EXAMPLES / "happy.png", "-f", "table", "--smooth", "0.5")
     assert table.exit_code == 0, table.output
-    assert "happy.png" in table.stdout and "Face tracks" in table.stdout
+    assert "happy.png" in table.stdout and "Face tracks" in table.stdout and "dominant: the label" in table.stdout
     (line,) = [line for line in table.stdout.splitlines() if "face.mp4" in line]
     assert "0.00-1.10" in line and "12 of 12" in line and "happy 100%" in line
     assert "smoothed" in table.stdout
@@ -257,7 +257,7 @@ def test_limits(runner, tmp_path, monkeypatch):
         container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((16, 8200, 3), np.uint8), format="rgb24")))
         container.mux(stream.encode(None))
     fast = write_video(tmp_path / "fast.mp4", numbered_frames(3), rate=2000)
-    monkeypatch.setattr("fer_cli.video_options.MAX_FRAMES", 5)
+    monkeypatch.setattr("fer_cli.inputs.video.MAX_FRAMES", 5)
     long = write_video(tmp_path / "long.mp4", numbered_frames(12))
     result = predict(runner, wide, fast, long, "-f", "jsonl")
     assert result.exit_code == 1, result.output

@@ -25,9 +25,9 @@ class VideoCopies:
     """Writes each video's annotated copy into the annotator's folder once the video's last frame (or its error,
     after some frames) has come."""
 
-    def __init__(self, annotator: Annotator, sampling: Sampling):
+    def __init__(self, annotator: Annotator, sampling: Sampling | None = None):
         self.annotator = annotator
-        self.sampling = sampling
+        self.sampling = sampling or Sampling()
         self.path: str | None = None
         self.rows: dict[int, list[Prediction]] = {}  # frame index -> its records
         self.last_index = -1

@@ -47,7 +47,7 @@ class TrackSummary:
         track.labels[p.label] += 1
 
     def table(self, per_class: bool) -> Table:
-        table = Table(title="Face tracks (share of each track's frames under each label)")
+        table = Table(title="Face tracks")
         table.add_column("video", overflow="fold")
         for name in ("track", "span (s)", "frames"):
             table.add_column(name, justify="right", no_wrap=True)
@@ -72,6 +72,13 @@ class TrackSummary:
         return table
 
     def notes(self) -> list[str]:
+        notes = [EXPLAINED]
         if self.smooth:
-            return [f"Probabilities smoothed: each averaged over its track's last {self.smooth:g} s (--smooth)."]
-        return []
+            notes.append(f"Probabilities smoothed: each averaged over its track's last {self.smooth:g} s (--smooth).")
+        return notes
+
+
+EXPLAINED = (
+    "frames: the frames read with the track's face, of the video's; dominant: the label of most of them, and its "
+    "share (the columns per class, where they fit: each label's)."
+)
