@@ -174,15 +174,18 @@ def _check_declared(stream) -> None:
 
 def _check_complete(container, stream, decoded: int, last_time: float | None, rate: float | None) -> None:
     """A file cut short often decodes without an error, its frames just stop: compare with what its header declares
-    (the number of frames, else the duration: the stream's, or the file's when the video is all it holds)."""
-    if stream.frames and decoded < stream.frames:
+    (the number of frames, else the duration: the stream's, or the file's when the video is all it holds). Only a
+    shortfall over ``CUT_SHORT_SLACK`` and 2 frames counts: an edit list may leave out a frame or two of a whole file."""
+    frame_time = 1 / rate if rate else 0.0
+    if stream.frames and stream.frames - decoded > max(2, CUT_SHORT_SLACK * (rate or 0)):
         raise VideoError(f"cut short or damaged: {decoded:,} of the {stream.frames:,} frames it declares decoded")
+    if stream.frames:
+        return
     duration = None
     if stream.duration is not None:
         duration = float(stream.duration * stream.time_base)
     elif container.duration is not None and len(container.streams) == 1:
         duration = container.duration / 1_000_000
-    frame_time = 1 / rate if rate else 0.0
     if duration and last_time is not None and last_time + frame_time < duration - max(CUT_SHORT_SLACK, 2 * frame_time):
         raise VideoError(
             f"cut short or damaged: its frames stop at {last_time:.2f} s of the {duration:.2f} s it declares"
