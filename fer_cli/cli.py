@@ -1057,11 +1057,11 @@ def _write_predictions(
     # Results piped to another program (| head, | less) share the terminal with the bar: no bar then.
     piped = destination is not None and not isinstance(destination, ResultsFile) and _stdout_is_a_pipe()
     progress = Progress(
-        TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("predicting{task.fields[frames]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=err_console, transient=True, disable=piped,
     )  # fmt: skip
     with progress:
-        task = progress.add_task("predict", total=total)
+        task = progress.add_task("predict", total=total, frames="")  # frames: how many of videos, once there are
         for outcomes in batches:
             ended = sum(ends_input(outcome.frame) for outcome in outcomes)
             progress.advance(task, ended)
@@ -1091,6 +1091,8 @@ def _write_predictions(
                 except (OSError, ValueError) as error:  # as an image's copy
                     tally.not_annotated += 1
                     _report_skipped(outcome.path, f"no annotated copy: {error}")
+            if tally.frames:  # a long video is one input: the bar alone would stand still
+                progress.update(task, frames=f" ({_count(tally.frames, 'video frame')})")
             writer.write_batch(predictions)
             if collector is not None:
                 collector.add(predictions)
