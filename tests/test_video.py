@@ -262,7 +262,7 @@ def test_limits(runner, tmp_path, monkeypatch):
     result = predict(runner, wide, fast, long, "-f", "jsonl")
     assert result.exit_code == 1, result.output
     errors = [r["error"] for r in records(result) if r["error"]]
-    assert errors[0] == "the video is 8200x16, over 8192 px on a side (8K): refused"
+    assert errors[0] == "the video is 8200x16, larger than 8K (8192 px a side, 8192x4320): refused"
     assert errors[1] == "the video declares 2,000 frames/s, over 1000: refused"
     assert errors[2].startswith("stopped after 5 frames (at 0.50 s), the most read of one video")
     assert len([r for r in records(result) if r["path"] == str(long) and not r["error"]]) == 5

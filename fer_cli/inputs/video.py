@@ -4,8 +4,9 @@ A video is read in the main process as its frames are needed, so memory stays fl
 frame then travels like an image through the one prediction path (the workers' face search, the models). Bad
 files are one error each, given after the frames decoded before the damage, never an exception.
 
-Limits (a file is refused, or cut short with its error, past them): ``MAX_SIDE`` px on a side (8K), ``MAX_RATE``
-frames a second, ``MAX_FRAMES`` frames read per video (``--fps`` and ``--start``/``--end`` choose fewer).
+Limits (a file is refused, or cut short with its error, past them): ``MAX_SIDE`` px on a side and ``MAX_PIXELS``
+a frame (8K), ``MAX_RATE`` frames a second, ``MAX_FRAMES`` frames read per video (``--fps`` and ``--start``/``--end``
+choose fewer).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from PIL import Image
 from .images import ImageBytes, MissingInput
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
-MAX_SIDE = 8192  # px, either side: 8K video is 7680x4320
+MAX_SIDE = 8192  # px, either side: 8K video is 7680x4320 (DCI 8K 8192x4320)
+MAX_PIXELS = 8192 * 4320  # px a frame: 106 MB as RGB
 MAX_RATE = 1000  # frames per second of video time, as the stream declares it
 MAX_FRAMES = 100_000  # frames read from one video: nearly an hour at 30 fps
 FRAME_BATCH_BYTES = 32 * 2**20  # decoded pixels per batch of frames: a batch of 720p frames holds 12
@@ -73,7 +75,7 @@ class VideoFrame:
     pixels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def image(self) -> Image.Image:
-        return Image.fromarray(self.pixels, mode="RGB")
+        return Image.fromarray(self.pixels)  # (height, width, 3) uint8: RGB
 
 
 def read_frames(path: str, sampling: Sampling) -> Iterator[VideoFrame | MissingInput]:
@@ -101,7 +103,7 @@ def sampled_frames(path: str, sampling: Sampling) -> Iterator[VideoFrame]:
 
     try:
         container = av.open(path, metadata_errors="ignore")
-    except av.FFmpegError as error:
+    except (av.FFmpegError, OSError, ValueError) as error:
         raise VideoError(f"not a video (or an unsupported or damaged one): {_reason(error)}") from None
     with container:
         if not container.streams.video:
@@ -132,11 +134,13 @@ def sampled_frames(path: str, sampling: Sampling) -> Iterator[VideoFrame]:
                         f"stopped after {sampling.max_frames:,} frames (at {time:.2f} s), the most read of one "
                         "video; --fps or --start/--end choose fewer"
                     )
-                if max(frame.width, frame.height) > MAX_SIDE:
-                    raise VideoError(f"frame {index} is {frame.width}x{frame.height}, over {MAX_SIDE} px on a side")
+                if max(frame.width, frame.height) > MAX_SIDE or frame.width * frame.height > MAX_PIXELS:
+                    raise VideoError(f"frame {index} is {frame.width}x{frame.height}, larger than 8K: refused")
                 yield VideoFrame(path, index, round(time, 6), pixels=upright_pixels(frame))
                 taken += 1
-        except av.FFmpegError as error:
+        except VideoError:
+            raise
+        except (av.FFmpegError, OSError, ValueError, MemoryError) as error:  # the decoder's, or the conversion's
             where = f"after frame {decoded - 1} ({last_time:.2f} s)" if decoded else "at its first frame"
             raise VideoError(f"damaged or cut short {where}: {_reason(error)}") from None
         if not stopped_at_end:
@@ -165,8 +169,8 @@ def _seconds(frame, offset: float, index: int, rate: float | None) -> float:
 
 def _check_declared(stream) -> None:
     width, height = stream.codec_context.width, stream.codec_context.height
-    if max(width, height) > MAX_SIDE:
-        raise VideoError(f"the video is {width}x{height}, over {MAX_SIDE} px on a side (8K): refused")
+    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+        raise VideoError(f"the video is {width}x{height}, larger than 8K ({MAX_SIDE} px a side, 8192x4320): refused")
     rate = stream.average_rate or stream.base_rate
     if rate and float(rate) > MAX_RATE:
         raise VideoError(f"the video declares {float(rate):,.0f} frames/s, over {MAX_RATE}: refused")
