@@ -25,12 +25,16 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RATE = 10
 
 
+ENCODER_OPTIONS = {"libx264rgb": {"qp": "0"}, "libx264": {"crf": "18"}}  # lossless; near-lossless
+
+
 def write_video(path: Path, frames, rate=RATE, codec="libx264", rotation=None, **options) -> Path:
-    """Encode RGB frames (height, width, 3): H.264 (CRF 18) by default, ``codec="libx264rgb"`` lossless."""
+    """Encode RGB frames (height, width, 3): H.264 (CRF 18) by default, ``codec="libx264rgb"`` lossless, or any
+    codec PyAV has."""
     frames = list(frames)
     height, width = frames[0].shape[:2]
     with av.open(str(path), "w", options=options.pop("container", {})) as container:
-        stream = container.add_stream(codec, rate=rate, options={"qp": "0"} if codec == "libx264rgb" else {"crf": "18"})
+        stream = container.add_stream(codec, rate=rate, options=ENCODER_OPTIONS.get(codec, {}))
         stream.width, stream.height = width, height
         stream.pix_fmt = "rgb24" if codec == "libx264rgb" else "yuv420p"
         if rotation is not None:
@@ -297,3 +301,29 @@ def test_missing_input_kind_reused(tmp_path):
     (tmp_path / "x.webm").write_bytes(b"")
     (problem,) = read_frames(str(tmp_path / "x.webm"), Sampling())
     assert isinstance(problem, MissingInput) and problem.reason.startswith("not a video")
+
+
+@pytest.mark.parametrize("name, codec", [("v.mp4", "libx264"), ("v.mkv", "libx264"), ("v.avi", "mpeg4")])
+def test_damaged_files_give_frames_then_at_most_one_error_never_an_exception(tmp_path, name, codec):
+    """Cut short, bytes changed, a run of bytes overwritten: whatever the damage, the frames read, then one reason."""
+    import random
+
+    noise = np.random.default_rng(0).integers(0, 256, (12, 48, 64, 3), dtype=np.uint8)
+    original = write_video(tmp_path / name, noise, codec=codec)
+    data = original.read_bytes()
+    damaged = tmp_path / f"damaged{original.suffix}"
+    chance = random.Random(name)
+    for trial in range(40):
+        copy = bytearray(data)
+        if trial % 3 == 0:
+            copy = copy[: chance.randrange(len(copy))]
+        elif trial % 3 == 1:
+            for _ in range(chance.randint(1, 20)):
+                copy[chance.randrange(len(copy))] = chance.randrange(256)
+        else:
+            at = chance.randrange(len(copy))
+            copy[at : at + 300] = bytes(chance.randrange(256) for _ in range(300))
+        damaged.write_bytes(bytes(copy))
+        *read, end = list(read_frames(str(damaged), Sampling())) or [None]
+        assert all(isinstance(frame, VideoFrame) and not frame.last for frame in read), trial
+        assert isinstance(end, MissingInput) or (isinstance(end, VideoFrame) and end.last), trial

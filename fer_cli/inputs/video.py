@@ -90,6 +90,10 @@ def read_frames(path: str, sampling: Sampling) -> Iterator[VideoFrame | MissingI
             held = frame
     except VideoError as error:
         problem = str(error)
+    except (MemoryError, RecursionError):
+        problem = "the video is too large to decode"
+    except Exception as error:  # noqa: BLE001: a damaged file can make a decoder fail in a way of its own
+        problem = f"the decoder failed ({type(error).__name__})"
     if held is not None:
         yield VideoFrame(held.path, held.index, held.time, problem is None, held.pixels)
     if problem is not None:
@@ -109,6 +113,8 @@ def sampled_frames(path: str, sampling: Sampling) -> Iterator[VideoFrame]:
         if not container.streams.video:
             raise VideoError("no video stream in the file (audio only?)")
         stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise VideoError("the video stream's codec is unknown (or the file is damaged)")
         _check_declared(stream)
         stream.thread_type = "AUTO"
         offset = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
