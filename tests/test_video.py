@@ -303,6 +303,39 @@ def test_missing_input_kind_reused(tmp_path):
     assert isinstance(problem, MissingInput) and problem.reason.startswith("not a video")
 
 
+def test_report_counts_a_video_once_and_draws_its_tracks_over_time(runner, face_clip, tmp_path):
+    folder = tmp_path / "report"
+    result = predict(runner, face_clip, EXAMPLES / "sad.png", "--report", folder, "-f", "jsonl")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((folder / "report.json").read_text())
+    assert summary["inputs"] == 2 and summary["faces"] == 13
+    (track,) = summary["video_tracks"]
+    assert track == {
+        "path": str(face_clip),
+        "track": 1,
+        "start": 0.0,
+        "end": 1.1,
+        "frames": 12,
+        "labels": {"happy": 1.0},
+    }
+    assert [(e["frame"], e["time"]) for e in summary["examples"]["happy"][:2]] == [(0, 0.0), (1, 0.1)]
+    assert (folder / "timelines.png").stat().st_size > 0 and "timelines.png" in (folder / "index.html").read_text()
+    with Image.open(folder / "faces.png") as sheet:  # the video's faces cut from their frames, not left grey
+        grey = (np.asarray(sheet.convert("RGB")).astype(int) - 128).__abs__().sum(axis=2) < 3
+    assert grey.mean() < 0.01
+
+
+def test_a_timeline_keeps_at_most_max_bins_however_long():
+    from fer_cli.outputs.video_report import MAX_BINS, Timeline
+
+    line = Timeline(0.0, 2)
+    for i in range(30_000):  # 1,000 s at 30 fps
+        line.add(i / 30, "a", np.array([1.0, 0.0]) if i < 15_000 else np.array([0.0, 1.0]))
+    times, means = line.series()
+    assert len(times) <= MAX_BINS and line.summary()["frames"] == 30_000
+    assert means[0].tolist() == [1.0, 0.0] and means[-1].tolist() == [0.0, 1.0] and times[-1] < 1000
+
+
 @pytest.mark.parametrize("name, codec", [("v.mp4", "libx264"), ("v.mkv", "libx264"), ("v.avi", "mpeg4")])
 def test_damaged_files_give_frames_then_at_most_one_error_never_an_exception(tmp_path, name, codec):
     """Cut short, bytes changed, a run of bytes overwritten: whatever the damage, the frames read, then one reason."""
