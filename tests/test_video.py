@@ -108,6 +108,8 @@ def test_sampling_by_rate_and_span(tmp_path):
     assert [i for i, _, _ in frames_of(clip, fps=100)] == list(range(20))  # faster than the video: every frame
     assert frames_of(clip, start=0.5, end=1.2) == [(i, i / RATE, i == 11) for i in range(5, 12)]
     assert [i for i, _, _ in frames_of(clip, fps=4, start=0.3)] == [3, 6, 8, 11, 13, 16, 18]  # 0.3, 0.55, 0.8...
+    (nothing,) = read_frames(str(clip), Sampling(start=5))
+    assert nothing.reason == "no frames in the chosen span (every frame from 5 s; the last frame is at 1.90 s)"
 
 
 def test_a_rotated_video_is_read_upright(tmp_path):
@@ -183,6 +185,16 @@ def test_one_record_per_face_per_frame_equal_to_predicting_the_frame_as_an_image
     assert "1 of 1 input predicted (12 faces; 12 video frames)" in result.stderr
     in_workers = predict(runner, face_clip, "-f", "jsonl", "-b", "4", "-j", "2")  # frames read in 2 processes
     assert in_workers.exit_code == 0 and records(in_workers) == rows
+
+
+def test_video_paths_on_stdin_beside_images(runner, face_clip):
+    result = predict(runner, "-", "--fps", "1", "-f", "jsonl", stdin=f"{EXAMPLES / 'happy.png'}\n{face_clip}\n")
+    assert result.exit_code == 0, result.output
+    assert [(Path(r["path"]).name, r.get("frame")) for r in records(result)] == [
+        ("happy.png", None),
+        ("face.mp4", 0),
+        ("face.mp4", 10),
+    ]
 
 
 def test_sampling_options_csv_json_and_the_track_table(runner, face_clip):
