@@ -309,6 +309,41 @@ def test_annotated_copy_is_an_h264_video_of_the_frames_read(runner, face_clip, t
     assert not np.allclose(edge, moving_face()[0][box[1] + box[3] // 2, box[0]], atol=40)
 
 
+def test_annotated_copies_of_a_damaged_video_and_of_one_that_fails(runner, face_clip, tmp_path, monkeypatch):
+    """A damaged video's copy holds the frames read before the damage; a copy that fails midway is one message, its
+    file removed, and the next video's copy is still made."""
+    data = face_clip.read_bytes()
+    whole = write_video(tmp_path / "whole.mp4", moving_face(), container={"movflags": "faststart"})
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 9 // 10])  # the first frame is 2/3 of the file
+    out = tmp_path / "annotated"
+    result = predict(runner, cut, "--annotate", out, "-f", "jsonl")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    read = [r for r in records(result) if r["error"] is None]
+    assert 0 < len(read) < 12
+    assert len(decoded(out / "cut.fer.mp4")) == len(read)
+
+    import fer_cli.outputs.annotate_video as annotate_video
+
+    drawn = []
+
+    def draw_twice(image, rows, colours):
+        drawn.append(rows[0].path)
+        if len(drawn) == 3:
+            raise RuntimeError("the drawing failed")
+        return image
+
+    monkeypatch.setattr(annotate_video, "_draw", draw_twice)
+    (tmp_path / "second.mp4").write_bytes(data)
+    result = predict(runner, face_clip, tmp_path / "second.mp4", "--annotate", out, "-f", "jsonl")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.count("no annotated copy") == 1 and "cannot draw or encode the copy" in result.stderr
+    assert len(records(result)) == 24  # every record written all the same
+    assert drawn == [str(face_clip)] * 3 + [str(tmp_path / "second.mp4")] * 12  # the rest of the first passed over
+    assert not (out / "face.fer.mp4").exists() and len(decoded(out / "second.fer.mp4")) == 12
+    assert "1 annotated copy in" in result.stderr and "1 annotated copy could not be written" in result.stderr
+
+
 def test_missing_input_kind_reused(tmp_path):
     (tmp_path / "x.webm").write_bytes(b"")
     (problem,) = read_frames(str(tmp_path / "x.webm"), Sampling())
