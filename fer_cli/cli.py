@@ -989,7 +989,7 @@ def _predict_and_write(
     copies = VideoCopies(annotator, video.sampling) if annotator and has_videos(items) else None
     try:
         with destination as stream:
-            writer = WRITERS[chosen](stream, class_names, video=has_videos(items))
+            writer = _writer(chosen, has_videos(items))(stream, class_names, video=has_videos(items))
             try:
                 batches = predict_stream(
                     classifiers, items, device, batch_size, workers, faces=faces.value, tta=tta, sampling=video.sampling
@@ -1031,6 +1031,15 @@ def _refuse_clashing_outputs(output: Path | None, report: Path | None, annotate:
         raise typer.BadParameter(
             f"{output} is where an annotated copy may go; choose another name", param_hint="--output"
         )
+
+
+def _writer(chosen: str, videos: bool):
+    """The writer of a format; the table gains one row per face track when videos are among the inputs."""
+    if chosen == "table" and videos:
+        from .outputs.track_table import TableWithTracks
+
+        return TableWithTracks
+    return WRITERS[chosen]
 
 
 @dataclasses.dataclass
@@ -1087,7 +1096,7 @@ def _write_predictions(
                         _report_skipped(outcome.path, f"no annotated copy: {error}")
                 try:
                     if copies is not None:
-                        copies.add(outcome, rows)
+                        copies.add(outcome.path, outcome.frame, rows)
                 except (OSError, ValueError) as error:  # as an image's copy
                     tally.not_annotated += 1
                     _report_skipped(outcome.path, f"no annotated copy: {error}")

@@ -135,6 +135,13 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")  # read by inputs/video.py
+
+
+def is_video_file(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(VIDEO_EXTENSIONS)
+
+
 @dataclass(frozen=True)
 class MissingInput:
     """A source that named nothing usable: reported like an unreadable image, never fatal."""
@@ -250,8 +257,6 @@ def _hidden(parts: tuple[str, ...]) -> bool:
 
 
 def _is_input_file(path: str) -> bool:
-    from .video import is_video_file
-
     return is_image_file(path) or is_video_file(path)
 
 

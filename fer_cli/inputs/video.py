@@ -12,16 +12,14 @@ choose fewer).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from .images import ImageBytes, MissingInput
+from .images import ImageBytes, MissingInput, is_video_file  # videos are found beside images (VIDEO_EXTENSIONS)
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 MAX_SIDE = 8192  # px, either side: 8K video is 7680x4320 (DCI 8K 8192x4320)
 MAX_PIXELS = 8192 * 4320  # px a frame: 106 MB as RGB
 MAX_RATE = 1000  # frames per second of video time, as the stream declares it
@@ -29,10 +27,6 @@ MAX_FRAMES = 100_000  # frames read from one video: nearly an hour at 30 fps
 FRAME_BATCH_BYTES = 32 * 2**20  # decoded pixels per batch of frames: a batch of 720p frames holds 12
 CUT_SHORT_SLACK = 0.5  # s: a video whose frames stop this much (and 2 frames) before its declared end was cut short
 EPSILON = 1e-4  # s: timestamps closer than this are the same instant
-
-
-def is_video_file(path: str | os.PathLike) -> bool:
-    return str(path).lower().endswith(VIDEO_EXTENSIONS)
 
 
 class VideoError(ValueError):

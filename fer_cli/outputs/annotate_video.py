@@ -12,8 +12,7 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
-from ..engine.predict import Outcome
-from ..inputs.video import Sampling, sampled_frames
+from ..inputs.video import Sampling, VideoFrame, sampled_frames
 from .annotate import AnnotationError, Annotator, _draw
 from .results import Prediction
 
@@ -30,25 +29,25 @@ class VideoCopies:
         self.copy: _Copy | None = None
         self.passing: tuple[str, int] | None = None  # (video, last frame) of a copy that failed: the rest passed over
 
-    def add(self, outcome: Outcome, rows: list[Prediction]) -> Path | None:
-        """Draw a video frame's records on its copy; finish the copy at the video's end (its last frame, or its
-        error after some frames) and return where it went. ``OSError``/``ValueError`` when it cannot be made."""
-        frame = outcome.frame
+    def add(self, path: str, frame: VideoFrame | None, rows: list[Prediction]) -> Path | None:
+        """Draw the records of a video's frame (an input's outcome: ``frame`` None for an image or an error) on its
+        copy; finish the copy at the video's end (its last frame, or its error after some frames) and return where
+        it went. ``OSError``/``ValueError`` when it cannot be made."""
         if frame is None:  # an image, or a video's error: the end of that video's frames, if any came
-            if self.passing is not None and self.passing[0] == outcome.path:
+            if self.passing is not None and self.passing[0] == path:
                 self.passing = None
-            return self._finish() if self.copy is not None and outcome.path == self.copy.source else None
+            return self._finish() if self.copy is not None and path == self.copy.source else None
         if self.passing is not None:
             path, last = self.passing
             self.passing = None
-            if outcome.path == path and frame.index > last:  # the rest of a video whose copy failed
+            if path == path and frame.index > last:  # the rest of a video whose copy failed
                 self.passing = None if frame.last else (path, frame.index)
                 return None
-        if self.copy is not None and (outcome.path != self.copy.source or frame.index <= self.copy.index):
+        if self.copy is not None and (path != self.copy.source or frame.index <= self.copy.index):
             self._finish()  # a video that ended without its last frame: not expected, but closed
         if self.copy is None:
-            destination = self.annotator._free_name(Path(outcome.path), ".mp4")
-            self.copy = _Copy(outcome.path, destination, self.sampling, self.annotator.colours)
+            destination = self.annotator._free_name(Path(path), ".mp4")
+            self.copy = _Copy(path, destination, self.sampling, self.annotator.colours)
         try:
             self.copy.draw(frame.index, rows)
         except BaseException:

@@ -183,19 +183,12 @@ class TableWriter(ResultWriter):
         super().__init__(stream, class_names, video)
         self.rows: list[Prediction] = []
         self.width = width  # None: the terminal's (COLUMNS), or 80 when not a terminal
-        from .track_table import TrackSummary
-
-        self.tracks = TrackSummary(class_names)  # videos' records: one row per face track, under the images'
 
     def write_batch(self, predictions):
-        for prediction in predictions:
-            (self.rows.append if prediction.frame is None else self.tracks.add)(prediction)
+        self.rows.extend(predictions)
 
     def close(self):
         console = Console(file=self.stream, width=self.width)
-        if self.tracks and not self.rows:  # videos only
-            self._print_tracks(console)
-            return super().close()
         for box, probabilities, narrow in self.LAYOUTS:
             table = self.table(box, probabilities, narrow)
             if _fits(console, table):
@@ -210,16 +203,7 @@ class TableWriter(ResultWriter):
         console.print(table)
         for note in notes:  # under the table, wrapped at the terminal's width, not the table's
             console.print(note, highlight=False)
-        if self.tracks:
-            self._print_tracks(console)
         super().close()
-
-    def _print_tracks(self, console: Console) -> None:
-        """The videos' table: a column per class where they fit."""
-        tracks = self.tracks.table(per_class=True)
-        console.print(tracks if _fits(console, tracks) else self.tracks.table(per_class=False))
-        for note in self.tracks.notes():
-            console.print(note, highlight=False)
 
     def table(self, box: bool, probabilities: str | None, narrow: bool = False) -> Table:
         """The table in one layout, its image column capped for measuring; ``narrow``: short headers, and labels that

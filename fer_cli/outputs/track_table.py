@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .results import Prediction, printable
+from .results import Prediction, TableWriter, _fits, printable
 
 
 @dataclass
@@ -23,6 +24,32 @@ class TrackTally:
 class VideoTally:
     frames: int = 0
     tracks: dict[int, TrackTally] = field(default_factory=dict)
+
+
+class TableWithTracks(TableWriter):
+    """The table for people when videos are among the inputs: the images' rows as ``TableWriter`` lays them out
+    (none when there are only videos), then one row per face track."""
+
+    def __init__(self, stream, class_names, width: int | None = None, video: bool = True):
+        super().__init__(stream, class_names, width, video)
+        self.tracks = TrackSummary(class_names)
+
+    def write_batch(self, predictions):
+        super().write_batch([p for p in predictions if p.frame is None])  # images, and a video's error
+        for p in predictions:
+            if p.frame is not None:
+                self.tracks.add(p)
+
+    def close(self):
+        if self.rows or not self.tracks:
+            super().close()
+        if self.tracks:
+            console = Console(file=self.stream, width=self.width)
+            table = self.tracks.table(per_class=True)  # a column per class where they fit
+            console.print(table if _fits(console, table) else self.tracks.table(per_class=False))
+            for note in self.tracks.notes():
+                console.print(note, highlight=False)
+        self.stream.flush()
 
 
 class TrackSummary:
