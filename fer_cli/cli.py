@@ -43,6 +43,7 @@ from .models.architectures import MAX_INPUT_SIDE, MIN_INPUT_SIDE
 from .models.tta import TTA
 from .outputs.destination import KNOWN_SUFFIXES, ResultsFile, format_from_path
 from .outputs.results import WRITERS, print_ensemble_report, printable
+from .video_options import EndOpt, FpsOpt, SmoothOpt, StartOpt, VideoSettings, video_settings
 
 EXAMPLES = """Examples:
 
@@ -986,11 +987,14 @@ def _shown(path: str) -> str:
 
 def _predict_and_write(
     classifiers, sources, vote, model_label, fmt, output, device, batch_size, workers, faces, annotate, tta, shard=None,
-    report=None,
+    report=None, video=VideoSettings(),
 ) -> None:  # fmt: skip
     """The shared body of `predict` and unlabelled `ensemble`: stream, vote, write, annotate, report, exit code."""
     from .engine.predict import align_classes, predict_stream
+    from .engine.video_records import VideoRecords
     from .inputs.images import iter_image_paths
+    from .inputs.video import has_videos
+    from .outputs.annotate_video import VideoCopies
 
     class_names = align_classes(classifiers)
     collector = None
@@ -999,7 +1003,7 @@ def _predict_and_write(
 
         collector = PredictionReport(_open_report_folder(report), class_names, model_label)
     started = time.perf_counter()
-    items = list(iter_image_paths(sources, on_note=lambda note: err_console.print(note, highlight=False)))
+    items = list(iter_image_paths(sources, on_note=lambda note: err_console.print(note, highlight=False), videos=True))
     if not items:
         raise SourceError("no input paths were given (standard input was empty)")
     if shard is not None:
@@ -1009,14 +1013,19 @@ def _predict_and_write(
     destination, chosen = _open_output(output, fmt)
     annotator = _open_annotator(annotate, class_names)
     tally = _Tally()
+    videos = VideoRecords(video.smooth)
+    copies = VideoCopies(annotator, video.sampling) if annotator and has_videos(items) else None
     try:
         with destination as stream:
-            writer = WRITERS[chosen](stream, class_names)
+            writer = _writer(chosen, has_videos(items))(stream, class_names, video=has_videos(items))
             try:
-                batches = predict_stream(classifiers, items, device, batch_size, workers, faces=faces.value, tta=tta)
-                _write_predictions(
-                    batches, len(items), writer, destination, vote, model_label, annotator, tally, collector
+                batches = predict_stream(
+                    classifiers, items, device, batch_size, workers, faces=faces.value, tta=tta, sampling=video.sampling
                 )
+                _write_predictions(
+                    batches, len(items), writer, destination, vote, model_label, annotator, tally, collector, videos,
+                    copies,
+                )  # fmt: skip
             finally:
                 writer.close()  # a JSON array is closed, a table printed, whatever happened
     except (KeyboardInterrupt, Interrupted):
@@ -1052,53 +1061,79 @@ def _refuse_clashing_outputs(output: Path | None, report: Path | None, annotate:
         )
 
 
+def _writer(chosen: str, videos: bool):
+    """The writer of a format; the table gains one row per face track when videos are among the inputs."""
+    if chosen == "table" and videos:
+        from .outputs.track_table import TableWithTracks
+
+        return TableWithTracks
+    return WRITERS[chosen]
+
+
 @dataclasses.dataclass
 class _Tally:
     done: int = 0  # inputs
     failed: int = 0  # inputs that could not be read
     found: int = 0  # faces
     not_annotated: int = 0  # annotated copies that could not be written
+    frames: int = 0  # video frames read
+    read: int = 0  # images and video frames
 
 
-def _write_predictions(batches, total, writer, destination, vote, model_label, annotator, tally, collector) -> None:
-    """Each batch of outcomes voted on, written, annotated and counted as it comes."""
+def _write_predictions(
+    batches, total, writer, destination, vote, model_label, annotator, tally, collector, videos, copies
+) -> None:  # fmt: skip
+    """Each batch of outcomes voted on, written, annotated and counted as it comes (a video's frames given their
+    tracks by ``videos``, its copy annotated once its last frame is in)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .engine.predict import to_predictions
+    from .inputs.video import ends_input
 
     class_names = writer.class_names
     # Results piped to another program (| head, | less) share the terminal with the bar: no bar then.
     piped = destination is not None and not isinstance(destination, ResultsFile) and _stdout_is_a_pipe()
     progress = Progress(
-        TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("predicting{task.fields[frames]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=err_console, transient=True, disable=piped,
     )  # fmt: skip
     with progress:
-        task = progress.add_task("predict", total=total)
+        task = progress.add_task("predict", total=total, frames="")  # frames: how many of videos, once there are
         for outcomes in batches:
-            progress.advance(task, len(outcomes))
+            ended = sum(ends_input(outcome.frame) for outcome in outcomes)
+            progress.advance(task, ended)
             predictions = []
             for outcome in outcomes:
-                rows = to_predictions(outcome, vote, class_names, model_label)
+                rows = videos.records(outcome, to_predictions(outcome, vote, class_names, model_label))
                 predictions.extend(rows)
                 for row in rows:
-                    if row.warning:
+                    if row.warning and videos.first_warning(row):
                         _report_warning(row.path, row.warning)
                 tally.found += len(outcome.faces)
+                tally.frames += outcome.frame is not None
+                tally.read += 1
                 error = outcome.error or next((row.error for row in rows if row.error), None)
                 if error:
                     tally.failed += 1
                     _report_skipped(outcome.path, error)
-                elif annotator:
+                elif annotator and outcome.frame is None:
                     try:
                         annotator.annotate(outcome.path, rows)
                     except (OSError, ValueError) as error:  # a full disk, a file changed meanwhile
                         tally.not_annotated += 1
                         _report_skipped(outcome.path, f"no annotated copy: {error}")
+                try:
+                    if copies is not None:
+                        copies.add(outcome.path, outcome.frame, rows)
+                except (OSError, ValueError) as error:  # as an image's copy
+                    tally.not_annotated += 1
+                    _report_skipped(outcome.path, f"no annotated copy: {error}")
+            if tally.frames:  # a long video is one input: the bar alone would stand still
+                progress.update(task, frames=f" ({_count(tally.frames, 'video frame')})")
             writer.write_batch(predictions)
             if collector is not None:
                 collector.add(predictions)
-            tally.done += len(outcomes)
+            tally.done += ended
             if isinstance(destination, ResultsFile):
                 destination.produced()
 
@@ -1108,11 +1143,13 @@ def _summarise(tally: _Tally, started: float, annotator, annotate) -> None:
     the whole run's, start-up (Python, torch, the models) included, and the rate is the predicting's."""
     now = time.perf_counter()
     seconds, starting = now - PROCESS_STARTED, started - PROCESS_STARTED
-    per_second = tally.done / (now - started) if now > started else 0.0
-    rate = f", then {per_second:,.{0 if per_second >= 10 else 1}f} images/s" if tally.done else ""
+    per_second = tally.read / (now - started) if now > started else 0.0
+    unit = "images" if not tally.frames else "frames" if tally.frames == tally.read else "images and frames"
+    rate = f", then {per_second:,.{0 if per_second >= 10 else 1}f} {unit}/s"
+    frames = f"; {_count(tally.frames, 'video frame')}" if tally.frames else ""
     err_console.print(
-        f"{tally.done - tally.failed:,} of {_count(tally.done, 'input')} predicted ({_count(tally.found, 'face')}) "
-        f"in {seconds:.1f}s ({starting:.1f}s starting up{rate})",
+        f"{tally.done - tally.failed:,} of {_count(tally.done, 'input')} predicted ({_count(tally.found, 'face')}"
+        f"{frames}) in {seconds:.1f}s ({starting:.1f}s starting up{rate if tally.done else ''})",
         highlight=False,
     )
     if annotator:
@@ -1146,7 +1183,8 @@ def predict(
     sources: Annotated[
         list[str],
         typer.Argument(
-            metavar="SOURCE", help="Image files, folders (recursive), globs, or '-' to read paths from stdin."
+            metavar="SOURCE",
+            help="Image or video files, folders (recursive), globs, or '-' to read paths from stdin.",
         ),
     ],
     model: Annotated[
@@ -1168,8 +1206,12 @@ def predict(
     batch_size: BatchSizeOpt = 64,
     workers: WorkersOpt = DEFAULT_WORKERS,
     device: DeviceOpt = "auto",
+    fps: FpsOpt = None,
+    start: StartOpt = 0.0,
+    end: EndOpt = None,
+    smooth: SmoothOpt = None,
 ) -> None:
-    """Label the expression of every face in images.
+    """Label the expression of every face in images and videos.
 
     Each face gets a label, its confidence, every class's probability and where the face is.
 
@@ -1177,9 +1219,14 @@ def predict(
     probabilities fold into the runner-up class, then the box goes (-f csv or json has them all).
     A face under 24 px gets its label with a warning: too few pixels to read an expression.
 
+    Videos (.mp4 .mov .mkv .webm .avi .m4v): every frame, or --fps N a second, from --start to
+    --end; one record per face per frame, with its time and track id (the same face across
+    frames); the table shows one row per track.
+
     \b
     Examples:
       fer predict photos/                       # a table of every face found
+      fer predict clip.mp4 --fps 5 -o faces.jsonl
       fer predict face.png -f json              # one JSON array on stdout
       fer predict photos/ -o results.csv        # format from the extension
       find . -name '*.jpg' | fer predict -      # paths on stdin
@@ -1194,11 +1241,12 @@ def predict(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--shard") from None
 
+    video = video_settings(fps, start, end, smooth)
     classifier = resolve_model(model, note=_note)
     only_model = lambda probs: probs[:, 0]  # noqa: E731  (N, 1, C) -> (N, C)
     _predict_and_write(
         [classifier], sources, only_model, classifier.name, fmt, output, device, batch_size, workers, faces,
-        annotate, tta, chosen_shard, report,
+        annotate, tta, chosen_shard, report, video,
     )  # fmt: skip
 
 

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fer_cli"
 # Top floor first: files (or folders, ending in /) under fer_cli/. A module imports its own floor
 # or lower ones, never a higher one.
 FLOORS = {
-    "cli": ("cli.py", "__main__.py", "serve/"),  # the front ends: the command line, and fer serve over HTTP
+    "cli": ("cli.py", "__main__.py", "video_options.py", "serve/"),  # the front ends: the command line, and fer serve
     "engine": ("engine/",),  # runs models over data: train, predict, ensemble, calibration, metrics
     "models": ("models/",),  # architectures, Classifier, checkpoints, exported models, the zoo
     "outputs": ("outputs/",),  # result records and writers; annotated copies (drawn on the inputs)

@@ -27,6 +27,7 @@ from PIL import UnidentifiedImageError
 from ..errors import FerError, ModelError
 from ..inputs.faces import FaceFinder, FacePolicy, size_warning
 from ..inputs.images import READ_ERRORS, ImageBytes, MissingInput, model_pixels, read_image
+from ..inputs.video import Sampling, VideoFrame, has_videos, input_batches, without_pixels
 from ..models.classifier import Classifier
 from ..models.tta import TTA
 from ..outputs.results import Prediction
@@ -50,6 +51,7 @@ class Outcome:
     path: str
     faces: list[FaceOutcome] = field(default_factory=list)
     error: str | None = None
+    frame: VideoFrame | None = None  # a video's frame (without its pixels); None for an image
 
 
 def align_classes(classifiers: list[Classifier]) -> list[str]:
@@ -83,7 +85,8 @@ class _InputReader:
         if isinstance(item, MissingInput):
             return index, [], [], item.reason
         try:
-            image = read_image(item, channels=0)  # grayscale files stay grayscale: no needless conversion
+            # grayscale files stay grayscale: no needless conversion
+            image = item.image() if isinstance(item, VideoFrame) else read_image(item, channels=0)
             faces = self.finder.find(image)
             pixels = [[model_pixels(face.crop, p) for p in self.preprocesses] for face in faces]
         except READ_ERRORS as error:
@@ -184,19 +187,38 @@ def _shut_down(pool: ProcessPoolExecutor) -> None:
 
 
 def read_batches(
-    items: list[str | MissingInput | ImageBytes], reader: _InputReader, batch_size: int, workers: int
+    items: list[str | MissingInput | ImageBytes],
+    reader: _InputReader,
+    batch_size: int,
+    workers: int,
+    sampling: Sampling | None = None,
+    sent: deque | None = None,
 ) -> Iterator[tuple[list, list, list[np.ndarray]]]:
     """Every input read, searched for faces and made into model pixels, batch by batch in input
     order, in ``workers`` processes (0: here): (inputs with their errors, face owners, pixel stacks).
 
     No more workers start than there are batches, and a single batch is read here: the model waits for
-    it whoever reads it, and starting a process costs more than it could win (`fer predict face.png`)."""
-    numbered = list(enumerate(items))
-    batches = (numbered[start : start + batch_size] for start in range(0, len(numbered), batch_size))
-    workers = min(workers, -(-len(numbered) // batch_size))
-    if workers > 0 and len(numbered) > batch_size:
+    it whoever reads it, and starting a process costs more than it could win (`fer predict face.png`).
+    Videos are decoded here as their frames are needed (``sampling`` says which), and each frame is an input
+    of its own, numbered in the stream; ``sent`` (when given) receives each batch's ``{number: input}``
+    (frames without their pixels) as it leaves, for the caller to pair with its result."""
+    if has_videos(items):  # how many frames there are is known only once they are decoded
+        batches = input_batches(items, sampling or Sampling(), batch_size)
+    else:
+        numbered = list(enumerate(items))
+        batches = (numbered[start : start + batch_size] for start in range(0, len(numbered), batch_size))
+        workers = min(workers, -(-len(numbered) // batch_size)) if len(numbered) > batch_size else 0
+    if sent is not None:
+        batches = _remembered(batches, sent)
+    if workers > 0:
         return in_order(_read_batch_in_worker, batches, workers, _start_worker, reader)
     return map(reader.read_batch, batches)
+
+
+def _remembered(batches: Iterable[list], sent: deque) -> Iterator[list]:
+    for batch in batches:
+        sent.append({number: without_pixels(item) for number, item in batch})
+        yield batch
 
 
 def _describe_read_error(item: str | ImageBytes, error: Exception) -> str:
@@ -248,7 +270,9 @@ class Predictor:
     def outcomes(self, items, inputs: list, owners: list, stacks: list[np.ndarray]) -> list[Outcome]:
         """A read batch (``read_batches``' or ``reader.stack``'s) through every model: each input's
         Outcome, in the batch's order; ``items[index]`` is the input numbered ``index``."""
-        outcomes = {index: Outcome(_path(items[index]), error=error) for index, error in inputs}
+        outcomes = {
+            index: Outcome(_path(items[index]), error=error, frame=_frame(items[index])) for index, error in inputs
+        }
         if owners:
             stacked = np.stack(
                 [
@@ -271,27 +295,36 @@ def predict_stream(
     faces: FacePolicy | str = FacePolicy.auto,
     whole_image_if_no_face: bool = False,
     tta: TTA | str = TTA.none,
+    sampling: Sampling | None = None,
 ) -> Iterator[list[Outcome]]:
     """Yield, per batch of inputs and in input order, each input's faces with every model's probabilities.
 
     Probabilities are temperature-scaled softmax outputs with columns in ``align_classes`` order;
     ``tta`` averages each face's views (see ``tta``). Faces are found in the worker processes, on
     the CPU beside decoding (only crops leave a worker); with ``workers=0`` on CUDA the detector
-    runs on the GPU.
+    runs on the GPU. A video's frames are inputs of their own (``sampling`` says which are read), their
+    outcomes carrying their ``frame``.
     """
     align_classes(classifiers)
     items = list(items)
     if not items:
         return
     predictor = Predictor(classifiers, device, faces, whole_image_if_no_face, tta, detector_on_device=workers == 0)
-    for inputs, owners, stacks in read_batches(items, predictor.reader, batch_size, workers):
-        yield predictor.outcomes(items, inputs, owners, stacks)
+    sent: deque = deque()
+    for inputs, owners, stacks in read_batches(items, predictor.reader, batch_size, workers, sampling, sent):
+        yield predictor.outcomes(sent.popleft(), inputs, owners, stacks)
 
 
-def _path(item: str | MissingInput | ImageBytes) -> str:
+def _path(item: str | MissingInput | ImageBytes | VideoFrame) -> str:
     if isinstance(item, ImageBytes):
         return item.name
+    if isinstance(item, VideoFrame):
+        return item.path
     return item.source if isinstance(item, MissingInput) else item
+
+
+def _frame(item) -> VideoFrame | None:
+    return item if isinstance(item, VideoFrame) else None
 
 
 NOT_FINITE = "the model gave no usable probabilities (NaN or infinite): it may have diverged in training"

@@ -151,6 +151,13 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")  # read by inputs/video.py
+
+
+def is_video_file(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(VIDEO_EXTENSIONS)
+
+
 @dataclass(frozen=True)
 class MissingInput:
     """A source that named nothing usable: reported like an unreadable image, never fatal."""
@@ -159,10 +166,12 @@ class MissingInput:
     reason: str
 
 
-def iter_image_paths(sources: Iterable[str], stdin=None, on_note=None) -> Iterator[str | MissingInput]:
+def iter_image_paths(
+    sources: Iterable[str], stdin=None, on_note=None, videos: bool = False
+) -> Iterator[str | MissingInput]:
     """Expand files, folders (recursively), globs and '-' (one path per line on stdin).
 
-    Folders and globs keep only files with image extensions, in sorted order; a file named
+    Folders and globs keep only files with image extensions (and video ones, with ``videos``), in sorted order; a file named
     directly is always tried, whatever its extension. Links are followed, but each real folder is
     entered once and each real file listed once per source, so a link back up the tree neither
     loops nor repeats. A source that yields nothing, and a link with an image's name that leads
@@ -172,14 +181,16 @@ def iter_image_paths(sources: Iterable[str], stdin=None, on_note=None) -> Iterat
     for source in sources:
         if source == "-":
             lines = (line.rstrip("\r\n") for line in (stdin or sys.stdin))
-            yield from iter_image_paths((line for line in lines if line.strip() and line != "-"), stdin, on_note)
+            yield from iter_image_paths(
+                (line for line in lines if line.strip() and line != "-"), stdin, on_note, videos
+            )
             continue
         path = Path(source)
         if path.is_file():
             yield str(path)
         elif path.is_dir() or glob.has_magic(source):
             found = _walk(path, None) if path.is_dir() else _glob(source)
-            images, broken, others = _sort_found(found)
+            images, broken, others = _sort_found(found, _is_input_file if videos else is_image_file)
             if not images and not broken:
                 yield MissingInput(
                     source, f"no images in folder {source}" if path.is_dir() else f"no images match {source}"
@@ -261,11 +272,16 @@ def _hidden(parts: tuple[str, ...]) -> bool:
     return any(part.startswith(".") for part in parts)
 
 
-def _sort_found(found: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
-    """Found files as (images, each real file once; links with an image's name that lead nowhere; the rest)."""
+def _is_input_file(path: str) -> bool:
+    return is_image_file(path) or is_video_file(path)
+
+
+def _sort_found(found: Iterable[str], accepts=is_image_file) -> tuple[list[str], list[str], list[str]]:
+    """Found files as (images (the files ``accepts``), each real file once; links with an image's name that lead
+    nowhere; the rest)."""
     images, broken, others, real_paths, real_folders = [], [], [], set(), {}
     for path in found:
-        if not is_image_file(path):
+        if not accepts(path):
             others.append(path)
         elif not os.path.exists(path):
             broken.append(path)

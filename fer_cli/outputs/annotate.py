@@ -53,8 +53,8 @@ class Annotator:
         self.written += 1
         return destination
 
-    def _free_name(self, source: Path) -> Path:
-        suffix = source.suffix.lower() if source.suffix.lower() in KEEP_FORMAT else ".png"
+    def _free_name(self, source: Path, suffix: str | None = None) -> Path:
+        suffix = suffix or (source.suffix.lower() if source.suffix.lower() in KEEP_FORMAT else ".png")
         candidate = self.folder / f"{source.stem}.fer{suffix}"
         n = 0
         while candidate.exists():
@@ -107,11 +107,12 @@ def _draw(image: Image.Image, predictions: list[Prediction], colours: dict) -> I
         x, y, w, h = (round(v * scale) for v in p.box)
         colour = colours.get(p.label, (255, 255, 0))
         draw.rectangle((x, y, x + w - 1, y + h - 1), outline=colour, width=line)
-        text = (
-            f"{p.face + 1}: {p.label} {p.confidence:.0%}"
-            if p.faces and p.faces > 1
-            else f"{p.label} {p.confidence:.0%}"
-        )
+        if p.track is not None:  # a video's face: its track
+            text = f"#{p.track} {p.label} {p.confidence:.0%}"
+        elif p.faces and p.faces > 1:
+            text = f"{p.face + 1}: {p.label} {p.confidence:.0%}"
+        else:
+            text = f"{p.label} {p.confidence:.0%}"
         _label(draw, (x, y), text, colour, font)
     return image
 

@@ -32,7 +32,7 @@ THUMBNAIL = 96  # pixels, a thumbnail's side
 
 # Every file a report writes under its own name (besides confusion-NN-NAME.png).
 REPORT_FILES = ("index.html", "report.json", "labels.png", "confidence.png", "faces.png", "recall.png",
-                "reliability.png", "coverage.png", "mistakes.png")  # fmt: skip
+                "reliability.png", "coverage.png", "mistakes.png", "timelines.png")  # fmt: skip
 
 
 def prepare_folder(folder: str | os.PathLike) -> Path:
@@ -281,10 +281,15 @@ class PredictionReport:
         self.confidences: dict[str, list[float]] = {name: [] for name in class_names}
         self.examples: dict[str, list[Prediction]] = {name: [] for name in class_names}
         self.inputs = self.without_face = self.unreadable = 0
+        from .video_report import VideoTimelines
+
+        self.timelines = VideoTimelines(class_names)  # videos: each track over time; a video is one input
 
     def add(self, predictions: list[Prediction]) -> None:
         for p in predictions:
-            if p.face in (None, 0):  # one count per input, on its first row
+            if p.frame is not None:
+                self.inputs += self.timelines.add(p)
+            elif p.face in (None, 0):  # one count per input, on its first row
                 self.inputs += 1
                 self.unreadable += p.error is not None
                 self.without_face += p.error is None and p.faces == 0
@@ -314,10 +319,12 @@ class PredictionReport:
             "examples": {
                 label: [
                     {"path": p.path, "face": p.face, "box": list(p.box or ()), "confidence": p.confidence}
+                    | ({} if p.frame is None else {"frame": p.frame, "time": p.time})
                     for p in found
                 ]
                 for label, found in self.examples.items()
             },  # fmt: skip
+            **({"video_tracks": self.timelines.summary()} if self.timelines else {}),
         }
 
     def write(self) -> list[Path]:
@@ -333,14 +340,19 @@ class PredictionReport:
                 summary["confidence"],
             ),
         ]
+        from .video_report import example_frames
+
+        frames = example_frames([p for found in self.examples.values() for p in found])
         rows = [
-            (name, [(_thumbnail(p.path, p.box), f"{p.confidence:.0%} {Path(p.path).name[:14]}") for p in found])
+            (name, [(_thumbnail(p.path, p.box, frames.get((p.path, p.frame))), _caption(p)) for p in found])
             for name, found in self.examples.items()
         ]
         sheet = figures.thumbnail_grid(
             rows, f"The first {self.per_label} faces given each label (confidence, file)", self.per_label
         )
         written.append(figures.save_png(sheet, folder / "faces.png", summary["examples"]))
+        if self.timelines:
+            written.append(figures.save_png(self.timelines.figure(), folder / "timelines.png", summary["video_tracks"]))
         write_text(folder / "report.json", json.dumps(summary, indent=2) + "\n")
         written.append(folder / "report.json")
         total = max(summary["faces"], 1)
@@ -363,6 +375,11 @@ class PredictionReport:
             _figure("labels.png", "Faces per predicted label."),
             _figure("confidence.png", "Confidence of the predictions, stacked by predicted label."),
             _figure("faces.png", f"Contact sheet: the first {self.per_label} faces (in input order) of each label."),
+            *(
+                [_figure("timelines.png", "Each face track of the videos: its probabilities over time.")]
+                if self.timelines
+                else []
+            ),
             '<p class=note>The numbers as JSON: <a href="report.json">report.json</a>.</p>',
         ]
         write_text(folder / "index.html", _page(title, sections))
@@ -373,10 +390,11 @@ class PredictionReport:
 # --- pieces ----------------------------------------------------------------------------------------
 
 
-def _thumbnail(path: str, box) -> np.ndarray:
-    """The face at ``box`` of the image at ``path``, THUMBNAIL pixels square; grey if it cannot be read."""
+def _thumbnail(path: str, box, image: Image.Image | None = None) -> np.ndarray:
+    """The face at ``box`` of the image at ``path`` (or of ``image``: a video's frame), THUMBNAIL pixels square; grey if
+    it cannot be read."""
     try:
-        image = read_image(path, 0)
+        image = image or read_image(path, 0)
     except (OSError, ValueError):
         return np.full((THUMBNAIL, THUMBNAIL), 128, dtype=np.uint8)
     if box:
@@ -388,6 +406,12 @@ def _thumbnail(path: str, box) -> np.ndarray:
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.BICUBIC)
     return np.asarray(image)
+
+
+def _caption(p: Prediction) -> str:
+    """A thumbnail's caption: the confidence and the file (and the time, for a video's frame)."""
+    at = "" if p.time is None else f" {p.time:.1f}s"
+    return f"{p.confidence:.0%} {Path(p.path).name[:14]}{at}"
 
 
 def _slug(name: str) -> str:

@@ -26,6 +26,10 @@ class Prediction:
     confidence (None when the whole image was taken as the face). An image without a face has
     ``faces == 0`` and no label. ``warning`` says why a prediction deserves less trust than its
     confidence suggests (e.g. an input too small to show a face), without withholding it.
+
+    A video's records add ``frame`` (its index in the video, 0 first), ``time`` (seconds from the video's start),
+    ``track`` (the face's id across frames, 1 first) and ``smooth`` (the seconds its probabilities were averaged
+    over, None when they were not); an image's have none of them.
     """
 
     path: str
@@ -39,14 +43,20 @@ class Prediction:
     error: str | None = None
     model: str = ""
     warning: str | None = None
+    frame: int | None = None
+    time: float | None = None
+    track: int | None = None
+    smooth: float | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict:
+        video = {} if self.frame is None else {"frame": self.frame, "time": self.time, "track": self.track}
         return {
             "path": self.path,
+            **video,
             "face": self.face,
             "faces": self.faces,
             "box": None if self.box is None else list(self.box),
@@ -57,6 +67,7 @@ class Prediction:
             "model": self.model,
             "error": self.error,
             "warning": self.warning,
+            **({} if self.frame is None else {"smooth": self.smooth}),
         }
 
 
@@ -67,9 +78,10 @@ def _round(value: float | None) -> float | None:
 class ResultWriter:
     """Receives predictions one batch at a time; ``close`` finishes the document."""
 
-    def __init__(self, stream: IO[str], class_names: list[str]):
+    def __init__(self, stream: IO[str], class_names: list[str], video: bool = False):
         self.stream = stream
         self.class_names = class_names
+        self.video = video  # videos among the inputs: their records have frame, time, track and smooth
 
     def write_batch(self, predictions: list[Prediction]) -> None:
         raise NotImplementedError
@@ -88,8 +100,8 @@ class JsonLinesWriter(ResultWriter):
 class JsonWriter(ResultWriter):
     """A JSON array, written element by element (``[]`` when there is nothing)."""
 
-    def __init__(self, stream, class_names):
-        super().__init__(stream, class_names)
+    def __init__(self, stream, class_names, video=False):
+        super().__init__(stream, class_names, video)
         self.count = 0
 
     def write_batch(self, predictions):
@@ -106,25 +118,31 @@ class JsonWriter(ResultWriter):
 
 
 class CsvWriter(ResultWriter):
-    """path, face, faces, x, y, w, h, detector_score, label, confidence, one column per class, model, error, warning."""
+    """path, face, faces, x, y, w, h, detector_score, label, confidence, one column per class, model, error, warning;
+    with videos among the inputs, frame, time and track after path, and smooth last (blank for images)."""
 
-    def __init__(self, stream, class_names):
-        super().__init__(stream, class_names)
+    def __init__(self, stream, class_names, video=False):
+        super().__init__(stream, class_names, video)
         self.writer = csv.writer(stream, lineterminator="\n")
         self.writer.writerow(
-            ["path", "face", "faces", "x", "y", "w", "h", "detector_score", "label", "confidence", *class_names]
-            + ["model", "error", "warning"]
+            ["path", *VIDEO_COLUMNS[:3] * video, "face", "faces", "x", "y", "w", "h", "detector_score", "label"]
+            + ["confidence", *class_names, "model", "error", "warning", *VIDEO_COLUMNS[3:] * video]
         )
 
     def write_batch(self, predictions):
         for p in predictions:
             probs = [_number(p.probabilities.get(c)) for c in self.class_names]
             box = list(p.box) if p.box is not None else [""] * 4
+            video = [_blank(p.frame), _blank(p.time), _blank(p.track)] if self.video else []
             self.writer.writerow(
-                [p.path, _blank(p.face), _blank(p.faces), *box, _number(p.detector_score), p.label or ""]
+                [p.path, *video, _blank(p.face), _blank(p.faces), *box, _number(p.detector_score), p.label or ""]
                 + [_number(p.confidence), *probs, p.model, p.error or "", p.warning or ""]
+                + ([_blank(p.smooth)] if self.video else [])
             )
         self.stream.flush()
+
+
+VIDEO_COLUMNS = ("frame", "time", "track", "smooth")
 
 
 def _blank(value) -> str:
@@ -161,8 +179,8 @@ class TableWriter(ResultWriter):
     LAYOUTS = ((True, "classes", False), (True, "runner-up", False), (False, "runner-up", False), (False, None, False),
                (False, None, True))  # fmt: skip
 
-    def __init__(self, stream, class_names, width: int | None = None):
-        super().__init__(stream, class_names)
+    def __init__(self, stream, class_names, width: int | None = None, video: bool = False):
+        super().__init__(stream, class_names, video)
         self.rows: list[Prediction] = []
         self.width = width  # None: the terminal's (COLUMNS), or 80 when not a terminal
 

@@ -1,0 +1,121 @@
+"""How fast `fer predict` reads a video, every frame and with --fps 5, and how much memory it takes.
+
+    python benchmarks/video.py                    # a 10 s 720p 30 fps H.264 clip, the fast model
+    python benchmarks/video.py --seconds 60 --model vgg32_ferplus
+
+The clip is made here (PyAV): examples/astronaut.jpg, zoomed in and out and moved across a 1280x720 background,
+one face in every frame. Each `fer predict` is a whole process, start-up included, run as a user runs it (JSONL
+to a file). Frames/s are frames read over the whole run's wall time; fer's own rate (after start-up) beside it.
+Peak RSS: the main process's (VmHWM from /proc, read just before it ends) and the largest process of the run
+(the reading workers included, from wait4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE, RATE = (1280, 720), 30
+
+
+def make_clip(path: Path, seconds: float) -> int:
+    """One face moving and zooming across a 720p frame; returns the number of frames."""
+    photo = Image.open(REPO / "examples" / "astronaut.jpg").convert("RGB")
+    count = round(seconds * RATE)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=RATE, options={"crf": "23", "preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
+        for i in range(count):
+            phase = i / max(1, count - 1)
+            side = round(360 + 220 * np.sin(2 * np.pi * phase))  # the photo 140-580 px square
+            frame = Image.new("RGB", SIZE, (70, 90, 110))
+            x = round((SIZE[0] - side) * phase)
+            y = round((SIZE[1] - side) * (0.5 + 0.4 * np.sin(4 * np.pi * phase)))
+            frame.paste(photo.resize((side, side)), (x, y))
+            container.mux(stream.encode(av.VideoFrame.from_image(frame)))
+        container.mux(stream.encode(None))
+    return count
+
+
+def decode_only(path: Path) -> float:
+    """Seconds to decode every frame to RGB, as fer does, with no face search and no model."""
+    started = time.perf_counter()
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            frame.to_ndarray(format="rgb24")
+    return time.perf_counter() - started
+
+
+def run_fer(args: list[str], out: Path) -> tuple[float, float, float, str, int]:
+    """(wall seconds, main process peak MB, largest process peak MB, stderr, records) of one `fer predict` run."""
+    command = [sys.executable, "-m", "fer_cli", *args, "-o", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    started = time.perf_counter()
+    main_peak = 0.0
+    with tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            try:  # VmHWM only grows: the last reading before the end is the main process's peak
+                status_text = Path(f"/proc/{process.pid}/status").read_text()
+                main_peak = max(main_peak, int(re.search(r"VmHWM:\s+(\d+)", status_text).group(1)) / 1024)
+            except (OSError, AttributeError):
+                pass
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{stderr}")
+    # wait4's maximum resident set is the largest of the process and the children it waited for (the workers)
+    return seconds, main_peak, usage.ru_maxrss / 1024, stderr, sum(1 for _ in out.open())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the clip (default 10 s)")
+    parser.add_argument("--model", default="fast", help="as `fer predict --model` (default: fast)")
+    parser.add_argument("--workers", type=int, default=2, help="reading workers, as `fer predict --workers`")
+    args = parser.parse_args()
+
+    print(f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}, Python {platform.python_version()}, PyAV {av.__version__}")  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        clip = Path(folder) / "clip.mp4"
+        frames = make_clip(clip, args.seconds)
+        print(f"clip: {SIZE[0]}x{SIZE[1]}, {RATE} fps, {frames:,} frames ({args.seconds:g} s), H.264, "
+              f"{clip.stat().st_size / 1e6:.1f} MB\n")  # fmt: skip
+        seconds = decode_only(clip)
+        print("| what | frames read | frames/s (whole run) | fer's rate after start-up | seconds | "
+              "peak RSS, main process | largest process |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
+        print(f"| decode only (PyAV to RGB, no face search, no model) | {frames:,} | {frames / seconds:,.0f} | | "
+              f"{seconds:.1f} | | |")  # fmt: skip
+        for label, extra in (("every frame", []), ("`--fps 5`", ["--fps", "5"])):
+            out = Path(folder) / "out.jsonl"
+            command = ["predict", str(clip), "--model", args.model, "--workers", str(args.workers), *extra]
+            seconds, main_peak, largest, stderr, records = run_fer(command, out)  # one record a frame: one face
+            rate = re.search(r"then ([\d,.]+) frames/s", stderr)
+            print(f"| `fer predict --model {args.model}`, {label} | {records:,} | {records / seconds:,.1f} | "
+                  f"{rate.group(1) if rate else '?'} | {seconds:.1f} | {main_peak:,.0f} MB | {largest:,.0f} MB |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
