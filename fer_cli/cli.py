@@ -32,17 +32,16 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.text import Text
 from typer.core import TyperCommand
 
 from . import __version__
 from .errors import FerError, Interrupted, SourceError
-from .files import writable_folder
+from .files import writable_folder, written_whole
 from .models.architectures import MAX_INPUT_SIDE, MIN_INPUT_SIDE
 from .models.tta import TTA
 from .outputs.destination import KNOWN_SUFFIXES, ResultsFile, format_from_path
-from .outputs.results import WRITERS, print_ensemble_report, printable
+from .outputs.results import WRITERS, print_ensemble_report
+from .outputs.terminal import markup_safe, plain, printable
 from .video_options import EndOpt, FpsOpt, SmoothOpt, StartOpt, VideoSettings, video_settings
 
 EXAMPLES = """Examples:
@@ -227,7 +226,7 @@ def handles_user_errors(command):
         try:
             return command(*args, **kwargs)
         except FerError as error:
-            err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {markup_safe(error)}", highlight=False)
             if os.environ.get("FER_DEBUG"):
                 raise
             raise typer.Exit(USAGE_ERROR) from None
@@ -280,7 +279,7 @@ def _parse_options(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"expected KEY=VALUE, got '{pair}'", param_hint="--arch-option")
+            raise typer.BadParameter(f"expected KEY=VALUE, got '{printable(pair)}'", param_hint="--arch-option")
         for cast in (int, float):
             try:
                 options[key] = cast(value)
@@ -498,11 +497,12 @@ def train(
       fer train data/ --tensorboard runs/tb    # tensorboard --logdir runs/tb
       fer train data/ --teacher resnet18_ferplus --teacher vgg32_ferplus
     """
-    from .engine.train import TrainConfig
+    from .engine.train import TrainConfig, curves_path, history_path, last_path
     from .engine.train import train as run_training
 
     if data is None and not resume:
         raise typer.BadParameter("DATA is required (unless --resume)", param_hint="DATA")
+    _refuse_shipped([out, history_path(out), curves_path(out), last_path(out)], "--out")
     try:
         config = TrainConfig(
             data=data or "",
@@ -603,8 +603,8 @@ def models(
     for entry in shipped:
         accuracy = entry["val_accuracy"]
         table.add_row(
-            entry["name"],
-            entry["arch"],
+            plain(entry["name"]),
+            plain(entry["arch"]),
             str(len(entry["class_names"])),
             f"{accuracy:.2%}" if accuracy is not None else "-",
             ", ".join(entry["used_by_default_in"]) or "-",
@@ -614,12 +614,13 @@ def models(
     for names in dict.fromkeys(tuple(entry["class_names"]) for entry in shipped):
         users = [entry["name"] for entry in shipped if tuple(entry["class_names"]) == names]
         which = "every shipped model" if len(users) == len(shipped) else ", ".join(users)
-        out.print(f"Classes of {which}, in output order: {', '.join(names)}.", highlight=False)
+        out.print(plain(f"Classes of {which}, in output order: {', '.join(names)}."))
     out.print(
-        f"In {', '.join(folders) or 'no weights folder'}. val accuracy: on each model's own validation images, as "
-        "stored by fer train (against the majority of the votes for a model trained on votes). "
-        "`fer models NAME` describes one model.",
-        highlight=False,
+        plain(
+            f"In {', '.join(folders) or 'no weights folder'}. val accuracy: on each model's own validation images, "
+            "as stored by fer train (against the majority of the votes for a model trained on votes). "
+            "`fer models NAME` describes one model."
+        )
     )
 
 
@@ -676,7 +677,7 @@ def _describe_model(classifier, out: Console) -> None:
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
     for label, value in lines:
-        grid.add_row(label, Text(printable(value)))
+        grid.add_row(label, plain(value))
     out.print(grid)
 
 
@@ -745,15 +746,17 @@ def calibrate(
         raise typer.BadParameter(str(error), param_hint="--prior-correction") from None
     classifier = resolve_model(model, note=_note)
     if not classifier.path.endswith(".pt"):
-        raise typer.BadParameter("calibrate the checkpoint (.pt), then export it again", param_hint="MODEL")
+        raise typer.BadParameter("calibrate the checkpoint (.pt), then export it again", param_hint="NAME|FILE")
     if out is None and is_shipped(classifier.path):
         raise typer.BadParameter(
             f"{classifier.name} is a shipped model, which fer calibrate never changes: write a calibrated copy with "
             "--out FILE",
-            param_hint="MODEL",
+            param_hint="NAME|FILE",
         )
-    if out is not None and out.exists() and out.resolve() == Path(classifier.path).resolve() and is_shipped(out):
-        raise typer.BadParameter(f"{out} is the shipped model itself; choose another file", param_hint="--out")
+    if out is not None:
+        _refuse_shipped([out], "--out")
+    else:
+        _refuse_shipped([Path(classifier.path)], "NAME|FILE")
     voted = _voted_files(folder, votes, split)
     labelled = predict_labelled(
         [classifier], folder, device, batch_size, workers, on_skip=_report_skipped, faces=faces.value, votes=voted
@@ -788,9 +791,9 @@ def calibrate(
     else:
         where = f"{destination} left as it was"
     if correction is not None:
-        err_console.print(f"{classifier.name}: {describe_prior_correction(correction)}", highlight=False)
+        err_console.print(plain(f"{classifier.name}: {describe_prior_correction(correction)}"))
     previous = classifier.temperature if prior_correction == "keep" else 1.0
-    err_console.print(f"{classifier.name}: {describe(report, previous)} ({where})", highlight=False)
+    err_console.print(plain(f"{classifier.name}: {describe(report, previous)} ({where})"))
 
 
 def _scores_on(labelled, corrected, clear, class_names) -> dict:
@@ -880,41 +883,45 @@ def export(
         raise typer.BadParameter("the exported file's name must end in .onnx", param_hint="OUT")
     source = resolve_model(model)
     if not source.path.endswith(".pt"):
-        raise typer.BadParameter(f"{model} is already an exported model; export a checkpoint (.pt)", param_hint="MODEL")
+        raise typer.BadParameter(
+            f"{printable(model)} is already an exported model; export a checkpoint (.pt)", param_hint="NAME|FILE"
+        )
     if votes is not None and val is None:
         raise typer.BadParameter("--votes scores the images under --val FOLDER; give it too", param_hint="--votes")
     voted = _voted_files(val or "", votes, split)
+    _refuse_shipped([out], "OUT")
     try:
         writable_folder(out.parent)  # before the work, not after it
     except OSError as error:
-        raise typer.BadParameter(f"cannot write to {out.parent}: {error.strerror or error}", param_hint="OUT") from None
+        reason = error.strerror or error
+        raise typer.BadParameter(f"cannot write to {printable(out.parent)}: {reason}", param_hint="OUT") from None
     # Written beside OUT under a hidden name, scored there, and only then renamed: a failure leaves no OUT behind.
     temporary = out.with_name(f".{out.stem}.{os.getpid()}.tmp.onnx")
-    try:
-        summary = export_checkpoint(
-            source.path, temporary, int8=int8, calibration=calibration, calibration_size=calibration_size
-        )
-        if val:  # the exported model's own accuracy, in place of its checkpoint's
-            metrics = score_model(load_classifier(temporary), val, "cpu", 256, workers, votes=voted)
-            against = None
-            if voted is not None:
-                against = f"against the majority of the votes in {votes}" + (f" ({voted.split} rows)" if split else "")
-            store_metrics(temporary, metrics, scored_on=val, labels=against)
-        os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with written_whole(out):
+        try:
+            summary = export_checkpoint(
+                source.path, temporary, int8=int8, calibration=calibration, calibration_size=calibration_size
+            )
+            if val:  # the exported model's own accuracy, in place of its checkpoint's
+                metrics = score_model(load_classifier(temporary), val, "cpu", 256, workers, votes=voted)
+                against = None
+                if voted is not None:
+                    against = f"against the majority of the votes in {votes}"
+                    against += f" ({voted.split} rows)" if split else ""
+                store_metrics(temporary, metrics, scored_on=val, labels=against)
+            os.replace(temporary, out)
+        finally:
+            temporary.unlink(missing_ok=True)
     if int8 and summary.get("checked_on", 0) < 100:
         err_console.print(
             f"[yellow]warning:[/] the int8 value ranges were set on {summary.get('checked_on', 0):,} image(s); "
             "a few hundred or more (--calibration-size, 1,000 by default) make them reliable"
         )
     kind = "int8" if int8 else "float32"
-    err_console.print(f"wrote {out} ({kind}, {out.stat().st_size / 1e6:.1f} MB)", highlight=False)
+    err_console.print(plain(f"wrote {out} ({kind}, {out.stat().st_size / 1e6:.1f} MB)"))
     if val:
         against = f" against the majority of the votes in {votes}" if votes is not None else ""
-        err_console.print(
-            f"accuracy on {val}{against}: {metrics['accuracy']:.2%} (stored in the file)", highlight=False
-        )
+        err_console.print(plain(f"accuracy on {val}{against}: {metrics['accuracy']:.2%} (stored in the file)"))
     if "checked_on" in summary:
         err_console.print(
             f"on {summary['checked_on']:,} calibration images it picks the checkpoint's class for "
@@ -942,7 +949,7 @@ def _open_output(output: Path | None, fmt: OutputFormat | None):
     try:
         return ResultsFile(output), chosen
     except OSError as error:
-        raise typer.BadParameter(f"cannot write {output}: {error.strerror}", param_hint="--output") from None
+        raise typer.BadParameter(f"cannot write {printable(output)}: {error.strerror}", param_hint="--output") from None
 
 
 def _open_annotator(folder: Path | None, class_names: list[str]):
@@ -953,7 +960,9 @@ def _open_annotator(folder: Path | None, class_names: list[str]):
     try:
         return Annotator(folder, class_names)
     except OSError as error:
-        raise typer.BadParameter(f"cannot write to {folder}: {error.strerror}", param_hint="--annotate") from None
+        raise typer.BadParameter(
+            f"cannot write to {printable(folder)}: {error.strerror}", param_hint="--annotate"
+        ) from None
 
 
 def _open_report_folder(folder: Path | None) -> Path | None:
@@ -965,24 +974,21 @@ def _open_report_folder(folder: Path | None) -> Path | None:
     try:
         return prepare_folder(folder)
     except OSError as error:
-        raise typer.BadParameter(f"cannot write to {folder}: {error.strerror}", param_hint="--report") from None
+        raise typer.BadParameter(
+            f"cannot write to {printable(folder)}: {error.strerror}", param_hint="--report"
+        ) from None
 
 
 def _note(message: str) -> None:
-    err_console.print(f"[yellow]note:[/] {escape(printable(message))}", highlight=False)
+    err_console.print(f"[yellow]note:[/] {markup_safe(message)}", highlight=False)
 
 
 def _report_skipped(path: str, reason: str) -> None:
-    err_console.print(f"[yellow]skipped[/] {_shown(path)}: {escape(reason)}", highlight=False)
+    err_console.print(f"[yellow]skipped[/] {markup_safe(path)}: {markup_safe(reason)}", highlight=False)
 
 
 def _report_warning(path: str, warning: str) -> None:
-    err_console.print(f"[yellow]warning[/] {_shown(path)}: {escape(warning)}", highlight=False)
-
-
-def _shown(path: str) -> str:
-    """A path for one stderr line: control characters as escapes, brackets not taken for markup."""
-    return escape(printable(str(path)))
+    err_console.print(f"[yellow]warning[/] {markup_safe(path)}: {markup_safe(warning)}", highlight=False)
 
 
 def _predict_and_write(
@@ -1027,37 +1033,54 @@ def _predict_and_write(
                     copies,
                 )  # fmt: skip
             finally:
-                writer.close()  # a JSON array is closed, a table printed, whatever happened
+                _close_writer(writer, destination)
     except (KeyboardInterrupt, Interrupted):
-        if output is not None and tally.done:
+        if output is not None and tally.done and not destination.discarded:
             err_console.print(
-                f"results of {tally.done:,} of {_count(len(items), 'input')} kept in {_shown(output)}", highlight=False
+                f"results of {tally.done:,} of {_count(len(items), 'input')} kept in {markup_safe(output)}",
+                highlight=False,
             )
         raise
     if collector is not None:
-        collector.write()
-        err_console.print(f"report in {_shown(report)}{os.sep}index.html", highlight=False)
+        with written_whole(report):
+            collector.write()
+        err_console.print(f"report in {markup_safe(report)}{os.sep}index.html", highlight=False)
     _summarise(tally, started, annotator, annotate)
+
+
+def _close_writer(writer, destination) -> None:
+    """Finish the document (a JSON array closed, a table printed) whatever happened; a writer that fails doing it
+    (a name it cannot render) leaves half a document, which never replaces an earlier -o file."""
+    try:
+        writer.close()
+    except BaseException:
+        if isinstance(destination, ResultsFile):
+            destination.discard()
+        raise
 
 
 def _refuse_clashing_outputs(output: Path | None, report: Path | None, annotate: Path | None, items: list) -> None:
     """-o never replaces an input, nor a file --report writes; checked before any work."""
     if output is None:
         return
+    _refuse_shipped([output], "--output")
     target = os.path.realpath(output)
     # (an output that does not exist yet is no input: resolving every input's path costs 0.1 s a thousand files)
     if os.path.exists(target) and target in {os.path.realpath(item) for item in items if isinstance(item, str)}:
-        raise typer.BadParameter(f"{output} is one of the inputs; results would replace it", param_hint="--output")
+        raise typer.BadParameter(
+            f"{printable(output)} is one of the inputs; results would replace it", param_hint="--output"
+        )
     if report is not None and os.path.dirname(target) == os.path.realpath(report):
         from .outputs.report import REPORT_FILES  # matplotlib comes with it: only for --report
 
         if os.path.basename(target) in REPORT_FILES or os.path.basename(target).startswith("confusion-"):
             raise typer.BadParameter(
-                f"{output} is a file --report writes in {report}; choose another name or folder", param_hint="--output"
+                f"{printable(output)} is a file --report writes in {printable(report)}; choose another name or folder",
+                param_hint="--output",
             )
     if annotate is not None and os.path.dirname(target) == os.path.realpath(annotate) and ".fer." in output.name:
         raise typer.BadParameter(
-            f"{output} is where an annotated copy may go; choose another name", param_hint="--output"
+            f"{printable(output)} is where an annotated copy may go; choose another name", param_hint="--output"
         )
 
 
@@ -1068,6 +1091,29 @@ def _writer(chosen: str, videos: bool):
 
         return TableWithTracks
     return WRITERS[chosen]
+
+
+def _refuse_shipped(paths: list[Path], hint: str) -> None:
+    """No command writes over a shipped model (the default ensemble, predict's default and -m NAME need them whole):
+    each path is compared, links resolved, with the files its folder's SHA256SUMS lists and with every shipped file
+    (the same file under another name: a hard link). Checked before any work."""
+    from .models.zoo import is_shipped, weights_dirs
+
+    shipped = [path for folder in weights_dirs() for path in folder.iterdir() if is_shipped(path)]
+    for path in paths:
+        target = Path(os.path.realpath(path))
+        same = is_shipped(target) or any(_same_file(target, file) for file in shipped)
+        if same:
+            raise typer.BadParameter(
+                f"{printable(path)} is a shipped model, which no command replaces; choose another file", param_hint=hint
+            )
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    try:
+        return os.path.samefile(path, other)
+    except OSError:  # not there (yet)
+        return False
 
 
 @dataclasses.dataclass
@@ -1154,7 +1200,7 @@ def _summarise(tally: _Tally, started: float, annotator, annotate) -> None:
     )
     if annotator:
         copies = _count(annotator.written, "annotated copy", "annotated copies")
-        err_console.print(f"{copies} in {_shown(annotate)}", highlight=False)
+        err_console.print(f"{copies} in {markup_safe(annotate)}", highlight=False)
     if tally.failed:
         err_console.print(f"[yellow]{_count(tally.failed, 'input')} could not be read[/]", highlight=False)
     if tally.not_annotated:
@@ -1318,7 +1364,7 @@ def ensemble(
     voted = _voted_files(folder, votes, split)
     classifiers = resolve_models(model, note=_note)
     if voted is None and not is_labelled_folder(folder, align_classes(classifiers)):
-        err_console.print(f"{folder} is not a labelled folder (class subfolders): predicting with the ensemble")
+        err_console.print(plain(f"{folder} is not a labelled folder (class subfolders): predicting with the ensemble"))
         name, vote = default_vote(classifiers, weighted)
         _predict_and_write(
             classifiers, [folder], vote, f"ensemble: {name}", fmt, output, device, batch_size, workers, faces,
@@ -1366,7 +1412,7 @@ def _write_ensemble_report(folder: Path, report: dict, labelled) -> None:
         write_ensemble_report(folder, report, mistakes, report["models"][best]["name"])
     except OSError as error:
         raise FerError(f"cannot write the report in {folder}: {error.strerror or error}") from None
-    err_console.print(f"report in {_shown(folder)}{os.sep}index.html", highlight=False)
+    err_console.print(f"report in {markup_safe(folder)}{os.sep}index.html", highlight=False)
 
 
 @handles_user_errors
@@ -1610,7 +1656,9 @@ def _voted_files(folder: str, votes: Path | None, split: str | None):
     if split is not None and votes is None:
         raise typer.BadParameter("--split picks rows of a votes file; give it with --votes", param_hint="--split")
     if split is not None and split_of(split) is None:
-        raise typer.BadParameter(f"'{split}' is not a split this tool reads (train, val)", param_hint="--split")
+        raise typer.BadParameter(
+            f"'{printable(split)}' is not a split this tool reads (train, val)", param_hint="--split"
+        )
     if votes is None:
         return None
     if not Path(folder).is_dir():

@@ -4,6 +4,7 @@ Where fer caches what it computed once, and the content hash that names what it 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import glob
@@ -11,6 +12,8 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+from .errors import FerError
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -34,6 +37,24 @@ def _alive(pid: int) -> bool:
     except OSError:
         return True  # someone else's process
     return True
+
+
+@contextlib.contextmanager
+def written_whole(path: str | os.PathLike):
+    """Around writing ``path`` (and the files beside it): a write that fails (a full disk, a quota, a folder gone)
+    becomes one ``FerError`` naming the file and the reason, for one line on stderr. Writers put their new content
+    in a temporary sibling, so the earlier file is whole whatever happened. torch.save reports a short write as a
+    RuntimeError ('unexpected pos'), its own words for the disk filling under it."""
+    try:
+        yield
+    except FerError:
+        raise
+    except OSError as error:
+        raise FerError(f"cannot write {error.filename or path}: {error.strerror or error}") from None
+    except RuntimeError as error:
+        if "unexpected pos" not in str(error):
+            raise
+        raise FerError(f"cannot write {path}: the write was cut short ({os.strerror(errno.ENOSPC)}?)") from None
 
 
 def writable_folder(folder: str | os.PathLike) -> Path:

@@ -414,3 +414,38 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(tiny_checkpoint, tmp_path)
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=300) == 141
     assert "Traceback" not in stderr and "Broken pipe" not in stderr and "error" not in stderr.lower()
+
+
+STOPPED_WHILE_FORKING = """
+import os, signal, sys
+
+def stop_while_the_pool_forks():  # an at-fork hook, as logging's: where Python swallows a handler's exception
+    frame, fired = sys._getframe(), stop_while_the_pool_forks.__dict__
+    while frame is not None and not fired:
+        if frame.f_code.co_name == "_launch_processes":  # the reading workers, not another fork
+            fired["once"] = True
+            os.killpg(0, signal.SIGTERM)  # as a service manager stops the group: the new worker gets it too
+        frame = frame.f_back
+
+os.register_at_fork(after_in_parent=stop_while_the_pool_forks)
+sys.argv = ["fer", *sys.argv[1:]]
+from fer_cli.cli import main
+main()
+"""
+
+
+@linux_only
+def test_a_stop_signal_while_the_workers_are_forked_is_the_stop(image_folder, tiny_checkpoint):
+    """Issue 33, item 17: SIGTERM landing while the pool forks its workers ran cli._stop inside an at-fork hook,
+    which swallowed its exception; the worker died of the same signal and the run ended as 'a reading worker process
+    died' (exit 2). Put there deterministically, it must be the stop: 143, no worker left."""
+    command = ["predict", str(image_folder), "-m", str(tiny_checkpoint), "-j", "2", "-b", "1", "-f", "jsonl",
+               "--device", "cpu"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", STOPPED_WHILE_FORKING, *command], capture_output=True, text=True, timeout=300,
+        start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert done.returncode == 143, done.stderr
+    assert "stopped by signal 15" in done.stderr
+    assert "worker process died" not in done.stderr and "Traceback" not in done.stderr
+    assert "Exception ignored" not in done.stderr

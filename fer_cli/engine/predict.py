@@ -117,7 +117,6 @@ def _start_worker(reader: _InputReader) -> None:
     after the fork."""
     global _worker_reader
     _worker_reader = reader
-    stay_quiet_and_die_with_parent()
     with contextlib.suppress(ImportError):
         from threadpoolctl import threadpool_limits
 
@@ -133,6 +132,9 @@ def stay_quiet_and_die_with_parent() -> None:
     dies, however it dies (even SIGKILL), so no worker is left behind holding its memory."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(
+        signal.SIG_UNBLOCK, STOP_SIGNALS
+    )  # held since the fork (``signals_held``); now they may come
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -141,6 +143,30 @@ def stay_quiet_and_die_with_parent() -> None:
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _worker_started(initializer: Callable, state) -> None:
+    """Every pool worker's first step: its own handlers, then the stop signals the fork held let through (a
+    SIGTERM sent meanwhile ends it now), then the caller's ``initializer``."""
+    stay_quiet_and_die_with_parent()
+    initializer(state)
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM held back while worker processes are forked, and delivered after. A stop signal that
+    landed during a fork ran the main process's handler inside an at-fork hook (logging's), where Python swallows
+    exceptions: the main process never saw its stop, the new worker died of the same signal, and the run ended as
+    "a reading worker process died" (exit 2, not 143). Held, it is raised here, as the block ends; a worker starts
+    with both held (the mask is inherited) until its initializer has set its own handlers."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _read_batch_in_worker(batch):
@@ -152,11 +178,12 @@ def in_order(
 ) -> Iterator:
     """``map(function, batches)`` in ``workers`` processes, results in order, at most ``ahead``
     batches per worker in flight (so nothing piles up when the consumer is slower)."""
-    pool = ProcessPoolExecutor(workers, initializer=initializer, initargs=(state,))
+    pool = ProcessPoolExecutor(workers, initializer=_worker_started, initargs=(initializer, state))
     pending: deque = deque()
     try:
         for batch in batches:
-            pending.append(pool.submit(function, batch))
+            with signals_held() if not pending else contextlib.nullcontext():  # the first submit forks the workers
+                pending.append(pool.submit(function, batch))
             if len(pending) >= ahead * workers:
                 yield pending.popleft().result()
         while pending:

@@ -38,7 +38,7 @@ from ..device import (
     to_device,
 )
 from ..errors import CheckpointError, FerError, SourceError
-from ..files import writable_folder
+from ..files import writable_folder, written_whole
 from ..inputs.augment import Augmentation, BatchAugment
 from ..inputs.batches import InMemoryBatches, share_of, shuffled_order
 from ..inputs.data import (
@@ -489,7 +489,8 @@ def _train(
         if run.tensorboard is not None:
             run.tensorboard.close()
     if run.curves is not None:
-        run.curves.close()
+        with written_whole(curves_path(run.out)):
+            run.curves.close()
     return run.best_metrics
 
 
@@ -505,7 +506,8 @@ def _epochs(run: TrainingRun, config: TrainConfig, group: distributed.Group, log
             metrics = _validate(run)
             _stop_if_diverged(run, epoch, train_loss, metrics)
             record = _record_epoch(run, epoch, train_loss, train_accuracy, metrics, time.perf_counter() - started)
-            _save(run, epoch, improved=record["best"])
+            with written_whole(run.out):  # a full disk: one line, the earlier files whole
+                _save(run, epoch, improved=record["best"])
             if run.tensorboard is not None:
                 run.tensorboard.epoch(record, metrics, run.class_names)
             voted = (
@@ -1019,7 +1021,8 @@ def _finish(run: TrainingRun) -> None:
             raise FerError(f"the {run.group.world} processes ended with different weights: {prints}")
         run.log.print(f"all {run.group.world} processes hold the same weights (fingerprint {prints[0]})")
     if run.group.is_main:
-        correction, calibration = _fit_outputs(run)
+        with written_whole(run.out):
+            correction, calibration = _fit_outputs(run)
         if correction is not None:
             run.log.print(f"validation data: {describe_prior_correction(correction)}")
         run.log.print(f"validation data: {describe(calibration)}")
@@ -1309,11 +1312,14 @@ def _read_resume_state(out: Path) -> dict | None:
 def _write_history(path: Path, history: list[dict]) -> None:
     temporary = path.with_name(path.name + ".tmp")
     columns = list(dict.fromkeys(key for record in history for key in record))  # older runs lack newer columns
-    with open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(history)
-    temporary.replace(path)
+    try:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(history)
+        temporary.replace(path)
+    finally:  # a full disk: the earlier history stays, no half-written file beside it
+        temporary.unlink(missing_ok=True)
 
 
 def _progress(log: Console) -> Progress:

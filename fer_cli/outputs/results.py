@@ -16,6 +16,8 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from .terminal import plain, printable
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -153,14 +155,6 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
-def printable(text: str) -> str:
-    """``text`` with control characters (a newline in a file name, a tab, an escape) written as
-    escapes, so that one path stays on one line of a table or a message."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
 IMAGE_WIDTH = 40  # paths up to this long stay on one line: other columns go first
 UNREADABLE = "unreadable"
 NO_FACE = "no face"  # beside "0 faces": short, so that the label column stays narrow
@@ -211,7 +205,7 @@ class TableWriter(ResultWriter):
         paths = [printable(p.path) for p in self.rows]
         longest_path = max((len(path) for path in paths), default=5)
         marker = len(WARNED) if any(p.warning for p in self.rows) else 0
-        label_width = max([len(NO_FACE), len(UNREADABLE)] + [len(c) + marker for c in self.class_names])
+        label_width = max([len(NO_FACE), len(UNREADABLE)] + [len(printable(c)) + marker for c in self.class_names])
         if narrow:
             label_width = min(label_width, 8)
         table = Table(show_lines=False, padding=(0, 0 if narrow else 1))
@@ -223,19 +217,19 @@ class TableWriter(ResultWriter):
         table.add_column("conf." if narrow else "confidence", justify="right", no_wrap=True)
         if probabilities == "classes":
             for name in self.class_names:
-                table.add_column(name, justify="right", no_wrap=True)
+                table.add_column(plain(name), justify="right", no_wrap=True)
         elif probabilities == "runner-up":
             table.add_column("runner-up", no_wrap=True)
         blank = [""] * (len(self.class_names) if probabilities == "classes" else 1 if probabilities else 0)
         for p, path in zip(self.rows, paths):
-            image = Text(path)
+            image = Text(path)  # printable already
             if not p.ok:  # the reason under the path, where the table is widest
                 image.append(f"\n{printable(p.error)}", style="red")
                 cells = ["", Text(UNREADABLE, style="red"), ""]
             elif p.faces == 0:
                 cells = ["0 faces", Text(NO_FACE, style="dim"), ""]
             else:
-                label = Text(p.label, style="bold")
+                label = plain(p.label, style="bold")
                 if p.warning:
                     label.append(WARNED, style="yellow")
                 cells = [f"{p.face + 1} of {p.faces}", label, f"{p.confidence:.1%}"]
@@ -252,7 +246,7 @@ class TableWriter(ResultWriter):
             ]
         if probabilities == "runner-up":
             others = sorted(((v, c) for c, v in p.probabilities.items() if c != p.label), reverse=True)
-            return [f"{others[0][1]} {others[0][0]:.1%}" if others else ""]
+            return [plain(f"{others[0][1]} {others[0][0]:.1%}") if others else ""]
         return []
 
 
@@ -298,7 +292,7 @@ def print_ensemble_report(report: dict, console: Console) -> None:
     if report.get("tta", "none") != "none":
         console.print(f"Test-time augmentation: {report['tta']} (each face's probabilities averaged over its views).")
     if report.get("weights_source"):
-        console.print(f"Weights: {report['weights_source']}.")
+        console.print(plain(f"Weights: {report['weights_source']}."))
     for note in report.get("notes", []):
         console.print(Text.assemble(("note:", "yellow"), " ", printable(note)))
 
@@ -336,7 +330,7 @@ def _summary_table(report: dict, rows: list, best_name: str) -> Table:
     voted = "votes" in report
     what = "images with a majority of the votes" if voted else "labelled images"
     summary = Table(
-        title=f"{printable(report['folder'])}: {report['images']:,} {what}",
+        title=plain(f"{report['folder']}: {report['images']:,} {what}"),
         caption=SUMMARY_CAPTION + (VOTES_CAPTION if voted else ""),
         caption_justify="left",
     )
@@ -351,8 +345,8 @@ def _summary_table(report: dict, rows: list, best_name: str) -> Table:
             summary.add_column(column, justify="right")
     for name, kind, metrics in rows:
         summary.add_row(
-            Text(name),
-            kind,
+            plain(name),
+            plain(kind),
             _pct(metrics["accuracy"]),
             _pct(metrics.get("balanced_accuracy")),
             *([_pct(metrics["votes"]["tagger_agreement"])] if voted else []),
@@ -378,32 +372,36 @@ def _recall_table(classes: list[str], rows: list) -> Table:
     recall.add_column("model", overflow="fold")
     supports = {c: rows[0][2]["per_class"][c]["support"] for c in classes}
     for c in classes:
-        recall.add_column(c, justify="right", no_wrap=True)
+        recall.add_column(plain(c), justify="right", no_wrap=True)
     recall.add_row("[dim]images[/]", *[f"[dim]{supports[c]:,}[/]" for c in classes], end_section=True)
     for name, _, metrics in rows:
-        recall.add_row(Text(name), *[_pct(metrics["per_class"][c]["recall"]) if supports[c] else "-" for c in classes])
+        recall.add_row(plain(name), *[_pct(metrics["per_class"][c]["recall"]) if supports[c] else "-" for c in classes])
     return recall
 
 
 def _per_class_table(classes: list[str], name: str, metrics: dict) -> Table:
-    per_class = Table(title=f"Per-class results of {name}")
+    per_class = Table(title=plain(f"Per-class results of {name}"))
     for column in ("class", "precision", "recall", "F1", "support"):
         per_class.add_column(column, justify="left" if column == "class" else "right")
     for c in classes:
         scores = metrics["per_class"][c]
         per_class.add_row(
-            c, f"{scores['precision']:.3f}", f"{scores['recall']:.3f}", f"{scores['f1']:.3f}", str(scores["support"])
+            plain(c),
+            f"{scores['precision']:.3f}",
+            f"{scores['recall']:.3f}",
+            f"{scores['f1']:.3f}",
+            str(scores["support"]),
         )
     return per_class
 
 
 def _confusion_table(classes: list[str], name: str, metrics: dict) -> Table:
-    matrix = Table(title=f"Confusion matrix of {name} (rows: true, columns: predicted)")
+    matrix = Table(title=plain(f"Confusion matrix of {name} (rows: true, columns: predicted)"))
     matrix.add_column("true \\ predicted")
     for c in classes:
-        matrix.add_column(c[:8], justify="right")
+        matrix.add_column(plain(c[:8]), justify="right")
     for i, (c, row) in enumerate(zip(classes, metrics["confusion_matrix"])):
-        matrix.add_row(c, *[f"[bold]{v}[/]" if j == i else str(v) for j, v in enumerate(row)])
+        matrix.add_row(plain(c), *[f"[bold]{v}[/]" if j == i else str(v) for j, v in enumerate(row)])
     return matrix
 
 
@@ -412,7 +410,7 @@ def _errors_fixed_table(report: dict) -> Table:
     fixed = Table()
     fixed.add_column("errors of", overflow="fold")
     for name in names:
-        fixed.add_column(name, justify="right", overflow="fold")
+        fixed.add_column(plain(name), justify="right", overflow="fold")
     for name, row in zip(names, report["errors_fixed_by"]):
-        fixed.add_row(name, *["-" if other == name else _pct(share) for other, share in zip(names, row)])
+        fixed.add_row(plain(name), *["-" if other == name else _pct(share) for other, share in zip(names, row)])
     return fixed

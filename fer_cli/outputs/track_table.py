@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .results import Prediction, TableWriter, _fits, printable
+from .results import Prediction, TableWriter, _fits
+from .terminal import plain, printable
 
 
 @dataclass
@@ -80,7 +81,7 @@ class TrackSummary:
             table.add_column(name, justify="right", no_wrap=True)
         table.add_column("dominant", no_wrap=True)
         for name in self.class_names if per_class else ():
-            table.add_column(name, justify="right", no_wrap=True)
+            table.add_column(plain(name), justify="right", no_wrap=True)
         for path, video in self.videos.items():
             if not video.tracks:
                 table.add_row(Text(printable(path)), "-", "-", f"{video.frames:,}", Text("no face", style="dim"))
@@ -93,7 +94,7 @@ class TrackSummary:
                     str(number),
                     f"{track.start:.2f}-{track.end:.2f}",
                     f"{seen:,} of {video.frames:,}",
-                    Text.assemble((label, "bold"), f" {count / seen:.0%}"),
+                    Text.assemble(plain(label, "bold"), f" {count / seen:.0%}"),
                     *(shares if per_class else ()),
                 )
         return table
