@@ -42,6 +42,17 @@ def test_every_shipped_model_loads_and_describes_itself(entry):
 
 
 @needs_weights
+@pytest.mark.parametrize("entry", SHIPPED, ids=[m.name for m in SHIPPED])
+def test_no_shipped_model_names_a_path_of_the_machine_that_built_it(entry):
+    """Issue 32: data, votes, commands and starting models as the places they name (tools/ship_weights.py)."""
+    from fer_cli.models.portable import absolute_paths
+
+    classifier = load_classifier(entry.path)
+    assert absolute_paths(classifier.provenance) == []
+    assert absolute_paths(classifier.metrics) == []
+
+
+@needs_weights
 def test_the_default_model_is_the_best_shipped_checkpoint():
     checkpoints = [m for m in SHIPPED if m.path.endswith(".pt")]
     assert resolve_model(None).path == checkpoints[0].path
