@@ -3,7 +3,7 @@ and rewrite weights/SHA256SUMS.
 
     python tools/ship_weights.py runs/vgg32.pt runs/fast.onnx --place /work/shared=../shared --place /root/runs=runs
 
-Each ``--place OLD=NEW`` rewrites the paths under OLD as NEW in the provenance (data folders, votes files, command
+Each ``--place OLD=NEW`` rewrites the paths under OLD as NEW in what the file says of itself (data folders, votes files, command
 lines, the model a run started from); the file's name in weights/ is its own. A file whose provenance still names an
 absolute path is refused, and nothing is written for it: a shipped model carries no build machine's paths
 (``tests/test_shipped.py`` checks the shipped files). A model's ``NAME.history.csv`` beside it travels with it.
@@ -29,8 +29,10 @@ def ship_checkpoint(source: Path, places: dict[str, str], into: Path) -> list[st
     from fer_cli.models.checkpoint import save_checkpoint
 
     checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-    checkpoint["provenance"] = portable(checkpoint.get("provenance", {}), places)
-    left = absolute_paths(checkpoint["provenance"])
+    described = {key: value for key, value in checkpoint.items() if key != "state_dict"}  # all but the weights
+    described = portable(described, places)
+    left = absolute_paths(described)
+    checkpoint.update(described)
     if not left:
         save_checkpoint(into / source.name, checkpoint)  # as stored: float16 weights stay float16
     return left
