@@ -26,7 +26,7 @@ from PIL import UnidentifiedImageError
 
 from ..errors import FerError, ModelError
 from ..inputs.faces import FaceFinder, FacePolicy, size_warning
-from ..inputs.images import READ_ERRORS, ImageBytes, MissingInput, model_pixels, read_image
+from ..inputs.images import READ_ERRORS, ImageBytes, InMemoryImage, MissingInput, model_pixels, read_image
 from ..inputs.video import Sampling, VideoFrame, has_videos, input_batches, without_pixels
 from ..models.classifier import Classifier
 from ..models.tta import TTA
@@ -86,7 +86,7 @@ class _InputReader:
             return index, [], [], item.reason
         try:
             # grayscale files stay grayscale: no needless conversion
-            image = item.image() if isinstance(item, VideoFrame) else read_image(item, channels=0)
+            image = item.image() if isinstance(item, (VideoFrame, InMemoryImage)) else read_image(item, channels=0)
             faces = self.finder.find(image)
             pixels = [[model_pixels(face.crop, p) for p in self.preprocesses] for face in faces]
         except READ_ERRORS as error:
@@ -343,7 +343,7 @@ def predict_stream(
 
 
 def _path(item: str | MissingInput | ImageBytes | VideoFrame) -> str:
-    if isinstance(item, ImageBytes):
+    if isinstance(item, (ImageBytes, InMemoryImage)):
         return item.name
     if isinstance(item, VideoFrame):
         return item.path

@@ -27,7 +27,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from torchvision.transforms import v2
 
-from .. import __version__
+from ..version import __version__
 from ..device import (
     autocast,
     describe_precision,

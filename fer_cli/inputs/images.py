@@ -63,6 +63,30 @@ class ImageBytes:
     data: bytes = field(repr=False)
 
 
+@dataclass(frozen=True)
+class InMemoryImage:
+    """A picture given from Python (a PIL image, or a numpy array of 8-bit pixels), reported under ``name``."""
+
+    name: str
+    picture: Image.Image = field(repr=False)
+
+    @classmethod
+    def of(cls, picture: Image.Image | np.ndarray, name: str) -> InMemoryImage:
+        if isinstance(picture, np.ndarray):
+            shape = picture.shape
+            if picture.dtype != np.uint8 or not (picture.ndim == 2 or (picture.ndim == 3 and shape[2] in (1, 3, 4))):
+                raise ValueError(f"{name}: an array of uint8 pixels, (H, W) or (H, W, 1|3|4), not {picture.dtype} "
+                                 f"{shape}")  # fmt: skip
+            picture = Image.fromarray(picture[:, :, 0] if picture.ndim == 3 and shape[2] == 1 else picture)
+        if picture.width * picture.height > 2 * Image.MAX_IMAGE_PIXELS:  # as a file of that size is refused
+            raise ValueError(f"{name}: over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels")
+        return cls(name, picture)
+
+    def image(self) -> Image.Image:
+        """Grayscale stays grayscale, anything else becomes RGB (transparency on white), as a file's pixels."""
+        return _to_channels(self.picture, 0)
+
+
 def read_image(path: str | os.PathLike | ImageBytes, channels: int) -> Image.Image:
     """Open any still image (a file, or ``ImageBytes``) as 8-bit grayscale (channels=1), RGB
     (channels=3) or, with channels=0, whichever of the two the file holds (grayscale stays
