@@ -24,14 +24,11 @@ from typing import TYPE_CHECKING, Any
 from .errors import FerError
 
 if TYPE_CHECKING:
-    import numpy as np
-    from PIL import Image
-
     from .engine.train import TrainConfig
     from .models.classifier import Classifier
     from .outputs.results import Prediction
 
-Input = "str | os.PathLike | Image.Image | np.ndarray"
+Input = Any  # a path (str or os.PathLike), a PIL image or a numpy array
 
 
 @dataclass
@@ -86,7 +83,9 @@ class Model:
             raise ValueError(f"smooth must be above 0 seconds, got {smooth:g}")
         videos = VideoRecords(smooth)
         items = list(_items(inputs))
-        batches = predict_stream(self.classifiers, items, device, batch_size, workers, faces, tta=tta, sampling=sampling)
+        batches = predict_stream(
+            self.classifiers, items, device, batch_size, workers, faces, tta=tta, sampling=sampling
+        )
         for outcomes in batches:
             for outcome in outcomes:
                 yield from videos.records(outcome, to_predictions(outcome, self.vote, self.class_names, self.name))

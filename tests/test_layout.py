@@ -16,7 +16,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fer_cli"
 # Top floor first: files (or folders, ending in /) under fer_cli/. A module imports its own floor
 # or lower ones, never a higher one.
 FLOORS = {
-    "cli": ("__init__.py", "cli.py", "__main__.py", "video_options.py", "serve/"),  # __init__: the Python API's names  # the front ends: the command line, and fer serve
+    "cli": (
+        "__init__.py",
+        "cli.py",
+        "__main__.py",
+        "video_options.py",
+        "serve/",
+    ),  # __init__: the Python API's names  # the front ends: the command line, and fer serve
     "api": ("api.py",),  # the Python API: the one door to the engine for the front ends and for other programs
     "engine": ("engine/",),  # runs models over data: train, predict, ensemble, calibration, metrics
     "models": ("models/",),  # architectures, Classifier, checkpoints, exported models, the zoo

@@ -27,7 +27,6 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from torchvision.transforms import v2
 
-from ..version import __version__
 from ..device import (
     autocast,
     describe_precision,
@@ -57,6 +56,7 @@ from ..models.checkpoint import build_model, now_iso, read_checkpoint, save_chec
 from ..models.classifier import softmax
 from ..outputs import figures
 from ..outputs import tensorboard as tensorboard_log
+from ..version import __version__
 from . import distill, distributed
 from .calibration import (
     calibrate,
