@@ -148,7 +148,7 @@ ModelsOpt = Annotated[
         "-m",
         metavar="NAME|FILE",
         help="A shipped model's name or a checkpoint/.onnx file; repeat for each member. "
-        "Default: every shipped checkpoint (see `fer models`).",
+        "Default: every shipped checkpoint (see `fer models`); exported copies of one (fast) only when named.",
     ),
 ]
 FormatOpt = Annotated[
@@ -1026,8 +1026,9 @@ def _predict_and_write(
             writer = _writer(chosen, has_videos(items))(stream, class_names, video=has_videos(items))
             try:
                 batches = predict_stream(
-                    classifiers, items, device, batch_size, workers, faces=faces.value, tta=tta, sampling=video.sampling
-                )
+                    classifiers, items, device, batch_size, workers, faces=faces.value, tta=tta,
+                    sampling=video.sampling, on_ready=lambda: setattr(tally, "ready_at", time.perf_counter()),
+                )  # fmt: skip
                 _write_predictions(
                     batches, len(items), writer, destination, vote, model_label, annotator, tally, collector, videos,
                     copies,
@@ -1124,6 +1125,7 @@ class _Tally:
     not_annotated: int = 0  # annotated copies that could not be written
     frames: int = 0  # video frames read
     read: int = 0  # images and video frames
+    ready_at: float | None = None  # when the models were ready (a first run's ONNX export is start-up, not predicting)
 
 
 def _write_predictions(
@@ -1186,16 +1188,19 @@ def _write_predictions(
 
 def _summarise(tally: _Tally, started: float, annotator, annotate) -> None:
     """The run's last lines on stderr, and its exit code: 1 when an input or an annotated copy failed. The time is
-    the whole run's, start-up (Python, torch, the models) included, and the rate is the predicting's."""
+    the whole run's; starting up is Python, the imports and the models made ready (a checkpoint's first ONNX export
+    included), and the rate is the predicting's after it, given only when something was predicted."""
     now = time.perf_counter()
+    started = tally.ready_at or started
     seconds, starting = now - PROCESS_STARTED, started - PROCESS_STARTED
+    predicted = tally.done - tally.failed
     per_second = tally.read / (now - started) if now > started else 0.0
     unit = "images" if not tally.frames else "frames" if tally.frames == tally.read else "images and frames"
-    rate = f", then {per_second:,.{0 if per_second >= 10 else 1}f} {unit}/s"
+    rate = f", then {per_second:,.{0 if per_second >= 10 else 1}f} {unit}/s" if predicted and per_second else ""
     frames = f"; {_count(tally.frames, 'video frame')}" if tally.frames else ""
     err_console.print(
-        f"{tally.done - tally.failed:,} of {_count(tally.done, 'input')} predicted ({_count(tally.found, 'face')}"
-        f"{frames}) in {seconds:.1f}s ({starting:.1f}s starting up{rate if tally.done else ''})",
+        f"{predicted:,} of {_count(tally.done, 'input')} predicted ({_count(tally.found, 'face')}"
+        f"{frames}) in {seconds:.1f}s ({starting:.1f}s starting up{rate})",
         highlight=False,
     )
     if annotator:

@@ -1,0 +1,83 @@
+"""Issue 33's rough edges (a newcomer's and a hostile run): what reaches stderr, what the summary counts, what help
+and errors say. One test per behaviour; tiny synthetic data made here."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from fer_cli.cli import app
+
+from .synthetic import synthetic_face
+
+REPO = Path(__file__).resolve().parents[1]
+SUMMARY = re.compile(r"in ([\d.]+)s \(([\d.]+)s starting up(, then [\d.,]+ images/s)?\)")
+
+
+def invoke(*args, **env):
+    return CliRunner(env=env or None).invoke(app, [str(a) for a in args])
+
+
+def damaged_tiff(path: Path) -> Path:
+    """An LZW TIFF with 64 bytes of its compressed strip inverted (its header and directory whole): libtiff's own
+    handlers print "Using code not yet in table." on stderr when decoding it."""
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, compression="tiff_lzw")
+    data = bytearray(path.read_bytes())
+    for at in range(len(data) // 2, len(data) // 2 + 64):
+        data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+def fer_alone(tmp_path: Path, home: Path, *args) -> subprocess.CompletedProcess:
+    """fer in its own process, as a user starts it: no setting of the suite's or the caller's that changes what it
+    prints (onnxruntime's telemetry switch included: fer_cli sets it in this process when imported)."""
+    dropped = ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR", "FER_DEBUG")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
+    env.update(HOME=str(home), PYTHONPATH=str(REPO), FER_CACHE_DIR=str(tmp_path / "cache"), COLUMNS="200")
+    command = [sys.executable, "-m", "fer_cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+
+
+def test_a_first_run_prints_only_fers_own_lines_and_counts_the_export_as_start_up(tmp_path, tiny_checkpoint):
+    Image.fromarray(synthetic_face(0, 1)).save(tmp_path / "face.png")
+    damaged_tiff(tmp_path / "damaged.tif")
+    home = tmp_path / "home"
+    home.mkdir()
+    done = fer_alone(
+        tmp_path, home, "predict", "face.png", "damaged.tif", "-m", tiny_checkpoint, "-f", "jsonl", "-j", 0
+    )
+    assert done.returncode == 1, done.stderr  # the damaged TIFF is an input that could not be read
+    lines = [line for line in done.stderr.splitlines() if line]
+    assert lines[0].startswith("note: exporting tiny.pt to ONNX"), done.stderr
+    assert lines[1].startswith("skipped damaged.tif"), done.stderr  # libtiff's own complaint is not beside it
+    assert lines[2].startswith("1 of 2 inputs predicted") and lines[3] == "1 input could not be read", done.stderr
+    assert len(lines) == 4 and "\x1b" not in done.stderr, done.stderr  # no warnings, no exporter logs, no colours
+    seconds, starting, rate = SUMMARY.search(lines[2]).groups()
+    assert rate and float(starting) > float(seconds) / 2, lines[2]  # the export is start-up, not predicting
+    assert not (home / ".cache" / "Microsoft").exists()  # onnxruntime's telemetry is off: no device id, no event
+
+
+def test_a_read_only_home_gets_no_telemetry_warning(tmp_path, tiny_checkpoint):
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    Image.fromarray(synthetic_face(0, 1)).save(tmp_path / "face.png")
+    done = fer_alone(tmp_path, blocked / "home", "predict", "face.png", "-m", tiny_checkpoint, "-f", "jsonl", "-j", 0)
+    assert done.returncode == 0, done.stderr
+    assert "telemetry" not in done.stderr and "\x1b" not in done.stderr, done.stderr
+
+
+def test_no_rate_is_given_when_nothing_was_predicted(tmp_path, tiny_checkpoint):
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    done = invoke("predict", tmp_path / "broken.png", "-m", tiny_checkpoint, "-f", "jsonl", "-j", 0)
+    assert done.exit_code == 1
+    summary = next(line for line in done.stderr.splitlines() if "predicted" in line)
+    assert summary.startswith("0 of 1 input predicted") and "/s" not in summary, summary
