@@ -1341,9 +1341,11 @@ def ensemble(
     \b
     The report's columns:
       accuracy          share of images whose top class is the true one
-      balanced accuracy the mean recall of the classes (rare ones count as much)
+      balanced accuracy the mean recall of the classes present (rare ones count
+                        as much)
       tagger agreement  with --votes: mean share of the votes the answer got
-      macro F1          F1 averaged over the classes, each weighing the same
+      macro F1          F1 averaged over the classes present, each weighing the
+                        same
       conf. when right  mean confidence of the right answers (higher is better)
       conf. when wrong  mean confidence of the wrong ones (lower is better);
                         none for the majority vote (a share of models agreeing)

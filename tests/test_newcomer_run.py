@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -81,3 +82,18 @@ def test_no_rate_is_given_when_nothing_was_predicted(tmp_path, tiny_checkpoint):
     assert done.exit_code == 1
     summary = next(line for line in done.stderr.splitlines() if "predicted" in line)
     assert summary.startswith("0 of 1 input predicted") and "/s" not in summary, summary
+
+
+def test_macro_f1_averages_the_classes_present_as_balanced_accuracy_does():
+    from sklearn.metrics import f1_score
+
+    from fer_cli.engine.metrics import summarize
+
+    classes = ["angry", "contempt", "happy", "sad"]  # no image is contempt
+    labels = np.array([0, 0, 2, 2, 2, 3, 3, 3])
+    predicted = np.array([0, 1, 2, 2, 3, 3, 3, 0])  # one answer is contempt: an error of the angry image
+    metrics = summarize(labels, np.eye(len(classes))[predicted], classes)
+    present = [0, 2, 3]
+    assert metrics["macro_f1"] == pytest.approx(f1_score(labels, predicted, labels=present, average="macro"))
+    assert metrics["balanced_accuracy"] == pytest.approx(np.mean([1 / 2, 2 / 3, 2 / 3]))  # recalls of the three
+    assert metrics["macro_f1"] > f1_score(labels, predicted, labels=range(4), average="macro", zero_division=0)

@@ -318,7 +318,7 @@ def best_entry(rows: list) -> tuple:
 
 
 SUMMARY_CAPTION = (
-    "balanced accuracy: the mean recall of the classes. "
+    "balanced accuracy and macro F1: the mean recall and F1 of the classes the images have (support > 0). "
     "conf. when right/wrong: mean confidence of the correct/wrong answers. ECE: expected calibration error, the gap "
     "between confidence and accuracy (0 is best). The majority vote has none: its confidence is the share of models "
     "that agree, not a probability (-f json has it)."
