@@ -3,6 +3,7 @@ and errors say. One test per behaviour; tiny synthetic data made here."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -97,3 +98,23 @@ def test_macro_f1_averages_the_classes_present_as_balanced_accuracy_does():
     assert metrics["macro_f1"] == pytest.approx(f1_score(labels, predicted, labels=present, average="macro"))
     assert metrics["balanced_accuracy"] == pytest.approx(np.mean([1 / 2, 2 / 3, 2 / 3]))  # recalls of the three
     assert metrics["macro_f1"] > f1_score(labels, predicted, labels=range(4), average="macro", zero_division=0)
+
+
+def test_a_long_path_folds_after_its_separators_never_within_a_name():
+    from fer_cli.outputs.results import Prediction, TableWriter, fold_path
+
+    names = ["photos_of_the_summer_2026", "a_family_holiday_by_the_sea", "portrait_of_grandmother_smiling.jpg"]
+    path = "/".join(names)
+    probabilities = {"happy": 0.9, "sad": 0.1}
+    for width in (100, 80, 60):
+        stream = io.StringIO()
+        writer = TableWriter(stream, ["happy", "sad"], width=width)
+        writer.write_batch([Prediction(path, 0, 1, (0, 0, 48, 48), None, "happy", 0.9, probabilities)])
+        writer.close()
+        lines = stream.getvalue().splitlines()
+        assert max(map(len, lines)) <= width
+        cells = [line.split("│")[1].strip() for line in lines if line.startswith("│")]
+        assert "".join(cells) == path and cells == [f"{n}/" for n in names[:-1]] + [names[-1]], cells
+        assert "90.0%" in stream.getvalue()
+    assert fold_path("a/bcdefgh/ij", 4) == "a/\nbcde\nfgh/\nij"  # a name longer than the width is cut, last resort
+    assert fold_path("short/path.png", 40) == "short/path.png"
