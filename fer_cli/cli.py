@@ -71,6 +71,25 @@ class _Command(TyperCommand):
             pieces.append(name if param.required else f"[{name}]")
         return pieces
 
+    def format_options(self, ctx, formatter) -> None:
+        """Typer's sections, each argument named by its metavar alone: Typer adds its Python type (``SOURCE
+        <list[str]>``, ``DATA <str>``), which says nothing to a user. Options keep their choices (``<auto|detect>``)."""
+        arguments, options = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                arguments.append(
+                    ((param.metavar or param.name.upper()) + ("..." if param.nargs != 1 else ""), record[1])
+                )
+            else:
+                options.append(record)
+        for title, records in (("Arguments", arguments), ("Options", options)):
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
 
 app = typer.Typer(
     help="Facial-expression recognition for image files and folders.",
@@ -88,6 +107,13 @@ INPUTS_FAILED = 1
 # As many reading processes as cores, up to 4: face detection in photos keeps them all busy (and the model, in
 # the main process, mostly waits); on face crops they mostly wait (and the model uses the cores).
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+
+
+class Channels(str, Enum):
+    """--channels: a choice of two (not a range of 1 to 3)."""
+
+    grayscale = "1"
+    rgb = "3"
 
 
 class OutputFormat(str, Enum):
@@ -369,7 +395,7 @@ def train(
     size: Annotated[
         int, typer.Option(min=MIN_INPUT_SIDE, max=MAX_INPUT_SIDE, metavar="PX", help="Input side in pixels.")
     ] = 48,
-    channels: Annotated[int, typer.Option(min=1, max=3, metavar="1|3", help="1 = grayscale, 3 = RGB.")] = 1,
+    channels: Annotated[Channels, typer.Option(metavar="1|3", help="1 = grayscale, 3 = RGB.")] = Channels.grayscale,
     seed: Annotated[int, typer.Option(metavar="N")] = 0,
     half: Annotated[
         bool, typer.Option("--half", help="Store the best checkpoint's weights as float16 (half the size).")
@@ -470,7 +496,7 @@ def train(
             "--tensorboard",
             metavar="DIR",
             help="Also log each epoch for TensorBoard into DIR: scalars, the validation confusion matrix, "
-            "hyper-parameters (pip install 'fer-cli[tensorboard]').",
+            "hyper-parameters (pip install tensorboard (or, in fer's folder, pip install '.[tensorboard]')).",
         ),
     ] = None,
     device: DeviceOpt = "auto",
@@ -522,7 +548,7 @@ def train(
             augment=augment,
             balance=balance.value,
             size=size,
-            channels=channels,
+            channels=int(channels.value),
             seed=seed,
             device=device,
             precision=precision.value,
@@ -866,7 +892,7 @@ def export(
 ) -> None:
     """Export a model to ONNX, to run without torch.
 
-    The exported model runs with onnxruntime (pip install 'fer-cli[onnx]').
+    The exported model runs with onnxruntime, which comes with fer: no torch needed.
 
     \b
     Examples:
@@ -1562,8 +1588,8 @@ def serve(
     missing = [name for name in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
     if missing:
         raise FerError(
-            f"fer serve needs the serve extra ({', '.join(missing)} not installed): pip install '.[serve]' "
-            "in a clone, or pip install 'fer-cli[serve]'"
+            f"fer serve needs the serve extra ({', '.join(missing)} not installed): in fer's folder, "
+            "pip install '.[serve]'"
         )
     import socket
 

@@ -83,7 +83,7 @@ def test_predicting_with_an_exported_model_never_imports_torch(exported, tiny_da
 
 def test_without_onnxruntime_an_exported_model_is_a_clear_error(exported, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
-    with pytest.raises(FerError, match=r"pip install 'fer-cli\[onnx\]'"):
+    with pytest.raises(FerError, match=r"pip install onnxruntime onnx onnxscript"):
         load_classifier(exported[0])
 
 

@@ -118,3 +118,14 @@ def test_a_long_path_folds_after_its_separators_never_within_a_name():
         assert "90.0%" in stream.getvalue()
     assert fold_path("a/bcdefgh/ij", 4) == "a/\nbcde\nfgh/\nij"  # a name longer than the width is cut, last resort
     assert fold_path("short/path.png", 40) == "short/path.png"
+
+
+def test_help_names_arguments_by_their_metavar_alone_and_channels_is_a_choice():
+    for command in ("predict", "ensemble", "train", "calibrate", "export", "models", "serve"):
+        text = invoke(command, "--help", COLUMNS="100").stdout
+        assert not re.search(r"<(str|int|float|path|list\[\w+\])>", text), (command, text)
+    train = invoke("train", "--help", COLUMNS="100").stdout
+    assert re.search(r"^  \[?DATA\]?\s+Labelled folder", train, re.M) and "--channels 1|3" in train
+    assert "<=x<=3" not in train
+    refused = invoke("train", "data", "--channels", "2")
+    assert refused.exit_code == 2 and "'2' is not one of '1', '3'" in refused.stderr
