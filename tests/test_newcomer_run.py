@@ -129,3 +129,14 @@ def test_help_names_arguments_by_their_metavar_alone_and_channels_is_a_choice():
     assert "<=x<=3" not in train
     refused = invoke("train", "data", "--channels", "2")
     assert refused.exit_code == 2 and "'2' is not one of '1', '3'" in refused.stderr
+
+
+def test_a_finished_run_says_it_keeps_its_resume_state_and_its_size(tiny_dataset, tmp_path):
+    out = tmp_path / "m.pt"
+    done = invoke("train", tiny_dataset, "--arch", "vgg", "--arch-option", "width=4", "--epochs", 1, "--out", out,
+                  "-j", 0, "--device", "cpu")  # fmt: skip
+    assert done.exit_code == 0, done.stderr
+    last = tmp_path / "m.last.pt"
+    assert last.exists()  # kept: --resume --epochs N extends a finished run
+    said = " ".join(done.stderr.split())
+    assert f"{last} ({last.stat().st_size / 1e6:,.1f} MB) kept: --resume --epochs N extends the run" in said
