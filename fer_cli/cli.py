@@ -1005,6 +1005,14 @@ def _open_report_folder(folder: Path | None) -> Path | None:
         ) from None
 
 
+def _status(message: str):
+    """A spinner with ``message`` on stderr while a long step runs without a progress bar of its own (a first run's
+    ONNX exports, then the scoring): on a terminal only; notes printed meanwhile appear above it."""
+    if not err_console.is_terminal:
+        return contextlib.nullcontext()
+    return err_console.status(message)
+
+
 def _note(message: str) -> None:
     err_console.print(f"[yellow]note:[/] {markup_safe(message)}", highlight=False)
 
@@ -1413,16 +1421,17 @@ def ensemble(
     _refuse_clashing_outputs(output, report, None, [])
     started = time.perf_counter()
     destination, chosen = _open_output(output, fmt)  # before the work: an unwritable -o fails at once
+    models_scored = f"{len(classifiers)} model{'s' if len(classifiers) != 1 else ''}"
     with destination as stream:
-        scored, labelled = score_labelled(
-            classifiers, folder, weighted, device, batch_size, workers, on_skip=_report_skipped, faces=faces.value,
-            tta=tta, votes=voted,
-        )  # fmt: skip
+        with _status(f"scoring {models_scored} on {markup_safe(folder)}"):
+            scored, labelled = score_labelled(
+                classifiers, folder, weighted, device, batch_size, workers, on_skip=_report_skipped,
+                faces=faces.value, tta=tta, votes=voted,
+            )  # fmt: skip
         if chosen == "json":
             stream.write(json.dumps(scored, indent=2) + "\n")
         else:
             print_ensemble_report(scored, Console(file=stream))
-    models_scored = f"{len(classifiers)} model{'s' if len(classifiers) != 1 else ''}"
     err_console.print(
         f"scored {models_scored} on {scored['images']:,} images in {time.perf_counter() - started:.1f}s",
         highlight=False,

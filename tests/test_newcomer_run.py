@@ -140,3 +140,19 @@ def test_a_finished_run_says_it_keeps_its_resume_state_and_its_size(tiny_dataset
     assert last.exists()  # kept: --resume --epochs N extends a finished run
     said = " ".join(done.stderr.split())
     assert f"{last} ({last.stat().st_size / 1e6:,.1f} MB) kept: --resume --epochs N extends the run" in said
+
+
+def test_scoring_a_labelled_folder_shows_a_status_line_on_a_terminal(tiny_checkpoint, labelled_dir, monkeypatch):
+    from rich.console import Console
+
+    from fer_cli import cli
+
+    terminal = io.StringIO()
+    monkeypatch.setattr(
+        cli, "err_console", Console(file=terminal, force_terminal=True, force_interactive=True, width=200)
+    )
+    done = invoke("ensemble", labelled_dir, "-m", tiny_checkpoint, "-f", "json", "-j", 0)
+    assert done.exit_code == 0, done.output
+    shown = " ".join(terminal.getvalue().split())
+    assert f"scoring 1 model on {labelled_dir}" in shown  # the spinner's line, while exports and scoring run
+    assert "scoring 1 model on" not in done.stderr  # not on a pipe or in a log
