@@ -1005,12 +1005,19 @@ def _open_report_folder(folder: Path | None) -> Path | None:
         ) from None
 
 
+@contextlib.contextmanager
 def _status(message: str):
     """A spinner with ``message`` on stderr while a long step runs without a progress bar of its own (a first run's
-    ONNX exports, then the scoring): on a terminal only; notes printed meanwhile appear above it."""
+    ONNX exports, then the scoring): on a terminal only, shown at once; notes printed meanwhile appear above it."""
+    from rich.live import Live
+    from rich.spinner import Spinner
+
     if not err_console.is_terminal:
-        return contextlib.nullcontext()
-    return err_console.status(message)
+        yield
+        return
+    with Live(Spinner("dots", message), console=err_console, transient=True, refresh_per_second=12.5) as live:
+        live.refresh()
+        yield
 
 
 def _note(message: str) -> None:

@@ -148,6 +148,7 @@ def test_scoring_a_labelled_folder_shows_a_status_line_on_a_terminal(tiny_checkp
     from fer_cli import cli
 
     terminal = io.StringIO()
+    monkeypatch.setenv("TERM", "xterm")  # (the suite's TERM=dumb would keep rich from drawing it)
     monkeypatch.setattr(
         cli, "err_console", Console(file=terminal, force_terminal=True, force_interactive=True, width=200)
     )
