@@ -157,3 +157,10 @@ def test_scoring_a_labelled_folder_shows_a_status_line_on_a_terminal(tiny_checkp
     shown = " ".join(terminal.getvalue().split())
     assert f"scoring 1 model on {labelled_dir}" in shown  # the spinner's line, while exports and scoring run
     assert "scoring 1 model on" not in done.stderr  # not on a pipe or in a log
+
+
+def test_calibrate_names_the_argument_as_its_usage_line_does(labelled_dir):
+    done = invoke("calibrate", "vgg32_ferplus", labelled_dir)  # a shipped model, no --out: refused before any work
+    assert done.exit_code == 2
+    assert "calibrate [OPTIONS] NAME|FILE FOLDER" in done.stderr  # (CliRunner names the program "root")
+    assert "Invalid value for NAME|FILE: vgg32_ferplus is a shipped model" in done.stderr and "MODEL" not in done.stderr
