@@ -496,7 +496,8 @@ def train(
             "--tensorboard",
             metavar="DIR",
             help="Also log each epoch for TensorBoard into DIR: scalars, the validation confusion matrix, "
-            "hyper-parameters (pip install tensorboard (or, in fer's folder, pip install '.[tensorboard]')).",
+            "hyper-parameters. Needs the tensorboard package: pip install tensorboard, or in fer's folder "
+            "pip install '.[tensorboard]'.",
         ),
     ] = None,
     device: DeviceOpt = "auto",
