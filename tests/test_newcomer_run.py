@@ -39,12 +39,12 @@ def damaged_tiff(path: Path) -> Path:
     return path
 
 
-def fer_alone(tmp_path: Path, home: Path, *args) -> subprocess.CompletedProcess:
+def fer_alone(tmp_path: Path, home: Path, *args, cache: Path | None = None) -> subprocess.CompletedProcess:
     """fer in its own process, as a user starts it: no setting of the suite's or the caller's that changes what it
     prints (onnxruntime's telemetry switch included: fer_cli sets it in this process when imported)."""
     dropped = ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR", "FER_DEBUG")
     env = {k: v for k, v in os.environ.items() if k not in dropped}
-    env.update(HOME=str(home), PYTHONPATH=str(REPO), FER_CACHE_DIR=str(tmp_path / "cache"), COLUMNS="200")
+    env.update(HOME=str(home), PYTHONPATH=str(REPO), FER_CACHE_DIR=str(cache or tmp_path / "cache"), COLUMNS="200")
     command = [sys.executable, "-m", "fer_cli", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
 
@@ -72,7 +72,20 @@ def test_a_read_only_home_gets_no_telemetry_warning(tmp_path, tiny_checkpoint):
     blocked = tmp_path / "file"
     blocked.write_text("")
     Image.fromarray(synthetic_face(0, 1)).save(tmp_path / "face.png")
-    done = fer_alone(tmp_path, blocked / "home", "predict", "face.png", "-m", tiny_checkpoint, "-f", "jsonl", "-j", 0)
+    suite_cache = Path(os.environ["FER_CACHE_DIR"])  # (tiny.pt's ONNX form made once for the suite)
+    done = fer_alone(
+        tmp_path,
+        blocked / "home",
+        "predict",
+        "face.png",
+        "-m",
+        tiny_checkpoint,
+        "-f",
+        "jsonl",
+        "-j",
+        0,
+        cache=suite_cache,
+    )
     assert done.returncode == 0, done.stderr
     assert "telemetry" not in done.stderr and "\x1b" not in done.stderr, done.stderr
 
