@@ -71,6 +71,25 @@ class _Command(TyperCommand):
             pieces.append(name if param.required else f"[{name}]")
         return pieces
 
+    def format_options(self, ctx, formatter) -> None:
+        """Typer's sections, each argument named by its metavar alone: Typer adds its Python type (``SOURCE
+        <list[str]>``, ``DATA <str>``), which says nothing to a user. Options keep their choices (``<auto|detect>``)."""
+        arguments, options = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                arguments.append(
+                    ((param.metavar or param.name.upper()) + ("..." if param.nargs != 1 else ""), record[1])
+                )
+            else:
+                options.append(record)
+        for title, records in (("Arguments", arguments), ("Options", options)):
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
 
 app = typer.Typer(
     help="Facial-expression recognition for image files and folders.",
@@ -88,6 +107,13 @@ INPUTS_FAILED = 1
 # As many reading processes as cores, up to 4: face detection in photos keeps them all busy (and the model, in
 # the main process, mostly waits); on face crops they mostly wait (and the model uses the cores).
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+
+
+class Channels(str, Enum):
+    """--channels: a choice of two (not a range of 1 to 3)."""
+
+    grayscale = "1"
+    rgb = "3"
 
 
 class OutputFormat(str, Enum):
@@ -148,7 +174,7 @@ ModelsOpt = Annotated[
         "-m",
         metavar="NAME|FILE",
         help="A shipped model's name or a checkpoint/.onnx file; repeat for each member. "
-        "Default: every shipped checkpoint (see `fer models`).",
+        "Default: every shipped checkpoint (see `fer models`); exported copies of one (fast) only when named.",
     ),
 ]
 FormatOpt = Annotated[
@@ -369,7 +395,7 @@ def train(
     size: Annotated[
         int, typer.Option(min=MIN_INPUT_SIDE, max=MAX_INPUT_SIDE, metavar="PX", help="Input side in pixels.")
     ] = 48,
-    channels: Annotated[int, typer.Option(min=1, max=3, metavar="1|3", help="1 = grayscale, 3 = RGB.")] = 1,
+    channels: Annotated[Channels, typer.Option(metavar="1|3", help="1 = grayscale, 3 = RGB.")] = Channels.grayscale,
     seed: Annotated[int, typer.Option(metavar="N")] = 0,
     half: Annotated[
         bool, typer.Option("--half", help="Store the best checkpoint's weights as float16 (half the size).")
@@ -470,7 +496,8 @@ def train(
             "--tensorboard",
             metavar="DIR",
             help="Also log each epoch for TensorBoard into DIR: scalars, the validation confusion matrix, "
-            "hyper-parameters (pip install 'fer-cli[tensorboard]').",
+            "hyper-parameters. Needs the tensorboard package: pip install tensorboard, or in fer's folder "
+            "pip install '.[tensorboard]'.",
         ),
     ] = None,
     device: DeviceOpt = "auto",
@@ -522,7 +549,7 @@ def train(
             augment=augment,
             balance=balance.value,
             size=size,
-            channels=channels,
+            channels=int(channels.value),
             seed=seed,
             device=device,
             precision=precision.value,
@@ -866,7 +893,7 @@ def export(
 ) -> None:
     """Export a model to ONNX, to run without torch.
 
-    The exported model runs with onnxruntime (pip install 'fer-cli[onnx]').
+    The exported model runs with onnxruntime, which comes with fer: no torch needed.
 
     \b
     Examples:
@@ -979,6 +1006,21 @@ def _open_report_folder(folder: Path | None) -> Path | None:
         ) from None
 
 
+@contextlib.contextmanager
+def _status(message: str):
+    """A spinner with ``message`` on stderr while a long step runs without a progress bar of its own (a first run's
+    ONNX exports, then the scoring): on a terminal only, shown at once; notes printed meanwhile appear above it."""
+    from rich.live import Live
+    from rich.spinner import Spinner
+
+    if not err_console.is_terminal:
+        yield
+        return
+    with Live(Spinner("dots", message), console=err_console, transient=True, refresh_per_second=12.5) as live:
+        live.refresh()
+        yield
+
+
 def _note(message: str) -> None:
     err_console.print(f"[yellow]note:[/] {markup_safe(message)}", highlight=False)
 
@@ -1026,8 +1068,9 @@ def _predict_and_write(
             writer = _writer(chosen, has_videos(items))(stream, class_names, video=has_videos(items))
             try:
                 batches = predict_stream(
-                    classifiers, items, device, batch_size, workers, faces=faces.value, tta=tta, sampling=video.sampling
-                )
+                    classifiers, items, device, batch_size, workers, faces=faces.value, tta=tta,
+                    sampling=video.sampling, on_ready=lambda: setattr(tally, "ready_at", time.perf_counter()),
+                )  # fmt: skip
                 _write_predictions(
                     batches, len(items), writer, destination, vote, model_label, annotator, tally, collector, videos,
                     copies,
@@ -1124,6 +1167,7 @@ class _Tally:
     not_annotated: int = 0  # annotated copies that could not be written
     frames: int = 0  # video frames read
     read: int = 0  # images and video frames
+    ready_at: float | None = None  # when the models were ready (a first run's ONNX export is start-up, not predicting)
 
 
 def _write_predictions(
@@ -1186,16 +1230,19 @@ def _write_predictions(
 
 def _summarise(tally: _Tally, started: float, annotator, annotate) -> None:
     """The run's last lines on stderr, and its exit code: 1 when an input or an annotated copy failed. The time is
-    the whole run's, start-up (Python, torch, the models) included, and the rate is the predicting's."""
+    the whole run's; starting up is Python, the imports and the models made ready (a checkpoint's first ONNX export
+    included), and the rate is the predicting's after it, given only when something was predicted."""
     now = time.perf_counter()
+    started = tally.ready_at or started
     seconds, starting = now - PROCESS_STARTED, started - PROCESS_STARTED
+    predicted = tally.done - tally.failed
     per_second = tally.read / (now - started) if now > started else 0.0
     unit = "images" if not tally.frames else "frames" if tally.frames == tally.read else "images and frames"
-    rate = f", then {per_second:,.{0 if per_second >= 10 else 1}f} {unit}/s"
+    rate = f", then {per_second:,.{0 if per_second >= 10 else 1}f} {unit}/s" if predicted and per_second else ""
     frames = f"; {_count(tally.frames, 'video frame')}" if tally.frames else ""
     err_console.print(
-        f"{tally.done - tally.failed:,} of {_count(tally.done, 'input')} predicted ({_count(tally.found, 'face')}"
-        f"{frames}) in {seconds:.1f}s ({starting:.1f}s starting up{rate if tally.done else ''})",
+        f"{predicted:,} of {_count(tally.done, 'input')} predicted ({_count(tally.found, 'face')}"
+        f"{frames}) in {seconds:.1f}s ({starting:.1f}s starting up{rate})",
         highlight=False,
     )
     if annotator:
@@ -1336,9 +1383,11 @@ def ensemble(
     \b
     The report's columns:
       accuracy          share of images whose top class is the true one
-      balanced accuracy the mean recall of the classes (rare ones count as much)
+      balanced accuracy the mean recall of the classes present (rare ones count
+                        as much)
       tagger agreement  with --votes: mean share of the votes the answer got
-      macro F1          F1 averaged over the classes, each weighing the same
+      macro F1          F1 averaged over the classes present, each weighing the
+                        same
       conf. when right  mean confidence of the right answers (higher is better)
       conf. when wrong  mean confidence of the wrong ones (lower is better);
                         none for the majority vote (a share of models agreeing)
@@ -1380,16 +1429,17 @@ def ensemble(
     _refuse_clashing_outputs(output, report, None, [])
     started = time.perf_counter()
     destination, chosen = _open_output(output, fmt)  # before the work: an unwritable -o fails at once
+    models_scored = f"{len(classifiers)} model{'s' if len(classifiers) != 1 else ''}"
     with destination as stream:
-        scored, labelled = score_labelled(
-            classifiers, folder, weighted, device, batch_size, workers, on_skip=_report_skipped, faces=faces.value,
-            tta=tta, votes=voted,
-        )  # fmt: skip
+        with _status(f"scoring {models_scored} on {markup_safe(folder)}"):
+            scored, labelled = score_labelled(
+                classifiers, folder, weighted, device, batch_size, workers, on_skip=_report_skipped,
+                faces=faces.value, tta=tta, votes=voted,
+            )  # fmt: skip
         if chosen == "json":
             stream.write(json.dumps(scored, indent=2) + "\n")
         else:
             print_ensemble_report(scored, Console(file=stream))
-    models_scored = f"{len(classifiers)} model{'s' if len(classifiers) != 1 else ''}"
     err_console.print(
         f"scored {models_scored} on {scored['images']:,} images in {time.perf_counter() - started:.1f}s",
         highlight=False,
@@ -1555,8 +1605,8 @@ def serve(
     missing = [name for name in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
     if missing:
         raise FerError(
-            f"fer serve needs the serve extra ({', '.join(missing)} not installed): pip install '.[serve]' "
-            "in a clone, or pip install 'fer-cli[serve]'"
+            f"fer serve needs the serve extra ({', '.join(missing)} not installed): in fer's folder, "
+            "pip install '.[serve]'"
         )
     import socket
 

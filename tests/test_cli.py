@@ -321,7 +321,9 @@ def test_help_says_what_it_means(runner):
     top = invoke(runner, "--help")
     assert "--version" in top.stdout and "--install-completion" in top.stdout and "Examples:" in top.stdout
     assert max(len(line) for line in top.stdout.splitlines()) <= 80
-    assert "pip install 'fer-cli[onnx]'" in invoke(runner, "export", "--help").stdout  # brackets not eaten
+    train_help = " ".join(invoke(runner, "train", "--help").stdout.split())  # (wrapped at the terminal's width)
+    assert "pip install '.[tensorboard]'" in train_help  # brackets not eaten
+    assert "fer-cli[" not in train_help + invoke(runner, "export", "--help").stdout  # no extra of a package not on PyPI
     predict_help = invoke(runner, "predict", "--help").stdout
     assert "Usage: fer predict [OPTIONS] SOURCE..." in predict_help
     ensemble_help = invoke(runner, "ensemble", "--help").stdout

@@ -153,7 +153,7 @@ def test_tensorboard_without_the_package_is_one_clear_line(tiny_dataset, tmp_pat
     result = invoke("train", tiny_dataset, "--out", tmp_path / "m.pt", "--tensorboard", tmp_path / "tb", "-j", "0")
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "error: --tensorboard needs the tensorboard package: pip install 'fer-cli[tensorboard]'"
+        "error: --tensorboard needs the tensorboard package: pip install tensorboard (or, in fer's folder, pip install '.[tensorboard]')"
     ]
     assert not (tmp_path / "m.pt").exists() and not (tmp_path / "tb").exists()
 

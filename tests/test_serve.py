@@ -254,8 +254,7 @@ def test_without_the_serve_extra_one_line_and_exit_2(monkeypatch):
     result = fer("serve")
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "error: fer serve needs the serve extra (fastapi not installed): pip install '.[serve]' in a clone, "
-        "or pip install 'fer-cli[serve]'"
+        "error: fer serve needs the serve extra (fastapi not installed): in fer's folder, pip install '.[serve]'"
     ]
 
 

@@ -19,13 +19,16 @@ def summarize(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> 
     correct = predicted == labels
     indices = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=indices, zero_division=0)
+    present = support > 0
     return {
         "count": int(len(labels)),
         "accuracy": float(correct.mean()) if len(labels) else 0.0,
-        "macro_f1": float(f1.mean()),
-        # the mean recall of the classes that occur (a model that answers the commonest class for every
-        # image scores 1/classes here, whatever its accuracy)
-        "balanced_accuracy": float(recall[support > 0].mean()) if support.any() else 0.0,
+        # both over the classes that occur, as scikit-learn's f1_score(labels=present classes, average="macro"):
+        # a class the data lacks (contempt in a FER2013 folder) would add its F1 of 0 to the mean. Answers given
+        # as such a class still count, as errors, in the recall and F1 of the class each image is.
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        # (a model that answers the commonest class for every image scores 1/classes here, whatever its accuracy)
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
         "mean_confidence_correct": float(confidence[correct].mean()) if correct.any() else None,
         "mean_confidence_incorrect": float(confidence[~correct].mean()) if (~correct).any() else None,
         "expected_calibration_error": expected_calibration_error(labels, probs),

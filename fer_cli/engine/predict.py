@@ -323,6 +323,7 @@ def predict_stream(
     whole_image_if_no_face: bool = False,
     tta: TTA | str = TTA.none,
     sampling: Sampling | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> Iterator[list[Outcome]]:
     """Yield, per batch of inputs and in input order, each input's faces with every model's probabilities.
 
@@ -330,13 +331,16 @@ def predict_stream(
     ``tta`` averages each face's views (see ``tta``). Faces are found in the worker processes, on
     the CPU beside decoding (only crops leave a worker); with ``workers=0`` on CUDA the detector
     runs on the GPU. A video's frames are inputs of their own (``sampling`` says which are read), their
-    outcomes carrying their ``frame``.
+    outcomes carrying their ``frame``. ``on_ready`` is called once the models are ready to run (a checkpoint's
+    first ONNX export done), before the first input is read.
     """
     align_classes(classifiers)
     items = list(items)
     if not items:
         return
     predictor = Predictor(classifiers, device, faces, whole_image_if_no_face, tta, detector_on_device=workers == 0)
+    if on_ready is not None:
+        on_ready()
     sent: deque = deque()
     for inputs, owners, stacks in read_batches(items, predictor.reader, batch_size, workers, sampling, sent):
         yield predictor.outcomes(sent.popleft(), inputs, owners, stacks)

@@ -9,6 +9,7 @@ continue an interrupted run where it stopped). ``--tensorboard DIR`` logs the ep
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import multiprocessing
@@ -1029,6 +1030,19 @@ def _finish(run: TrainingRun) -> None:
     if run.tensorboard is not None:
         run.tensorboard.hyperparameters(_plain_config(run.config), run.best_metrics)
     run.log.print(f"best val accuracy {run.best_accuracy:.4f} (epoch {run.best_metrics.get('epoch')}) -> {run.out}")
+    if run.group.is_main:
+        _say_resume_state_kept(run)
+
+
+def _say_resume_state_kept(run: TrainingRun) -> None:
+    """A finished run keeps its resume state (``--resume --epochs N`` extends it), and says so once, with its size:
+    with AdamW it is about three times the checkpoint, which the user may not expect beside it."""
+    with contextlib.suppress(OSError):
+        size = last_path(run.out).stat().st_size
+        run.log.print(
+            f"{escape(str(last_path(run.out)))} ({size / 1e6:,.1f} MB) kept: --resume --epochs N extends the run; "
+            "delete it otherwise"
+        )
 
 
 class CurvesPainter:

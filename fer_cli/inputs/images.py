@@ -9,6 +9,7 @@ here imports torch, so predicting with an exported (ONNX) model never loads it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import glob
@@ -40,6 +41,29 @@ def _register_decoders() -> None:
 
 
 _register_decoders()
+
+
+def _quiet_libtiff() -> None:
+    """Stop libtiff printing on stderr itself: Pillow decodes compressed TIFFs with it, and its default handlers
+    write a damaged file's complaints ("tempfile.tif: Using code not yet in table.") beside fer's own line for that
+    file. Pillow reads libtiff's return codes, not its messages, so a damaged TIFF is still an error per file.
+    Best effort: where the libtiff Pillow loaded cannot be found (no /proc, a static build), nothing changes."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libtiff" in line.rsplit("/", 1)[-1]}
+    except OSError:
+        return
+    for path in paths:
+        with contextlib.suppress(OSError, AttributeError):
+            libtiff = ctypes.CDLL(path)  # the copy already loaded: dlopen hands back the same library
+            for setter in (libtiff.TIFFSetWarningHandler, libtiff.TIFFSetErrorHandler):
+                setter.restype, setter.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+                setter(None)
+
+
+_quiet_libtiff()
 
 
 class UnreadableImage(ValueError):

@@ -25,6 +25,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -146,7 +147,13 @@ def _export(checkpoint_path: Path, entry: Path, checkpoint_sha256: str) -> None:
     checkpoint = read_checkpoint(checkpoint_path)
     _remove_abandoned_exports(entry.parent)
     try:
-        with tempfile.TemporaryDirectory(dir=entry.parent, prefix=_SCRATCH_PREFIX) as scratch:
+        # torch's exporter and onnx warn about their own internals (deprecations, numpy's RuntimeWarnings while
+        # folding constants): nothing a user can act on, and the note already said an export is happening.
+        with (
+            warnings.catch_warnings(),
+            tempfile.TemporaryDirectory(dir=entry.parent, prefix=_SCRATCH_PREFIX) as scratch,
+        ):
+            warnings.simplefilter("ignore")
             exported, optimised = Path(scratch) / "exported.onnx", Path(scratch) / "optimised.onnx"
             write_exported(checkpoint, checkpoint_path, exported)
             _optimise(exported, optimised)

@@ -5,8 +5,8 @@
 The ONNX graph takes the model's uint8 pixels (N, C, H, W) and does the scaling and normalisation
 itself, so feeding it needs nothing but ``images.model_pixels``; everything else a ``Classifier``
 carries (classes, preprocessing, temperature, metrics, provenance) is stored as JSON in the file's
-metadata under ``fer_cli``. Running one imports onnxruntime and never torch: the optional extra
-``pip install 'fer-cli[onnx]'`` provides it (plus onnx and onnxscript, which exporting needs).
+metadata under ``fer_cli``. Running one imports onnxruntime and never torch: onnxruntime, and onnx and
+onnxscript, which exporting needs, are dependencies of fer (the ``onnx`` extra of earlier versions is empty).
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ from .classifier import Classifier, described_by, edited_by_hand, implausible
 
 METADATA_KEY = "fer_cli"
 FORMAT = "fer_cli.onnx"
-INSTALL_HINT = "pip install '.[onnx]' in a clone, or pip install 'fer-cli[onnx]'"
+# onnxruntime, onnx and onnxscript are fer's own dependencies: missing, the install is broken (the packages exist on PyPI;
+# the 'fer-cli' distribution is installed from its folder, and its 'onnx' extra is empty now)
+INSTALL_HINT = (
+    "they come with fer: pip install onnxruntime onnx onnxscript, or reinstall fer (pip install . in its folder)"
+)
 
 
 def _onnxruntime():

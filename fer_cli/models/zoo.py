@@ -150,20 +150,13 @@ def resolve_model(name_or_path: str | None, note=None) -> Classifier:
 
 def resolve_models(names_or_paths: list[str] | None, note=None) -> list[Classifier]:
     """The given models, or the default ensemble: every shipped checkpoint. Exported models (.onnx)
-    are faster copies of a checkpoint, not members of their own; they vote only when named, and
-    ``note`` hears that they were left out."""
+    are faster copies of a checkpoint, not members of their own: they vote only when named (`fer ensemble
+    --help` and the README say so once; a note at every run said nothing new after the first)."""
     if names_or_paths:
         return [resolve_model(n, note) for n in names_or_paths]
-    available = shipped_models(note)
-    checkpoints = [m for m in available if m.path.endswith(".pt")]
+    checkpoints = [m for m in shipped_models(note) if m.path.endswith(".pt")]
     if not checkpoints:
         raise ModelError("no shipped weights found; pass --model PATH")
-    exports = [m.name for m in available if not m.path.endswith(".pt")]
-    if note and exports:
-        which = (
-            f"exported model {exports[0]} was" if len(exports) == 1 else f"exported models {', '.join(exports)} were"
-        )
-        note(f"{which} left out of the default ensemble (add one with -m NAME)")
     return [load_classifier(m.path, note) for m in checkpoints]
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -155,7 +157,7 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
-IMAGE_WIDTH = 40  # paths up to this long stay on one line: other columns go first
+IMAGE_WIDTH = 40  # paths up to this long stay on one line: other columns go first; longer ones fold at separators
 UNREADABLE = "unreadable"
 NO_FACE = "no face"  # beside "0 faces": short, so that the label column stays narrow
 WARNED = " !"  # after a label: the record carries a warning
@@ -166,7 +168,10 @@ class TableWriter(ResultWriter):
 
     What a person reads first (image, face, label, confidence) always stays whole. When the
     terminal is too narrow for everything, the per-class probabilities fold into one column (the
-    runner-up class), then the box goes; a line under the table says what was left out.
+    runner-up class), then the box goes; a line under the table says what was left out. The image
+    column keeps up to ``IMAGE_WIDTH`` characters of a path on one line before the box goes; a path
+    longer than the column then leaves it folds after a path separator, mid-name only where one name
+    alone is longer than the column.
     """
 
     # From the fullest to the leanest: (box column, probabilities as "classes" | "runner-up" | None, narrow headers)
@@ -187,7 +192,9 @@ class TableWriter(ResultWriter):
             table = self.table(box, probabilities, narrow)
             if _fits(console, table):
                 break
-        table.columns[0].max_width = None  # measured at its narrowest acceptable width; now take what is left
+        # The image column was measured at its narrowest acceptable width; now it takes what the others leave.
+        others = _natural_width(console, self.table(box, probabilities, narrow, image_width=0)) - len("image")
+        table = self.table(box, probabilities, narrow, image_width=max(console.width - others, 1))
         notes = []
         if probabilities != "classes" and self.class_names:
             shown = "folded into the runner-up" if probabilities else "and the box left out"
@@ -199,17 +206,23 @@ class TableWriter(ResultWriter):
             console.print(note, highlight=False)
         super().close()
 
-    def table(self, box: bool, probabilities: str | None, narrow: bool = False) -> Table:
+    def table(
+        self, box: bool, probabilities: str | None, narrow: bool = False, image_width: int | None = None
+    ) -> Table:
         """The table in one layout, its image column capped for measuring; ``narrow``: short headers, and labels that
-        fold, so that the numbers stay whole in a very narrow terminal (40 columns)."""
+        fold, so that the numbers stay whole in a very narrow terminal (40 columns). With ``image_width`` the paths
+        are folded at their separators to that width (0: left out, to measure the other columns)."""
         paths = [printable(p.path) for p in self.rows]
         longest_path = max((len(path) for path in paths), default=5)
+        if image_width is not None:
+            paths = [fold_path(path, image_width) if image_width else "" for path in paths]
         marker = len(WARNED) if any(p.warning for p in self.rows) else 0
         label_width = max([len(NO_FACE), len(UNREADABLE)] + [len(printable(c)) + marker for c in self.class_names])
         if narrow:
             label_width = min(label_width, 8)
         table = Table(show_lines=False, padding=(0, 0 if narrow else 1))
-        table.add_column("image", overflow="fold", max_width=max(5, min(longest_path, IMAGE_WIDTH)))
+        image_cap = max(5, min(longest_path, IMAGE_WIDTH)) if image_width is None else None
+        table.add_column("image", overflow="fold", max_width=image_cap)
         table.add_column("face", justify="right", no_wrap=True)
         if box:
             table.add_column("box (x,y,w,h)", justify="right", no_wrap=True)
@@ -223,8 +236,9 @@ class TableWriter(ResultWriter):
         blank = [""] * (len(self.class_names) if probabilities == "classes" else 1 if probabilities else 0)
         for p, path in zip(self.rows, paths):
             image = Text(path)  # printable already
-            if not p.ok:  # the reason under the path, where the table is widest
-                image.append(f"\n{printable(p.error)}", style="red")
+            if not p.ok:  # the reason under the path, where the table is widest (it folds at spaces)
+                if image_width != 0:
+                    image.append(f"\n{printable(p.error)}", style="red")
                 cells = ["", Text(UNREADABLE, style="red"), ""]
             elif p.faces == 0:
                 cells = ["0 faces", Text(NO_FACE, style="dim"), ""]
@@ -252,8 +266,30 @@ class TableWriter(ResultWriter):
 
 def _fits(console: Console, table: Table) -> bool:
     """Whether the table's natural width (no cell wrapped) is within the console's."""
-    unbounded = console.options.update_width(10_000)
-    return Measurement.get(console, unbounded, table).maximum <= console.width
+    return _natural_width(console, table) <= console.width
+
+
+def _natural_width(console: Console, table: Table) -> int:
+    return Measurement.get(console, console.options.update_width(10_000), table).maximum
+
+
+def fold_path(path: str, width: int) -> str:
+    """``path`` in lines of at most ``width`` characters, each ending after a path separator where one fits
+    (a name longer than ``width`` alone is cut within)."""
+    if len(path) <= width:
+        return path
+    separators = re.escape("".join({"/", os.sep, os.altsep or "/"}))
+    pieces = re.findall(f"[^{separators}]*[{separators}]|[^{separators}]+$", path)  # each name and the separator after
+    lines, line = [], ""
+    for piece in pieces:
+        if line and len(line) + len(piece) > width:
+            lines.append(line)
+            line = ""
+        line += piece
+        while len(line) > width:
+            lines.append(line[:width])
+            line = line[width:]
+    return "\n".join([*lines, line] if line else lines)
 
 
 WRITERS: dict[str, type[ResultWriter]] = {
@@ -318,7 +354,7 @@ def best_entry(rows: list) -> tuple:
 
 
 SUMMARY_CAPTION = (
-    "balanced accuracy: the mean recall of the classes. "
+    "balanced accuracy and macro F1: the mean recall and F1 of the classes the images have (support > 0). "
     "conf. when right/wrong: mean confidence of the correct/wrong answers. ECE: expected calibration error, the gap "
     "between confidence and accuracy (0 is best). The majority vote has none: its confidence is the share of models "
     "that agree, not a probability (-f json has it)."

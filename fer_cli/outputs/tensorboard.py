@@ -1,7 +1,7 @@
 """``fer train --tensorboard DIR``: the epoch's scalars, the validation confusion matrix as a
 picture, and the run's hyper-parameters, as TensorBoard event files (``tensorboard --logdir DIR``).
 
-Needs the ``tensorboard`` package (``pip install 'fer-cli[tensorboard]'``); ``check_available``
+Needs the ``tensorboard`` package (``pip install tensorboard``, or fer's ``tensorboard`` extra); ``check_available``
 says so in one line before any work is done.
 """
 
@@ -25,7 +25,9 @@ SCALARS = {  # history column -> TensorBoard tag
 
 def check_available() -> None:
     if importlib.util.find_spec("tensorboard") is None:
-        raise FerError("--tensorboard needs the tensorboard package: pip install 'fer-cli[tensorboard]'")
+        raise FerError(
+            "--tensorboard needs the tensorboard package: pip install tensorboard (or, in fer's folder, pip install '.[tensorboard]')"
+        )
 
 
 class TensorBoardLog:
