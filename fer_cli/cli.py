@@ -690,7 +690,7 @@ def _describe_model(classifier, out: Console) -> None:
     for command in provenance.get("resumed_by") or ():
         lines.append(("resumed by", command))
     if provenance.get("initialised_from"):
-        lines.append(("initialised from", provenance["initialised_from"]["model"]))
+        lines.append(("initialised from", _starting_model(provenance["initialised_from"])))
     if provenance.get("distilled_from"):
         taught = provenance["distilled_from"]
         teachers = ", ".join(teacher["model"] for teacher in taught["teachers"])
@@ -1134,6 +1134,18 @@ def _writer(chosen: str, videos: bool):
 
         return TableWithTracks
     return WRITERS[chosen]
+
+
+def _starting_model(start: dict) -> str:
+    """The model a run started from, as a user can find it: a shipped name, or a file with its sha256 to tell it by."""
+    from .models.zoo import shipped_models
+
+    shipped = {entry.name for entry in shipped_models()}
+    name = start["model"]
+    if name in shipped:
+        return f"{name} (shipped)"
+    digest = start.get("sha256")
+    return f"{name}, not shipped" + (f" (sha256 {digest[:12]}…)" if digest else "")
 
 
 def _refuse_shipped(paths: list[Path], hint: str) -> None:
