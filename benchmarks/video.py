@@ -39,7 +39,8 @@ def make_clip(path: Path, seconds: float) -> int:
         stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
         for i in range(count):
             phase = i / max(1, count - 1)
-            side = round(360 + 220 * np.sin(2 * np.pi * phase))  # the photo 140-580 px square
+            # the photo 380-580 px square: her face 66-100 px, above the smallest searched for by default (60 px)
+            side = round(480 + 100 * np.sin(2 * np.pi * phase))
             frame = Image.new("RGB", SIZE, (70, 90, 110))
             x = round((SIZE[0] - side) * phase)
             y = round((SIZE[1] - side) * (0.5 + 0.4 * np.sin(4 * np.pi * phase)))

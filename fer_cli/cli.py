@@ -180,6 +180,26 @@ FacesOpt = Annotated[
         "photos are searched for faces; detect: always search; none: each image is one face.",
     ),
 ]
+
+
+def _min_face(text: str | None) -> float:
+    from .inputs.faces import DEFAULT_MIN_FACE, parse_min_face
+
+    try:
+        return DEFAULT_MIN_FACE if text is None else parse_min_face(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--min-face") from None
+
+
+MinFaceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--min-face",
+        metavar="PX|FRACTION",
+        help="The smallest face searched for: pixels (30), or a fraction of the image's shorter side (0.05, "
+        "1/20). Default 1/12 (60 px in a 720p frame); smaller is slower (a group photo's small faces: 20).",
+    ),
+]
 TtaOpt = Annotated[
     TTA,
     typer.Option(
@@ -993,7 +1013,7 @@ def _report_warning(path: str, warning: str) -> None:
 
 def _predict_and_write(
     classifiers, sources, vote, model_label, fmt, output, device, batch_size, workers, faces, annotate, tta, shard=None,
-    report=None, video=VideoSettings(),
+    report=None, video=VideoSettings(), min_face=None,
 ) -> None:  # fmt: skip
     """The shared body of `predict` and unlabelled `ensemble`: stream, vote, write, annotate, report, exit code."""
     from .engine.predict import align_classes, predict_stream
@@ -1026,8 +1046,9 @@ def _predict_and_write(
             writer = _writer(chosen, has_videos(items))(stream, class_names, video=has_videos(items))
             try:
                 batches = predict_stream(
-                    classifiers, items, device, batch_size, workers, faces=faces.value, tta=tta, sampling=video.sampling
-                )
+                    classifiers, items, device, batch_size, workers, faces=faces.value, tta=tta,
+                    sampling=video.sampling, min_face=min_face,
+                )  # fmt: skip
                 _write_predictions(
                     batches, len(items), writer, destination, vote, model_label, annotator, tally, collector, videos,
                     copies,
@@ -1243,6 +1264,7 @@ def predict(
         ),
     ] = None,
     faces: FacesOpt = Faces.auto,
+    min_face: MinFaceOpt = None,
     tta: TtaOpt = TTA.none,
     annotate: AnnotateOpt = None,
     report: ReportOpt = None,
@@ -1288,11 +1310,12 @@ def predict(
         raise typer.BadParameter(str(error), param_hint="--shard") from None
 
     video = video_settings(fps, start, end, smooth)
+    smallest = _min_face(min_face)
     classifier = resolve_model(model, note=_note)
     only_model = lambda probs: probs[:, 0]  # noqa: E731  (N, 1, C) -> (N, C)
     _predict_and_write(
         [classifier], sources, only_model, classifier.name, fmt, output, device, batch_size, workers, faces,
-        annotate, tta, chosen_shard, report, video,
+        annotate, tta, chosen_shard, report, video, smallest,
     )  # fmt: skip
 
 
@@ -1319,6 +1342,7 @@ def ensemble(
     ] = None,
     split: SplitOpt = None,
     faces: FacesOpt = Faces.auto,
+    min_face: MinFaceOpt = None,
     tta: TtaOpt = TTA.none,
     annotate: AnnotateOpt = None,
     report: ReportOpt = None,
@@ -1362,13 +1386,14 @@ def ensemble(
     from .models.zoo import resolve_models
 
     voted = _voted_files(folder, votes, split)
+    smallest = _min_face(min_face)
     classifiers = resolve_models(model, note=_note)
     if voted is None and not is_labelled_folder(folder, align_classes(classifiers)):
         err_console.print(plain(f"{folder} is not a labelled folder (class subfolders): predicting with the ensemble"))
         name, vote = default_vote(classifiers, weighted)
         _predict_and_write(
             classifiers, [folder], vote, f"ensemble: {name}", fmt, output, device, batch_size, workers, faces,
-            annotate, tta, report=report,
+            annotate, tta, report=report, min_face=smallest,
         )  # fmt: skip
         return
     if annotate is not None:
@@ -1383,7 +1408,7 @@ def ensemble(
     with destination as stream:
         scored, labelled = score_labelled(
             classifiers, folder, weighted, device, batch_size, workers, on_skip=_report_skipped, faces=faces.value,
-            tta=tta, votes=voted,
+            tta=tta, votes=voted, min_face=smallest,
         )  # fmt: skip
         if chosen == "json":
             stream.write(json.dumps(scored, indent=2) + "\n")
@@ -1434,6 +1459,7 @@ def serve(
         ),
     ] = None,
     faces: FacesOpt = Faces.auto,
+    min_face: MinFaceOpt = None,
     tta: TtaOpt = TTA.none,
     device: DeviceOpt = "auto",
     max_upload_mb: Annotated[
@@ -1572,7 +1598,7 @@ def serve(
     else:
         name, vote = default_vote(classifiers, weighted=False)  # as fer ensemble on unlabelled images
         label = f"ensemble: {name}"
-    predictor = Predictor(classifiers, device, faces.value, tta=tta)
+    predictor = Predictor(classifiers, device, faces.value, tta=tta, min_face=_min_face(min_face))
     config = ServeConfig(
         max_upload_bytes=round(max_upload_mb * 2**20),
         upload_budget_bytes=round(max(upload_budget_mb, max_upload_mb) * 2**20),  # room for one largest upload

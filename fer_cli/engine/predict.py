@@ -274,6 +274,7 @@ class Predictor:
         whole_image_if_no_face: bool = False,
         tta: TTA | str = TTA.none,
         detector_on_device: bool = True,
+        min_face: float | None = None,
     ):
         self.classifiers = classifiers
         self.class_names = align_classes(classifiers)
@@ -287,7 +288,7 @@ class Predictor:
         self.columns = [[c.class_names.index(name) for name in self.class_names] for c in classifiers]
         self.devices = [classifier.runner.prepare(device) for classifier in classifiers]
         detector_device = self.devices[0] if detector_on_device and self.devices[0].startswith("cuda") else "cpu"
-        finder = FaceFinder(faces, device=detector_device, whole_image_if_none=whole_image_if_no_face)
+        finder = FaceFinder(faces, detector_device, whole_image_if_no_face, min_face)
         self.reader = _InputReader(preprocesses, finder)
 
     def read(self, index: int, item: str | MissingInput | ImageBytes):
@@ -323,6 +324,7 @@ def predict_stream(
     whole_image_if_no_face: bool = False,
     tta: TTA | str = TTA.none,
     sampling: Sampling | None = None,
+    min_face: float | None = None,
 ) -> Iterator[list[Outcome]]:
     """Yield, per batch of inputs and in input order, each input's faces with every model's probabilities.
 
@@ -330,13 +332,13 @@ def predict_stream(
     ``tta`` averages each face's views (see ``tta``). Faces are found in the worker processes, on
     the CPU beside decoding (only crops leave a worker); with ``workers=0`` on CUDA the detector
     runs on the GPU. A video's frames are inputs of their own (``sampling`` says which are read), their
-    outcomes carrying their ``frame``.
+    outcomes carrying their ``frame``. ``min_face``: the smallest face searched for (``faces.smallest_face``).
     """
     align_classes(classifiers)
     items = list(items)
     if not items:
         return
-    predictor = Predictor(classifiers, device, faces, whole_image_if_no_face, tta, detector_on_device=workers == 0)
+    predictor = Predictor(classifiers, device, faces, whole_image_if_no_face, tta, workers == 0, min_face)
     sent: deque = deque()
     for inputs, owners, stacks in read_batches(items, predictor.reader, batch_size, workers, sampling, sent):
         yield predictor.outcomes(sent.popleft(), inputs, owners, stacks)
