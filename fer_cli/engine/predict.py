@@ -27,6 +27,7 @@ from PIL import UnidentifiedImageError
 from ..errors import FerError, ModelError
 from ..inputs.faces import FaceFinder, FacePolicy, size_warning
 from ..inputs.images import READ_ERRORS, ImageBytes, MissingInput, model_pixels, read_image
+from ..inputs.shared_frames import SharedFrames, read_shared
 from ..inputs.video import Sampling, VideoFrame, has_videos, input_batches, without_pixels
 from ..models.classifier import Classifier
 from ..models.tta import TTA
@@ -170,7 +171,7 @@ def signals_held():
 
 
 def _read_batch_in_worker(batch):
-    return _worker_reader.read_batch(batch)
+    return read_shared(_worker_reader.read_batch, batch)
 
 
 def in_order(
@@ -237,6 +238,10 @@ def read_batches(
         workers = min(workers, -(-len(numbered) // batch_size)) if len(numbered) > batch_size else 0
     if sent is not None:
         batches = _remembered(batches, sent)
+    if workers > 0 and has_videos(items):  # frames go to the workers through shared memory
+        frames = SharedFrames()
+        batches = map(frames.share, batches)
+        return frames.results(in_order(_read_batch_in_worker, batches, workers, _start_worker, reader))
     if workers > 0:
         return in_order(_read_batch_in_worker, batches, workers, _start_worker, reader)
     return map(reader.read_batch, batches)
