@@ -1484,6 +1484,22 @@ def serve(
     max_faces: Annotated[
         int, typer.Option("--max-faces", min=1, metavar="N", help="Faces in one request at most; more: 413.")
     ] = 1000,
+    video_fps: Annotated[
+        float,
+        typer.Option(
+            "--video-fps", min=0.01, max=30, metavar="N", help="Frames read a second of an uploaded video's time."
+        ),
+    ] = 5.0,
+    max_video_seconds: Annotated[
+        float,
+        typer.Option(
+            "--max-video-seconds",
+            min=0.1,
+            max=3600,
+            metavar="S",
+            help="Longest uploaded video (its header); longer: 413. Frames past it are never read.",
+        ),
+    ] = 60.0,
     max_megapixels: Annotated[
         float,
         typer.Option(
@@ -1562,9 +1578,9 @@ def serve(
 ) -> None:
     """Serve predictions over HTTP, with a page to drop photos on.
 
-    POST /predict takes images (multipart, field "files") and answers the records `fer predict
-    --format json` prints, each with the client's file name as its path; ?annotate=true with one
-    image answers the annotated PNG. GET /models, GET /health; GET / is the page, /docs the API.
+    POST /predict takes images and short videos (multipart, field "files") and answers the records
+    `fer predict --format json` prints (a video's: `--fps` at --video-fps), each with the client's
+    file name as its path; ?annotate=true with one image answers the annotated PNG. GET /models, GET /health; GET / is the page, /docs the API.
     Models load once, before the server listens. Needs the serve extra: pip install '.[serve]'.
 
     Every limit answers at once with a status and one line (413 too large, 408 too slow, 503 busy
@@ -1591,14 +1607,16 @@ def serve(
     from .models.zoo import resolve_model
     from .serve.app import ServeConfig, create_app
     from .serve.server import ConnectionLimits, connection_cap
+    from .serve.video_uploads import VideoLimits
 
+    smallest = _min_face(min_face)
     classifiers = [resolve_model(name, note=_note) for name in model] if model else [resolve_model(None, note=_note)]
     if len(classifiers) == 1:
         vote, label = (lambda probs: probs[:, 0]), classifiers[0].name  # as fer predict
     else:
         name, vote = default_vote(classifiers, weighted=False)  # as fer ensemble on unlabelled images
         label = f"ensemble: {name}"
-    predictor = Predictor(classifiers, device, faces.value, tta=tta, min_face=_min_face(min_face))
+    predictor = Predictor(classifiers, device, faces.value, tta=tta, min_face=smallest)
     config = ServeConfig(
         max_upload_bytes=round(max_upload_mb * 2**20),
         upload_budget_bytes=round(max(upload_budget_mb, max_upload_mb) * 2**20),  # room for one largest upload
@@ -1611,6 +1629,7 @@ def serve(
         max_batch=max_batch,
         host=host,
         allowed_hosts=tuple(allow_host or ()),
+        video=VideoLimits(video_fps, max_video_seconds),
     )
     connections = connection_cap(max_connections)
     if connections < max_connections:

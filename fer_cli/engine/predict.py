@@ -303,9 +303,7 @@ class Predictor:
     def outcomes(self, items, inputs: list, owners: list, stacks: list[np.ndarray]) -> list[Outcome]:
         """A read batch (``read_batches``' or ``reader.stack``'s) through every model: each input's
         Outcome, in the batch's order; ``items[index]`` is the input numbered ``index``."""
-        outcomes = {
-            index: Outcome(_path(items[index]), error=error, frame=_frame(items[index])) for index, error in inputs
-        }
+        outcomes = {index: empty_outcome(items[index], error) for index, error in inputs}
         if owners:
             stacked = np.stack(
                 [
@@ -347,6 +345,11 @@ def predict_stream(
     sent: deque = deque()
     for inputs, owners, stacks in read_batches(items, predictor.reader, batch_size, workers, sampling, sent):
         yield predictor.outcomes(sent.popleft(), inputs, owners, stacks)
+
+
+def empty_outcome(item: str | MissingInput | ImageBytes | VideoFrame, error: str | None = None) -> Outcome:
+    """An input's Outcome before its faces are added: its path (or name), its frame if it is one, its error."""
+    return Outcome(_path(item), error=error, frame=_frame(item))
 
 
 def _path(item: str | MissingInput | ImageBytes | VideoFrame) -> str:
