@@ -3,15 +3,16 @@
 A 720p frame is 2.7 MB of RGB. Pickled through a worker's pipe it is copied four times (twice in the kernel),
 about 9 ms of CPU a frame on a 2-core machine: a quarter of what reading the frame costs. Instead, the main
 process copies each batch's frames into one shared memory block and sends only where each frame lies in it
-(``SharedPixels``). The worker reads them in place. The block is freed once that batch's result is back, and
-every block still held is freed when the run ends or stops.
+(``SharedPixels``). The worker reads them in place. Once that batch's result is back the block takes a later
+batch: a fresh block costs a page fault a page on both sides (as much as the pipe on a VM), a block used again
+none. Workers keep the blocks they opened open. Every block is freed when the run ends or stops.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
@@ -19,6 +20,9 @@ from multiprocessing import resource_tracker, shared_memory
 import numpy as np
 
 from .video import VideoFrame
+
+BLOCK_STEP = 4 * 2**20  # block sizes are rounded up to this, so that one serves batches of slightly different sizes
+KEPT_BLOCKS = 8  # blocks kept for later batches (the batches in flight at once are fewer: 2 per worker)
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,8 @@ class SharedFrames:
     frees the blocks in the same order as the batches' results come back (``results``)."""
 
     def __init__(self):
-        self.blocks: deque[shared_memory.SharedMemory | None] = deque()
+        self.blocks: deque[shared_memory.SharedMemory | None] = deque()  # the batches in flight, in order
+        self.free: list[shared_memory.SharedMemory] = []  # blocks whose batch is back, for later batches
         # Workers forked from here report the blocks they open to this process's tracker, not to one of their own
         # (which would free the blocks as "leaked" when the worker ends).
         resource_tracker.ensure_running()
@@ -45,7 +50,7 @@ class SharedFrames:
         if not frames:
             self.blocks.append(None)
             return batch
-        block = shared_memory.SharedMemory(create=True, size=sum(frame.pixels.nbytes for frame in frames))
+        block = self._block(sum(frame.pixels.nbytes for frame in frames))
         self.blocks.append(block)
         shared, offset = [], 0
         for number, item in batch:
@@ -58,33 +63,52 @@ class SharedFrames:
         return shared
 
     def results(self, results: Iterable) -> Iterator:
-        """``results`` (one per batch shared, in order), each batch's block freed as its result passes."""
+        """``results`` (one per batch shared, in order), each batch's block free for another as its result passes;
+        every block freed at the end."""
         try:
             for result in results:
-                self._free(self.blocks.popleft())
+                if (block := self.blocks.popleft()) is not None:
+                    self.free.append(block)
+                while len(self.free) > KEPT_BLOCKS:
+                    _unlink(self.free.pop(0))
                 yield result
         finally:
-            while self.blocks:
-                self._free(self.blocks.popleft())
+            for block in [*self.blocks, *self.free]:
+                if block is not None:
+                    _unlink(block)
+            self.blocks.clear()
+            self.free.clear()
 
-    @staticmethod
-    def _free(block: shared_memory.SharedMemory | None) -> None:
-        if block is not None:
-            block.close()
-            block.unlink()
+    def _block(self, size: int) -> shared_memory.SharedMemory:
+        """The smallest free block that holds ``size`` bytes, or a new one."""
+        fits = [block for block in self.free if block.size >= size]
+        if fits:
+            block = min(fits, key=lambda block: block.size)
+            self.free.remove(block)
+            return block
+        return shared_memory.SharedMemory(create=True, size=-(-size // BLOCK_STEP) * BLOCK_STEP)
+
+
+def _unlink(block: shared_memory.SharedMemory) -> None:
+    block.close()
+    block.unlink()
+
+
+_opened: OrderedDict[str, shared_memory.SharedMemory] = OrderedDict()  # in a worker: the blocks it has open
 
 
 def read_shared(function, batch: list[tuple[int, object]]):
-    """``function(batch)`` in a worker, each frame's ``SharedPixels`` read in place; the blocks closed after."""
-    blocks: dict[str, shared_memory.SharedMemory] = {}
+    """``function(batch)`` in a worker, each frame's ``SharedPixels`` read in place (its block kept open for the
+    next batches that use it: the last ``KEPT_BLOCKS`` opened)."""
     for name in {item.pixels.block for _, item in batch if _is_shared(item)}:
-        blocks[name] = shared_memory.SharedMemory(name)
-    try:
-        return function([(number, _in_place(item, blocks) if _is_shared(item) else item) for number, item in batch])
-    finally:
-        for block in blocks.values():
-            with contextlib.suppress(BufferError):  # a view still held (by an error's traceback): closed with it
-                block.close()
+        if name in _opened:
+            _opened.move_to_end(name)
+        else:
+            _opened[name] = shared_memory.SharedMemory(name)
+    while len(_opened) > KEPT_BLOCKS:
+        with contextlib.suppress(BufferError):  # a view still held (by an error's traceback): closed with it
+            _opened.popitem(last=False)[1].close()
+    return function([(number, _in_place(item, _opened) if _is_shared(item) else item) for number, item in batch])
 
 
 def _is_shared(item) -> bool:
