@@ -40,7 +40,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from .. import __version__
 from ..engine.predict import Outcome, Predictor, to_predictions
 from ..engine.video_records import VideoRecords
-from ..inputs.images import ImageBytes
+from ..inputs.images import ImageBytes, is_video_file
 from ..models.zoo import model_catalogue
 from ..outputs.annotate import class_colours
 from ..outputs.results import JsonWriter, Prediction, printable
@@ -49,7 +49,7 @@ from .docs import api_page
 from .door import Door, HostCheck, answers_waiting, busy
 from .pool import FairPool, MemoryBudget, Stopping, trim
 from .uploads import Refused, annotate_task, check_sizes, header_tasks, read_tasks
-from .video_uploads import VideoLimits, each_input, is_video_upload
+from .video_uploads import VideoLimits, each_input
 
 PAGE = Path(__file__).with_name("page.html")
 IDLE_TRIM_S = 1.0  # idle this long after a request: freed memory handed back to the system
@@ -149,7 +149,7 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
             return _error(413, f"{len(files)} images in one request; this server takes at most {config.queue}")
         if annotate and len(files) != 1:
             return _error(422, f"annotate=true takes one image; this request has {len(files)}")
-        if annotate and is_video_upload(ImageBytes(files[0].filename or "", b"")):
+        if annotate and is_video_file(files[0].filename or ""):
             return _error(422, "annotate=true takes one image, not a video (fer predict --annotate draws on videos)")
         if state.waiting + len(files) > config.queue:
             return busy(state)
