@@ -57,6 +57,7 @@ class Model:
         inputs: Input | Iterable[Input],
         *,
         faces: str = "auto",
+        min_face: float | str | None = None,
         tta: str = "none",
         device: str = "auto",
         batch_size: int = 64,
@@ -70,7 +71,8 @@ class Model:
 
         ``inputs``: a path (an image, a video, a folder searched recursively, a glob), a PIL image, a numpy array,
         or an iterable of them. ``faces``: auto (crops go straight to the model, photos have their faces found),
-        detect or none; ``tta``: none, flip or crops; ``workers``: processes reading images (0: this one). Videos:
+        detect or none; ``min_face``: the smallest face searched for in a photo, pixels (30) or a share of its
+        shorter side (0.05, "1/20"; by default 1/12, as `fer predict --min-face`); ``tta``: none, flip or crops; ``workers``: processes reading images (0: this one). Videos:
         frames at ``fps`` a second (None: every frame) from ``start`` to ``end`` seconds, each track's
         probabilities averaged over its last ``smooth`` seconds (None: not).
         """
@@ -102,6 +104,7 @@ class Model:
         split: str | None = None,
         weighted: bool = False,
         faces: str = "auto",
+        min_face: float | str | None = None,
         tta: str = "none",
         device: str = "auto",
         batch_size: int = 64,
@@ -113,8 +116,9 @@ class Model:
 
         voted = voted_files(str(folder), str(votes), split) if votes is not None else None
         report, _ = score_labelled(
-            self.classifiers, str(folder), weighted, device, batch_size, workers, faces=faces, tta=tta, votes=voted
-        )
+            self.classifiers, str(folder), weighted, device, batch_size, workers, faces=faces, tta=tta, votes=voted,
+            min_face=_smallest(min_face),
+        )  # fmt: skip
         return report
 
 
@@ -138,6 +142,14 @@ def train(config: TrainConfig) -> dict:
     from .engine.train import train as run
 
     return run(config)
+
+
+def _smallest(min_face: float | str | None) -> float | None:
+    from .inputs.faces import check_min_face, parse_min_face
+
+    if min_face is None:
+        return None
+    return parse_min_face(min_face) if isinstance(min_face, str) else check_min_face(min_face)
 
 
 def _items(inputs) -> Iterator:

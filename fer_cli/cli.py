@@ -206,6 +206,26 @@ FacesOpt = Annotated[
         "photos are searched for faces; detect: always search; none: each image is one face.",
     ),
 ]
+
+
+def _min_face(text: str | None) -> float:
+    from .inputs.faces import DEFAULT_MIN_FACE, parse_min_face
+
+    try:
+        return DEFAULT_MIN_FACE if text is None else parse_min_face(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--min-face") from None
+
+
+MinFaceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--min-face",
+        metavar="PX|FRACTION",
+        help="The smallest face searched for: pixels (30), or a fraction of the image's shorter side (0.05, "
+        "1/20). Default 1/12 (60 px in a 720p frame); smaller is slower (a group photo's small faces: 20).",
+    ),
+]
 TtaOpt = Annotated[
     TTA,
     typer.Option(
@@ -1035,7 +1055,7 @@ def _report_warning(path: str, warning: str) -> None:
 
 def _predict_and_write(
     classifiers, sources, vote, model_label, fmt, output, device, batch_size, workers, faces, annotate, tta, shard=None,
-    report=None, video=VideoSettings(),
+    report=None, video=VideoSettings(), min_face=None,
 ) -> None:  # fmt: skip
     """The shared body of `predict` and unlabelled `ensemble`: stream, vote, write, annotate, report, exit code."""
     from .engine.predict import align_classes, predict_stream
@@ -1070,6 +1090,7 @@ def _predict_and_write(
                 batches = predict_stream(
                     classifiers, items, device, batch_size, workers, faces=faces.value, tta=tta,
                     sampling=video.sampling, on_ready=lambda: setattr(tally, "ready_at", time.perf_counter()),
+                    min_face=min_face,
                 )  # fmt: skip
                 _write_predictions(
                     batches, len(items), writer, destination, vote, model_label, annotator, tally, collector, videos,
@@ -1302,6 +1323,7 @@ def predict(
         ),
     ] = None,
     faces: FacesOpt = Faces.auto,
+    min_face: MinFaceOpt = None,
     tta: TtaOpt = TTA.none,
     annotate: AnnotateOpt = None,
     report: ReportOpt = None,
@@ -1347,11 +1369,12 @@ def predict(
         raise typer.BadParameter(str(error), param_hint="--shard") from None
 
     video = video_settings(fps, start, end, smooth)
+    smallest = _min_face(min_face)
     classifier = resolve_model(model, note=_note)
     only_model = lambda probs: probs[:, 0]  # noqa: E731  (N, 1, C) -> (N, C)
     _predict_and_write(
         [classifier], sources, only_model, classifier.name, fmt, output, device, batch_size, workers, faces,
-        annotate, tta, chosen_shard, report, video,
+        annotate, tta, chosen_shard, report, video, smallest,
     )  # fmt: skip
 
 
@@ -1378,6 +1401,7 @@ def ensemble(
     ] = None,
     split: SplitOpt = None,
     faces: FacesOpt = Faces.auto,
+    min_face: MinFaceOpt = None,
     tta: TtaOpt = TTA.none,
     annotate: AnnotateOpt = None,
     report: ReportOpt = None,
@@ -1423,13 +1447,14 @@ def ensemble(
     from .models.zoo import resolve_models
 
     voted = _voted_files(folder, votes, split)
+    smallest = _min_face(min_face)
     classifiers = resolve_models(model, note=_note)
     if voted is None and not is_labelled_folder(folder, align_classes(classifiers)):
         err_console.print(plain(f"{folder} is not a labelled folder (class subfolders): predicting with the ensemble"))
         name, vote = default_vote(classifiers, weighted)
         _predict_and_write(
             classifiers, [folder], vote, f"ensemble: {name}", fmt, output, device, batch_size, workers, faces,
-            annotate, tta, report=report,
+            annotate, tta, report=report, min_face=smallest,
         )  # fmt: skip
         return
     if annotate is not None:
@@ -1446,7 +1471,7 @@ def ensemble(
         with _status(f"scoring {models_scored} on {markup_safe(folder)}"):
             scored, labelled = score_labelled(
                 classifiers, folder, weighted, device, batch_size, workers, on_skip=_report_skipped,
-                faces=faces.value, tta=tta, votes=voted,
+                faces=faces.value, tta=tta, votes=voted, min_face=smallest,
             )  # fmt: skip
         if chosen == "json":
             stream.write(json.dumps(scored, indent=2) + "\n")
@@ -1496,6 +1521,7 @@ def serve(
         ),
     ] = None,
     faces: FacesOpt = Faces.auto,
+    min_face: MinFaceOpt = None,
     tta: TtaOpt = TTA.none,
     device: DeviceOpt = "auto",
     max_upload_mb: Annotated[
@@ -1520,6 +1546,22 @@ def serve(
     max_faces: Annotated[
         int, typer.Option("--max-faces", min=1, metavar="N", help="Faces in one request at most; more: 413.")
     ] = 1000,
+    video_fps: Annotated[
+        float,
+        typer.Option(
+            "--video-fps", min=0.01, max=30, metavar="N", help="Frames read a second of an uploaded video's time."
+        ),
+    ] = 5.0,
+    max_video_seconds: Annotated[
+        float,
+        typer.Option(
+            "--max-video-seconds",
+            min=0.1,
+            max=3600,
+            metavar="S",
+            help="Longest uploaded video (its header); longer: 413. Frames past it are never read.",
+        ),
+    ] = 60.0,
     max_megapixels: Annotated[
         float,
         typer.Option(
@@ -1598,9 +1640,9 @@ def serve(
 ) -> None:
     """Serve predictions over HTTP, with a page to drop photos on.
 
-    POST /predict takes images (multipart, field "files") and answers the records `fer predict
-    --format json` prints, each with the client's file name as its path; ?annotate=true with one
-    image answers the annotated PNG. GET /models, GET /health; GET / is the page, /docs the API.
+    POST /predict takes images and short videos (multipart, field "files") and answers the records
+    `fer predict --format json` prints (a video's: `--fps` at --video-fps), each with the client's
+    file name as its path; ?annotate=true with one image answers the annotated PNG. GET /models, GET /health; GET / is the page, /docs the API.
     Models load once, before the server listens. Needs the serve extra: pip install '.[serve]'.
 
     Every limit answers at once with a status and one line (413 too large, 408 too slow, 503 busy
@@ -1627,14 +1669,16 @@ def serve(
     from .models.zoo import resolve_model
     from .serve.app import ServeConfig, create_app
     from .serve.server import ConnectionLimits, connection_cap
+    from .serve.video_uploads import VideoLimits
 
+    smallest = _min_face(min_face)
     classifiers = [resolve_model(name, note=_note) for name in model] if model else [resolve_model(None, note=_note)]
     if len(classifiers) == 1:
         vote, label = (lambda probs: probs[:, 0]), classifiers[0].name  # as fer predict
     else:
         name, vote = default_vote(classifiers, weighted=False)  # as fer ensemble on unlabelled images
         label = f"ensemble: {name}"
-    predictor = Predictor(classifiers, device, faces.value, tta=tta)
+    predictor = Predictor(classifiers, device, faces.value, tta=tta, min_face=smallest)
     config = ServeConfig(
         max_upload_bytes=round(max_upload_mb * 2**20),
         upload_budget_bytes=round(max(upload_budget_mb, max_upload_mb) * 2**20),  # room for one largest upload
@@ -1647,6 +1691,7 @@ def serve(
         max_batch=max_batch,
         host=host,
         allowed_hosts=tuple(allow_host or ()),
+        video=VideoLimits(video_fps, max_video_seconds),
     )
     connections = connection_cap(max_connections)
     if connections < max_connections:

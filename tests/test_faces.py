@@ -14,7 +14,16 @@ from typer.testing import CliRunner
 
 from fer_cli.cli import app
 from fer_cli.inputs.face_detector import Detection, FaceDetector
-from fer_cli.inputs.faces import CROP_MAX_SIDE, FER2013_LANDMARKS, FaceFinder, _crop_similarity, align_face
+from fer_cli.inputs.faces import (
+    CROP_MAX_SIDE,
+    DETECTOR_FACE,
+    FER2013_LANDMARKS,
+    FaceFinder,
+    _crop_similarity,
+    align_face,
+    parse_min_face,
+    smallest_face,
+)
 from fer_cli.inputs.images import read_image
 
 from .synthetic import FER_VAL, SHARED
@@ -31,6 +40,11 @@ GROUP_FACES = ["happy/fer28713.png", "surprise/fer28755.png", "angry/fer28716.pn
 @pytest.fixture(scope="module")
 def finder():
     return FaceFinder("detect")
+
+
+@pytest.fixture(scope="module")
+def finder_of_small_faces():
+    return FaceFinder("detect", min_face=20)  # every face of 20 px or more, as --min-face 20
 
 
 def iou(a, b) -> float:
@@ -59,8 +73,8 @@ def test_one_face_in_the_astronaut_photo_and_none_in_coffee_or_chelsea(finder):
 
 @needs_photos
 @needs_val
-def test_every_face_of_a_group_photo_is_found_left_to_right_with_no_false_faces(finder):
-    # Eight faces of 70-190 px on the cat photo, enlarged to 1280 px wide.
+def group_photo() -> tuple[Image.Image, list[tuple[int, int, int, int]]]:
+    """Eight FER2013 crops of 70-190 px on the cat photo, enlarged to 1280x852: (the photo, their boxes)."""
     canvas = read_image(PHOTOS / "chelsea.png", 3).resize((1280, 852))
     expected = []
     for i, (name, size) in enumerate(zip(GROUP_FACES * 2, [70, 190, 110, 150, 160, 90, 130, 100])):
@@ -68,6 +82,14 @@ def test_every_face_of_a_group_photo_is_found_left_to_right_with_no_false_faces(
         face = read_image(FER_VAL / name, 3).resize((size, size), Image.Resampling.BICUBIC)
         canvas.paste(face, (x, y))
         expected.append((x, y, size, size))
+    return canvas, expected
+
+
+@needs_photos
+@needs_val
+def test_every_face_of_a_group_photo_is_found_left_to_right_with_no_false_faces(finder_of_small_faces):
+    finder = finder_of_small_faces
+    canvas, expected = group_photo()
     faces = finder.find(canvas)
     assert len(faces) == len(expected)
     assert [face.index for face in faces] == list(range(len(expected)))
@@ -78,10 +100,33 @@ def test_every_face_of_a_group_photo_is_found_left_to_right_with_no_false_faces(
 
 
 @needs_photos
-def test_a_large_photo_is_searched_at_1280_px_but_boxes_are_in_its_own_pixels(finder):
+@needs_val
+def test_faces_under_a_twelfth_of_the_shorter_side_are_not_searched_for_unless_asked(finder):
+    canvas, expected = group_photo()  # the 70 px crop's face is about 50 px: under 852 / 12 = 71 px
+    found = finder.find(canvas)
+    assert [iou(face.box, box) > 0.5 for face, box in zip(found, expected[1:])] == [True] * 7
+    assert len(found) == 7
+    assert len(FaceFinder("detect", min_face=40).find(canvas)) == 8  # --min-face 40 (px)
+    assert len(FaceFinder("detect", min_face=1 / 20).find(canvas)) == 8  # --min-face 1/20 (of 852 px: 43 px)
+
+
+def test_the_smallest_face_searched_for_is_pixels_or_a_share_of_the_shorter_side():
+    assert smallest_face(1 / 12, (1280, 720)) == 60
+    assert smallest_face(0.05, (640, 480)) == 24
+    assert smallest_face(30, (4000, 3000)) == 30
+    assert smallest_face(1 / 12, (200, 120)) == DETECTOR_FACE  # never under the detector's own 20 px
+    assert parse_min_face("1/20") == 0.05 and parse_min_face("40") == 40 and parse_min_face("0.1") == 0.1
+    for bad in ("0", "-3", "x", "1/0", "inf", "nan"):
+        with pytest.raises(ValueError):
+            parse_min_face(bad)
+
+
+@needs_photos
+def test_a_large_photo_is_searched_at_1280_px_but_boxes_are_in_its_own_pixels(finder, finder_of_small_faces):
     big = read_image(PHOTOS / "astronaut.png", 3).resize((2048, 2048))  # 4x
-    (face,) = finder.find(big)
-    assert iou(face.box, tuple(4 * v for v in ASTRONAUT_FACE)) > 0.7
+    for searcher in (finder_of_small_faces, finder):  # at 1280 px, and at 20 / 171 of its size (1/12: 171 px)
+        (face,) = searcher.find(big)
+        assert iou(face.box, tuple(4 * v for v in ASTRONAUT_FACE)) > 0.7
 
 
 @needs_photos

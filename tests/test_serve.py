@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import os
 import random
@@ -374,9 +375,9 @@ class Browser:
         return base64.b64decode(self.web.get(f"{self.base}/screenshot").json()["value"])
 
 
-@pytest.fixture
-def browser(real_server):
-    """The page of the real server, open in headless chromium."""
+@contextlib.contextmanager
+def headless_chromium(url: str):
+    """A headless chromium session (``Browser``) with ``url`` open, through a chromedriver of its own."""
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         driver_port = free.getsockname()[1]
@@ -395,13 +396,20 @@ def browser(real_server):
             browser = Browser(web, session["sessionId"])
             try:
                 web.post(f"{browser.base}/window/rect", json={"width": 1100, "height": 1000})
-                browser.open(real_server + "/")
+                browser.open(url)
                 yield browser
             finally:
                 web.delete(browser.base)
     finally:
         driver.terminate()
         driver.wait(timeout=30)
+
+
+@pytest.fixture
+def browser(real_server):
+    """The page of the real server, open in headless chromium."""
+    with headless_chromium(real_server + "/") as browser:
+        yield browser
 
 
 @needs_a_browser

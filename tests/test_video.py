@@ -187,6 +187,56 @@ def test_one_record_per_face_per_frame_equal_to_predicting_the_frame_as_an_image
     assert in_workers.exit_code == 0 and records(in_workers) == rows
 
 
+def a_large_and_a_small_face(count: int = 4, size=(960, 720)) -> list[np.ndarray]:
+    """The astronaut's face at 160x180 px and at 40x45 (her face about 24 px: under 720 / 12 = 60 px, the smallest
+    searched for by default), both drifting right."""
+    face = Image.open(EXAMPLES / "astronaut.jpg").convert("RGB").crop((150, 30, 300, 200))
+    frames = []
+    for i in range(count):
+        frame = Image.new("RGB", size, (90, 110, 130))
+        frame.paste(face.resize((40, 45)), (100 + 6 * i, 100))
+        frame.paste(face.resize((160, 180)), (500 + 6 * i, 200))
+        frames.append(np.asarray(frame))
+    return frames
+
+
+def test_a_720p_frame_is_searched_by_the_photo_rule_and_min_face_lowers_it(runner, tmp_path):
+    clip = write_video(tmp_path / "two.mp4", a_large_and_a_small_face())
+    result = predict(runner, clip, "-f", "jsonl")
+    assert result.exit_code == 0, result.output
+    rows = records(result)
+    assert [(r["frame"], r["faces"]) for r in rows] == [(i, 1) for i in range(4)]  # the 24 px face: not searched
+    assert all(r["box"][0] > 500 for r in rows)
+    smaller = records(predict(runner, clip, "-f", "jsonl", "--min-face", "20"))
+    assert [(r["frame"], r["face"]) for r in smaller] == [(i, face) for i in range(4) for face in (0, 1)]
+    assert all(r["box"][2] < 40 for r in smaller if r["face"] == 0)
+
+    # The frames searched on a third-size copy (20 / 60 px), as the same frames saved as images are
+    pngs = []
+    for i, pixels in enumerate(decoded(clip)):
+        pngs.append(tmp_path / f"frame{i}.png")
+        Image.fromarray(pixels).save(pngs[-1])
+    for option in ([], ["--min-face", "20"]):
+        as_video = rows if not option else smaller
+        as_images = records(predict(runner, *pngs, "-f", "jsonl", *option))
+        assert [(r["box"], r["label"]) for r in as_images] == [(r["box"], r["label"]) for r in as_video]
+        for image_row, video_row in zip(as_images, as_video):
+            assert image_row["probabilities"] == pytest.approx(video_row["probabilities"], abs=1e-6)
+
+    # Read in 2 worker processes, the frames handed over in shared memory: the same, and no block left behind.
+    shared_before = set(Path("/dev/shm").glob("psm_*")) if Path("/dev/shm").is_dir() else set()
+    in_workers = predict(runner, clip, "-f", "jsonl", "-b", "2", "-j", "2")
+    assert in_workers.exit_code == 0 and records(in_workers) == rows
+    if Path("/dev/shm").is_dir():
+        assert set(Path("/dev/shm").glob("psm_*")) <= shared_before
+
+
+def test_min_face_is_checked(runner, face_clip):
+    for bad in ("0", "-1", "big", "1/0"):
+        result = predict(runner, face_clip, "--min-face", bad)
+        assert result.exit_code == 2 and "--min-face" in result.output, (bad, result.output)
+
+
 def test_video_paths_on_stdin_beside_images(runner, face_clip):
     result = predict(runner, "-", "--fps", "1", "-f", "jsonl", stdin=f"{EXAMPLES / 'happy.png'}\n{face_clip}\n")
     assert result.exit_code == 0, result.output

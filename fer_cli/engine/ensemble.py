@@ -40,11 +40,12 @@ def score_labelled(
     faces: FacePolicy | str = FacePolicy.auto,
     tta: TTA | str = TTA.none,
     votes: VotedFiles | None = None,
+    min_face: float | None = None,
 ) -> tuple[dict, LabelledPredictions]:
     """Predict a labelled folder (or, with ``votes``, the images a votes file names) with every model and score the
     models and their votes: the report, and the per-image predictions it was made from (for the figures)."""
     policy = FacePolicy(faces)
-    labelled = predict_labelled(classifiers, folder, device, batch_size, workers, on_skip, policy, tta, votes)
+    labelled = predict_labelled(classifiers, folder, device, batch_size, workers, on_skip, policy, tta, votes, min_face)
     class_names = labelled.class_names
     report = evaluate_ensemble(
         labelled.probs, labelled.labels, classifiers, class_names, weighted, folder, paths=labelled.paths,
@@ -132,6 +133,7 @@ def predict_labelled(
     faces: FacePolicy | str = FacePolicy.auto,
     tta: TTA | str = TTA.none,
     votes: VotedFiles | None = None,
+    min_face: float | None = None,
 ) -> LabelledPredictions:
     """Every model's probabilities for every readable image of a labelled folder (or of ``votes``), with its label.
 
@@ -155,9 +157,7 @@ def predict_labelled(
     row_of = {path: i for i, path in enumerate(files.paths)}
     vote_rows = []
     probs, labels, paths, boxes, unreadable, no_face = [], [], [], [], 0, 0
-    stream = predict_stream(
-        classifiers, files.paths, device, batch_size, workers, faces=faces, whole_image_if_no_face=True, tta=tta
-    )
+    stream = predict_stream(classifiers, files.paths, device, batch_size, workers, faces, True, tta, min_face=min_face)
     for outcomes in stream:
         for outcome in outcomes:
             if outcome.error is not None:

@@ -27,6 +27,7 @@ from PIL import UnidentifiedImageError
 from ..errors import FerError, ModelError
 from ..inputs.faces import FaceFinder, FacePolicy, size_warning
 from ..inputs.images import READ_ERRORS, ImageBytes, InMemoryImage, MissingInput, model_pixels, read_image
+from ..inputs.shared_frames import SharedFrames, read_shared
 from ..inputs.video import Sampling, VideoFrame, has_videos, input_batches, without_pixels
 from ..models.classifier import Classifier
 from ..models.tta import TTA
@@ -170,7 +171,7 @@ def signals_held():
 
 
 def _read_batch_in_worker(batch):
-    return _worker_reader.read_batch(batch)
+    return read_shared(_worker_reader.read_batch, batch)
 
 
 def in_order(
@@ -237,6 +238,10 @@ def read_batches(
         workers = min(workers, -(-len(numbered) // batch_size)) if len(numbered) > batch_size else 0
     if sent is not None:
         batches = _remembered(batches, sent)
+    if workers > 0 and has_videos(items):  # frames go to the workers through shared memory
+        frames = SharedFrames()
+        batches = map(frames.share, batches)
+        return frames.results(in_order(_read_batch_in_worker, batches, workers, _start_worker, reader))
     if workers > 0:
         return in_order(_read_batch_in_worker, batches, workers, _start_worker, reader)
     return map(reader.read_batch, batches)
@@ -274,6 +279,7 @@ class Predictor:
         whole_image_if_no_face: bool = False,
         tta: TTA | str = TTA.none,
         detector_on_device: bool = True,
+        min_face: float | None = None,
     ):
         self.classifiers = classifiers
         self.class_names = align_classes(classifiers)
@@ -287,7 +293,7 @@ class Predictor:
         self.columns = [[c.class_names.index(name) for name in self.class_names] for c in classifiers]
         self.devices = [classifier.runner.prepare(device) for classifier in classifiers]
         detector_device = self.devices[0] if detector_on_device and self.devices[0].startswith("cuda") else "cpu"
-        finder = FaceFinder(faces, device=detector_device, whole_image_if_none=whole_image_if_no_face)
+        finder = FaceFinder(faces, detector_device, whole_image_if_no_face, min_face)
         self.reader = _InputReader(preprocesses, finder)
 
     def read(self, index: int, item: str | MissingInput | ImageBytes):
@@ -297,9 +303,7 @@ class Predictor:
     def outcomes(self, items, inputs: list, owners: list, stacks: list[np.ndarray]) -> list[Outcome]:
         """A read batch (``read_batches``' or ``reader.stack``'s) through every model: each input's
         Outcome, in the batch's order; ``items[index]`` is the input numbered ``index``."""
-        outcomes = {
-            index: Outcome(_path(items[index]), error=error, frame=_frame(items[index])) for index, error in inputs
-        }
+        outcomes = {index: empty_outcome(items[index], error) for index, error in inputs}
         if owners:
             stacked = np.stack(
                 [
@@ -324,6 +328,7 @@ def predict_stream(
     tta: TTA | str = TTA.none,
     sampling: Sampling | None = None,
     on_ready: Callable[[], None] | None = None,
+    min_face: float | None = None,
 ) -> Iterator[list[Outcome]]:
     """Yield, per batch of inputs and in input order, each input's faces with every model's probabilities.
 
@@ -332,18 +337,24 @@ def predict_stream(
     the CPU beside decoding (only crops leave a worker); with ``workers=0`` on CUDA the detector
     runs on the GPU. A video's frames are inputs of their own (``sampling`` says which are read), their
     outcomes carrying their ``frame``. ``on_ready`` is called once the models are ready to run (a checkpoint's
-    first ONNX export done), before the first input is read.
+    first ONNX export done), before the first input is read. ``min_face``: the smallest face searched for
+    (``faces.smallest_face``).
     """
     align_classes(classifiers)
     items = list(items)
     if not items:
         return
-    predictor = Predictor(classifiers, device, faces, whole_image_if_no_face, tta, detector_on_device=workers == 0)
+    predictor = Predictor(classifiers, device, faces, whole_image_if_no_face, tta, workers == 0, min_face)
     if on_ready is not None:
         on_ready()
     sent: deque = deque()
     for inputs, owners, stacks in read_batches(items, predictor.reader, batch_size, workers, sampling, sent):
         yield predictor.outcomes(sent.popleft(), inputs, owners, stacks)
+
+
+def empty_outcome(item: str | MissingInput | ImageBytes | VideoFrame, error: str | None = None) -> Outcome:
+    """An input's Outcome before its faces are added: its path (or name), its frame if it is one, its error."""
+    return Outcome(_path(item), error=error, frame=_frame(item))
 
 
 def _path(item: str | MissingInput | ImageBytes | VideoFrame) -> str:

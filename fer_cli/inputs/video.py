@@ -36,12 +36,14 @@ class VideoError(ValueError):
 @dataclass(frozen=True)
 class Sampling:
     """Which frames of each video are read: every frame (``fps`` None), or at ``fps`` a second of video time;
-    from ``start`` to ``end`` seconds (``end`` excluded; None: to the end), at most ``max_frames``."""
+    from ``start`` to ``end`` seconds (``end`` excluded; None: to the end), at most ``max_frames``, and at most
+    ``max_decoded`` frames decoded to find them (None: no limit but the video's end)."""
 
     fps: float | None = None
     start: float = 0.0
     end: float | None = None
     max_frames: int = MAX_FRAMES
+    max_decoded: int | None = None
 
     def __post_init__(self):
         if self.fps is not None and not 0 < self.fps <= MAX_RATE:
@@ -72,13 +74,14 @@ class VideoFrame:
         return Image.fromarray(self.pixels)  # (height, width, 3) uint8: RGB
 
 
-def read_frames(path: str, sampling: Sampling) -> Iterator[VideoFrame | MissingInput]:
+def read_frames(path: str, sampling: Sampling, name: str | None = None) -> Iterator[VideoFrame | MissingInput]:
     """The video's sampled frames, the last one marked, then a ``MissingInput`` with the reason when the video, or
-    its rest, could not be read (one frame is held back to know which is last)."""
+    its rest, could not be read (one frame is held back to know which is last). ``path`` may be a file object
+    (an upload) called ``name``."""
     held: VideoFrame | None = None
     problem = None
     try:
-        for frame in sampled_frames(path, sampling):
+        for frame in sampled_frames(path, sampling, name):
             if held is not None:
                 yield held
             held = frame
@@ -91,12 +94,13 @@ def read_frames(path: str, sampling: Sampling) -> Iterator[VideoFrame | MissingI
     if held is not None:
         yield VideoFrame(held.path, held.index, held.time, problem is None, held.pixels)
     if problem is not None:
-        yield MissingInput(path, problem)
+        yield MissingInput(name or path, problem)
 
 
-def sampled_frames(path: str, sampling: Sampling) -> Iterator[VideoFrame]:
-    """Decode ``path`` frame by frame and yield the frames ``sampling`` takes, upright RGB; ``VideoError`` (after
-    the frames read before it) when the file is not a video, breaks a limit, is damaged or cut short."""
+def sampled_frames(path: str, sampling: Sampling, name: str | None = None) -> Iterator[VideoFrame]:
+    """Decode ``path`` (a file, or a file object called ``name``) frame by frame and yield the frames ``sampling``
+    takes, upright RGB; ``VideoError`` (after the frames read before it) when the file is not a video, breaks a
+    limit, is damaged or cut short."""
     import av  # only when a video is read: the import costs 0.1 s
 
     try:
@@ -117,6 +121,8 @@ def sampled_frames(path: str, sampling: Sampling) -> Iterator[VideoFrame]:
         last_time, stopped_at_end = None, False
         try:
             for frame in container.decode(stream):
+                if sampling.max_decoded is not None and decoded >= sampling.max_decoded:
+                    raise VideoError(f"stopped after decoding {decoded:,} frames, the most decoded of one video")
                 index, decoded = decoded, decoded + 1
                 time = _seconds(frame, offset, index, rate)
                 last_time = time
@@ -136,7 +142,7 @@ def sampled_frames(path: str, sampling: Sampling) -> Iterator[VideoFrame]:
                     )
                 if max(frame.width, frame.height) > MAX_SIDE or frame.width * frame.height > MAX_PIXELS:
                     raise VideoError(f"frame {index} is {frame.width}x{frame.height}, larger than 8K: refused")
-                yield VideoFrame(path, index, round(time, 6), pixels=upright_pixels(frame))
+                yield VideoFrame(name or path, index, round(time, 6), pixels=upright_pixels(frame))
                 taken += 1
         except VideoError:
             raise

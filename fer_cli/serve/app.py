@@ -1,6 +1,6 @@
 """`fer serve`'s HTTP API: the same records as `fer predict --format json`, over HTTP, and a page.
 
-    POST /predict          one or many images (multipart, field "files"): the records, a JSON array
+    POST /predict          one or many images or short videos (multipart, field "files"): the records, a JSON array
     POST /predict?annotate=true   one image: a PNG copy with its faces' boxes and labels drawn
     GET  /models           what `fer models` lists, and the models this server runs (names, no paths)
     GET  /health           up, the models, the queue
@@ -10,7 +10,9 @@
 A record's ``path`` is the file name the client sent with the upload (as it sent it: a name, not a
 place on this machine); the body of a response is byte for byte what ``fer predict -f json`` prints
 for files of those names. Nothing a client sends is written under its own name: images are read in
-memory (Starlette spools a part over 1 MB to an anonymous temporary file while it parses).
+memory (Starlette spools a part over 1 MB to an anonymous temporary file while it parses). A video's records are
+`fer predict --fps` records of its frames (``video_uploads.py``: ``--video-fps`` a second, at most
+``--max-video-seconds``).
 
 Load, and clients that mean harm: the door (``door.py``) turns away other web pages and foreign
 Host names, and admits an upload only while the queue, the upload budget (bytes received) and the
@@ -37,7 +39,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from .. import __version__
 from ..engine.predict import Outcome, Predictor, to_predictions
-from ..inputs.images import ImageBytes
+from ..engine.video_records import VideoRecords
+from ..inputs.images import ImageBytes, is_video_file
 from ..models.zoo import model_catalogue
 from ..outputs.annotate import class_colours
 from ..outputs.results import JsonWriter, Prediction, printable
@@ -46,6 +49,7 @@ from .docs import api_page
 from .door import Door, HostCheck, answers_waiting, busy
 from .pool import FairPool, MemoryBudget, Stopping, trim
 from .uploads import Refused, annotate_task, check_sizes, header_tasks, read_tasks
+from .video_uploads import VideoLimits, each_input
 
 PAGE = Path(__file__).with_name("page.html")
 IDLE_TRIM_S = 1.0  # idle this long after a request: freed memory handed back to the system
@@ -66,6 +70,7 @@ class ServeConfig:
     reading_threads: int = max(4, os.cpu_count() or 1)  # images read at once
     host: str = "127.0.0.1"  # the address listened on: a name given here is one the server answers to
     allowed_hosts: tuple[str, ...] = field(default_factory=tuple)  # more Host names to answer to; "*": any
+    video: VideoLimits = VideoLimits()  # what is read of an uploaded video: frames a second, seconds
 
 
 def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig = ServeConfig()) -> FastAPI:
@@ -130,7 +135,11 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
     )
     async def predict(
         files: Annotated[
-            list[UploadFile], File(description="Images (any format `fer predict` reads); the field may repeat.")
+            list[UploadFile],
+            File(
+                description="Images (any format `fer predict` reads) or short videos (.mp4 .mov .mkv .webm .avi "
+                ".m4v: their frames at --video-fps, up to --max-video-seconds); the field may repeat."
+            ),
         ],
         annotate: Annotated[
             bool, Query(description="Return the one image with its faces' boxes, labels and confidences drawn.")
@@ -140,20 +149,27 @@ def create_app(predictor: Predictor, vote, model_label: str, config: ServeConfig
             return _error(413, f"{len(files)} images in one request; this server takes at most {config.queue}")
         if annotate and len(files) != 1:
             return _error(422, f"annotate=true takes one image; this request has {len(files)}")
+        if annotate and is_video_file(files[0].filename or ""):
+            return _error(422, "annotate=true takes one image, not a video (fer predict --annotate draws on videos)")
         if state.waiting + len(files) > config.queue:
             return busy(state)
         state.waiting += len(files)
         try:
             items = await _received(files)
             headers, outcomes = await _read_and_run(state, items)
-            rows = [to_predictions(outcome, vote, predictor.class_names, model_label) for outcome in outcomes]
+            videos = VideoRecords()  # a video's frames: their time and track ids, as fer predict gives them
+            rows = [
+                videos.records(outcome, to_predictions(outcome, vote, predictor.class_names, model_label))
+                for outcome in outcomes
+            ]
             if all(outcome.error for outcome in outcomes):
                 return _error(422, "\n".join(_skipped_line(outcome) for outcome in outcomes))
             if annotate:
                 if state.answering > config.answer_budget_bytes:  # filled while this one was read: draw no more
                     return answers_waiting(state)
                 return await _annotated_answer(state, items[0], headers[0], rows[0])
-            return Response(_json_document(rows, predictor.class_names), media_type="application/json")
+            video = any(outcome.frame is not None for outcome in outcomes)
+            return Response(_json_document(rows, predictor.class_names, video), media_type="application/json")
         except Refused as refusal:
             return _error(refusal.status, refusal.detail)
         except (Stopping, asyncio.CancelledError):
@@ -216,10 +232,10 @@ async def _read_and_run(state: _State, items: list[ImageBytes]) -> tuple[list, l
     future through ``wrap_future``: if the request is abandoned, its work not yet started is dropped."""
     config = state.config
     headers = await asyncio.wrap_future(state.readers.submit(header_tasks(items)))
-    check_sizes(items, headers, config.max_pixels, config.decode_budget_bytes)
-    reading = read_tasks(state.predictor, items, headers, config.max_faces)
-    read = await asyncio.wrap_future(state.readers.submit(reading))
-    return headers, await asyncio.wrap_future(state.batcher.submit(items, read))
+    check_sizes(items, headers, config.max_pixels, config.decode_budget_bytes, config.video)
+    reading = read_tasks(state.predictor, items, headers, config.max_faces, config.video)
+    inputs, read = each_input(items, await asyncio.wrap_future(state.readers.submit(reading)))
+    return headers, await asyncio.wrap_future(state.batcher.submit(inputs, read))
 
 
 async def _annotated_answer(state: _State, item: ImageBytes, header, predictions: list[Prediction]) -> Response:
@@ -324,10 +340,10 @@ def _skipped_line(outcome: Outcome) -> str:
     return f"skipped {printable(outcome.path)}: {outcome.error}"
 
 
-def _json_document(rows: list[list[Prediction]], class_names: list[str]) -> bytes:
+def _json_document(rows: list[list[Prediction]], class_names: list[str], video: bool = False) -> bytes:
     """The records as `fer predict --format json` writes them, by the same writer."""
     stream = io.StringIO()
-    writer = JsonWriter(stream, class_names)
+    writer = JsonWriter(stream, class_names, video)
     for predictions in rows:
         writer.write_batch(predictions)
     writer.close()

@@ -20,13 +20,14 @@ from concurrent.futures import Future, InvalidStateError
 
 import numpy as np
 
-from ..engine.predict import Outcome, Predictor
+from ..engine.predict import Outcome, Predictor, empty_outcome
 from ..inputs.images import ImageBytes
 from .pool import Stopping
 
 
 class _Job:
-    """One request's read inputs, and its faces' outcomes as their batches come back."""
+    """One request's read inputs (images, and the frames of its videos), and its faces' outcomes as their batches
+    come back."""
 
     def __init__(self, items: list[ImageBytes], read: list[tuple], predictor: Predictor):
         self.items = items
@@ -41,7 +42,10 @@ class _Job:
         return len(self.owners) - self.done
 
     def outcomes(self) -> list[Outcome]:
-        return [Outcome(self.items[index].name, faces=self.faces[index], error=error) for index, error in self.inputs]
+        outcomes = [empty_outcome(self.items[index], error) for index, error in self.inputs]
+        for outcome, (index, _) in zip(outcomes, self.inputs):
+            outcome.faces = self.faces[index]
+        return outcomes
 
 
 class Batcher:

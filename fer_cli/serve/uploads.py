@@ -1,5 +1,6 @@
 """A request's uploads read within the server's limits: pixels per image, memory per decode, faces
-per request. Each image is weighed from its header before a pixel of it is decoded."""
+per request. Each image is weighed from its header before a pixel of it is decoded; videos likewise
+(``video_uploads.py``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..inputs.images import ImageBytes, image_header
 from ..outputs.annotate import annotated, enlargement
 from ..outputs.results import Prediction, printable
 from .pool import Task
+from .video_uploads import VideoHeader, VideoLimits, check_video, is_video_upload, read_video_header, video_task
 
 # Peak bytes per pixel while an image of each mode is read (decoded, made upright, converted,
 # composited on white when it has transparency, rescaled when it has 16 bits), measured on
@@ -61,13 +63,19 @@ def read_header(item: ImageBytes) -> Header | str | None:
 
 
 def header_tasks(items: list[ImageBytes]) -> list[Task]:
-    return [Task(partial(read_header, item)) for item in items]
+    return [Task(partial(read_video_header if is_video_upload(item) else read_header, item)) for item in items]
 
 
-def check_sizes(items: list[ImageBytes], headers: list, max_pixels: int, decode_memory: int) -> None:
-    """Refuse the request (413) if one of its images is larger than the server decodes."""
+def check_sizes(
+    items: list[ImageBytes], headers: list, max_pixels: int, decode_memory: int, video: VideoLimits = VideoLimits()
+) -> None:
+    """Refuse the request (413) if one of its images or videos is larger than the server decodes."""
     limit = f"this server reads at most {max_pixels / 1e6:g} megapixels an image (fer serve --max-megapixels)"
     for item, header in zip(items, headers):
+        if isinstance(header, VideoHeader):
+            if refusal := check_video(item, header, video, max_pixels, decode_memory):
+                raise Refused(413, refusal)
+            continue
         if isinstance(header, str):
             raise Refused(413, f"{header}: {limit}")
         if header is None:
@@ -105,9 +113,12 @@ class _FaceCount:
                 )
 
 
-def read_tasks(predictor: Predictor, items: list[ImageBytes], headers: list, max_faces: int) -> list[Task]:
-    """One task per image: read, faces found, model pixels made (``Predictor.read``'s result); past
-    ``max_faces`` faces in all, the request is refused and its images not yet read are not read."""
+def read_tasks(
+    predictor: Predictor, items: list[ImageBytes], headers: list, max_faces: int, video: VideoLimits = VideoLimits()
+) -> list[Task]:
+    """One task per image: read, faces found, model pixels made (``Predictor.read``'s result), and one per video
+    (its frames', ``video_uploads.VideoRead``); past ``max_faces`` faces in all, the request is refused and its
+    uploads not yet read are not read."""
     count = _FaceCount(max_faces)
 
     def read(index: int, item: ImageBytes):
@@ -116,7 +127,9 @@ def read_tasks(predictor: Predictor, items: list[ImageBytes], headers: list, max
         return result
 
     return [
-        Task(partial(read, index, item), _memory(item, header))
+        video_task(predictor, item, header, video, count.add)
+        if is_video_upload(item)
+        else Task(partial(read, index, item), _memory(item, header))
         for index, (item, header) in enumerate(zip(items, headers))
     ]
 
