@@ -255,6 +255,14 @@ def test_large_pixel_pngs_are_refused_from_their_header(server):
     assert took < 30 and server.growth(baseline) < 200 * MB
 
 
+def test_an_image_just_over_the_cap_is_not_said_to_be_at_it(server):
+    """Issue 33: 40,005,000 pixels were refused as "(40 megapixels)" by a server that reads "at most 40"."""
+    with server.client() as http:
+        answer = http.post("/predict", files=[("files", ("edge.png", blank_png(8001, 5000)))])
+    assert answer.status_code == 413
+    assert answer.json()["detail"].startswith("edge.png is 8001x5000 pixels (40.005 megapixels): this server reads at ")
+
+
 def test_large_images_under_the_cap_are_decoded_a_few_at_a_time(server):
     """Four 36-megapixel RGB PNGs at once: each takes ~260 MB to read, and the decode budget (768 MB
     by default, ~430 MB estimated apiece) lets them through one by one."""

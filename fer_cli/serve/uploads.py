@@ -84,7 +84,7 @@ def check_sizes(
             raise Refused(
                 413,
                 f"{printable(item.name)} is {header.width}x{header.height} pixels "
-                f"({header.pixels / 1e6:.0f} megapixels): {limit}",
+                f"({header.pixels / 1e6:.8g} megapixels): {limit}",  # 40.005, never rounded to the limit
             )
         if header.decode_memory + len(item.data) > decode_memory:
             raise Refused(
