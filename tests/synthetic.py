@@ -41,7 +41,7 @@ def tiny_config(data, out, **overrides):
 
 def interrupt_in_epoch(monkeypatch, epoch: int) -> None:
     """Make the next training run stop with Ctrl-C as epoch ``epoch`` begins, once."""
-    from fer_cli.engine.train import epoch as epoch_module  # where _train_epoch looks train_one_epoch up
+    from fer_cli.engine.train import epoch as epoch_module  # where train_epoch looks train_one_epoch up
 
     real_epoch = epoch_module.train_one_epoch
     calls = []

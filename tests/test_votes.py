@@ -254,13 +254,13 @@ def test_init_keeps_head_rows_by_name_and_alias_and_adds_new_ones(voted, tiny_ch
 def test_classes_in_another_order_start_where_they_were(tiny_checkpoint):
     """Before any training, a network started from a model for a permutation of its classes gives each class
     exactly the model's logit for it (the old --init re-seeded the whole head: chance)."""
-    from fer_cli.engine.train.fine_tuning import _start_from
+    from fer_cli.engine.train.fine_tuning import start_from
     from fer_cli.models.architectures import create_model
 
     source = read_checkpoint(tiny_checkpoint)
     order = ["smile", "calm", "frown"]
     network = create_model(source["arch"], 3, 1, **source["model_config"])
-    _start_from(network, source, order)
+    start_from(network, source, order)
     images = torch.from_numpy(np.stack([synthetic_face(i % 3, 50 + i) for i in range(6)]))[:, None].float()
     images = (images / 255 - source["preprocess"]["mean"][0]) / source["preprocess"]["std"][0]
     with torch.no_grad():
@@ -269,13 +269,13 @@ def test_classes_in_another_order_start_where_they_were(tiny_checkpoint):
 
 
 def test_aliases_keep_the_head_of_a_class_under_another_name(tmp_path, tiny_checkpoint):
-    from fer_cli.engine.train.fine_tuning import _start_from, classifier_head
+    from fer_cli.engine.train.fine_tuning import classifier_head, start_from
     from fer_cli.models.architectures import create_model
 
     source = read_checkpoint(tiny_checkpoint)
     source["class_names"] = ["angry", "happy", "sad"]  # the tiny model, renamed
     network = create_model(source["arch"], 4, 1, **source["model_config"])
-    _start_from(network, source, ["anger", "happiness", "sadness", "contempt"])
+    start_from(network, source, ["anger", "happiness", "sadness", "contempt"])
     head = classifier_head(network)
     old = build_model(source).state_dict()[f"{head}.weight"]
     assert torch.equal(network.state_dict()[f"{head}.weight"][:3], old.float())
@@ -399,20 +399,20 @@ def test_the_prior_correction_is_chosen_on_validation_and_stored(tmp_path):
 
 def test_fine_tuning_has_its_own_defaults(tiny_dataset, tiny_checkpoint, tmp_path):
     from fer_cli.engine.train.config import TrainConfig
-    from fer_cli.engine.train.fine_tuning import _new_head_share
+    from fer_cli.engine.train.fine_tuning import new_head_share
     from fer_cli.models.checkpoint import read_checkpoint as read
 
     fresh = TrainConfig(data=str(tiny_dataset), out="m.pt").with_defaults()
     assert (fresh.epochs, fresh.optimizer, fresh.learning_rate, fresh.freeze_epochs) == (30, "sgd", 0.01, 0)
     tuning = TrainConfig(data=str(tiny_dataset), out="m.pt", init=str(tiny_checkpoint))
-    assert _new_head_share(tuning, read(tiny_checkpoint)) == 0  # the same classes
+    assert new_head_share(tuning, read(tiny_checkpoint)) == 0  # the same classes
     tuned = tuning.with_defaults(0.0)
     assert (tuned.epochs, tuned.optimizer, tuned.learning_rate, tuned.freeze_epochs) == (10, "adamw", 0.0005, 0)
     assert tuning.with_defaults(0.75).freeze_epochs == 1  # most of the head is new: it learns alone first
     given = TrainConfig(data="d", out="m.pt", init="x", epochs=3, optimizer="sgd", lr=0.1, freeze_epochs=0)
     assert given.with_defaults(1.0) == given  # what the user says stands
     other = make_labelled_folder(tmp_path / "other", per_class=2, classes=["calm", "grin", "wink", "yawn"])
-    assert _new_head_share(replace(tuning, data=str(other)), read(tiny_checkpoint)) == 0.75
+    assert new_head_share(replace(tuning, data=str(other)), read(tiny_checkpoint)) == 0.75
 
 
 def test_calibrate_against_votes(voted, tiny_checkpoint, tmp_path):

@@ -134,7 +134,7 @@ class TrainConfig:
         check_input_size(self.arch, self.arch_options, self.size, self.channels)
 
 
-def _plain_config(config: TrainConfig) -> dict:
+def plain_config(config: TrainConfig) -> dict:
     return {
         k: v
         for k, v in asdict(config).items()

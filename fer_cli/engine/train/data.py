@@ -138,7 +138,7 @@ def _targets_usable(data: LabelledTensors, config: TrainConfig, log: Console, wh
     return data
 
 
-def _class_prior(data: LabelledTensors, config: TrainConfig) -> list[float]:
+def class_prior_of(data: LabelledTensors, config: TrainConfig) -> list[float]:
     """Each class's share of what the training images teach: the mean target (vote shares), or label frequencies."""
     targets = training_targets(data, config)
     if targets is None:
@@ -163,7 +163,7 @@ def training_targets(data: LabelledTensors, config: TrainConfig) -> torch.Tensor
     return targets
 
 
-def _describe_targets(config: TrainConfig) -> str:
+def describe_targets(config: TrainConfig) -> str:
     what = "each image's share of the votes" if config.targets == "distribution" else "the majority of the votes"
     if config.label_weight:
         what += f", {config.label_weight:g} of each target its own single label"

@@ -19,7 +19,7 @@ from .set_up import TrainingRun
 GLOBAL_STREAM, AUGMENT_STREAM, ORDER_STREAM = 0, 1, 2
 
 
-def _epoch_seed(config: TrainConfig, epoch: int, rank: int, stream: int = GLOBAL_STREAM) -> int:
+def epoch_seed(config: TrainConfig, epoch: int, rank: int, stream: int = GLOBAL_STREAM) -> int:
     """The seed of one of an epoch's random streams: torch's global one (dropout, mixup), the
     augmentations', or the order's (asked for with rank 0: every rank shares one shuffle)."""
     return config.seed * 100_003 + epoch + 7_919 * rank + 1_000_003 * stream
@@ -31,10 +31,10 @@ def _epoch_batches(config: TrainConfig, batches: InMemoryBatches, epoch: int, gr
     The order depends on (seed, epoch) alone, so every rank shares one shuffle and takes an
     equal part of it; the augmentations also depend on the rank.
     """
-    shuffle = torch.Generator().manual_seed(_epoch_seed(config, epoch, rank=0, stream=ORDER_STREAM))
+    shuffle = torch.Generator().manual_seed(epoch_seed(config, epoch, rank=0, stream=ORDER_STREAM))
     order = shuffled_order(batches.labels, shuffle, balanced=config.balance == "sampler")
     order = share_of(order, group.rank, group.world, equal=True)
-    augmentations = torch.Generator().manual_seed(_epoch_seed(config, epoch, group.rank, AUGMENT_STREAM))
+    augmentations = torch.Generator().manual_seed(epoch_seed(config, epoch, group.rank, AUGMENT_STREAM))
     return batches.epoch(order, augmentations, drop_last=_drops_last_batch(len(order), config.batch_size))
 
 
@@ -46,7 +46,7 @@ def _drops_last_batch(images: int, batch_size: int) -> bool:
     return images > batch_size and 0 < left < max(2, batch_size // 4)
 
 
-def _train_epoch(run: TrainingRun, epoch: int, progress: Progress) -> tuple[float, float]:
+def train_epoch(run: TrainingRun, epoch: int, progress: Progress) -> tuple[float, float]:
     """One epoch of training, with a progress bar; mean loss and accuracy over every rank."""
     loader = _epoch_batches(run.config, run.train_batches, epoch, run.group)
     task = progress.add_task(f"epoch {epoch}/{run.config.epochs}", total=len(loader), stats="")
@@ -116,7 +116,7 @@ def train_one_epoch(
     return total_loss.item() / seen, correct.item() / seen
 
 
-def _validate(run: TrainingRun) -> dict:
+def validate(run: TrainingRun) -> dict:
     """The metrics on the validation data (gathered from every rank), its mean loss under ``loss``."""
     share = run.val_share().numpy()
     probs, labels, loss = predict_tensors(run.model, run.val_batches.epoch(torch.from_numpy(share)), run.device,
@@ -151,7 +151,7 @@ def predict_tensors(
     return torch.cat(all_probs).numpy(), labels, total_loss / max(len(labels), 1)
 
 
-def _stop_if_diverged(run: TrainingRun, epoch: int, train_loss: float, metrics: dict) -> None:
+def stop_if_diverged(run: TrainingRun, epoch: int, train_loss: float, metrics: dict) -> None:
     """A loss or weight that is no longer a number ends the run: such an epoch is never saved, as the best or to
     resume from (the last good epoch's files stay as they were)."""
     weights = all(torch.isfinite(p).all() for p in run.network.parameters())
@@ -165,7 +165,7 @@ def _stop_if_diverged(run: TrainingRun, epoch: int, train_loss: float, metrics: 
     )
 
 
-def _record_epoch(
+def record_epoch(
     run: TrainingRun, epoch: int, train_loss: float, train_accuracy: float, metrics: dict, seconds: float
 ) -> dict:
     """Append the epoch to the history; an epoch better on validation than any before becomes the best."""

@@ -18,7 +18,7 @@ from ...models.checkpoint import build_model, read_checkpoint
 from .config import TrainConfig
 
 
-def _initial_model(config: TrainConfig) -> dict:
+def initial_model(config: TrainConfig) -> dict:
     """The checkpoint ``--init`` names (a shipped model or a .pt file), with its file's sha256."""
     from ...models.zoo import file_sha256, resolve_model
 
@@ -31,7 +31,7 @@ def _initial_model(config: TrainConfig) -> dict:
     return {**checkpoint, "path": path, "sha256": file_sha256(path)}
 
 
-def _adopt_initial_model(config: TrainConfig, init: dict, log: Console) -> TrainConfig:
+def adopt_initial_model(config: TrainConfig, init: dict, log: Console) -> TrainConfig:
     """A run that starts from a model takes its architecture and input (size, channels) along with its weights."""
     log.print(
         f"starting from {config.init} ({init['arch']}, {init['preprocess']['size']} px, "
@@ -46,7 +46,7 @@ def _adopt_initial_model(config: TrainConfig, init: dict, log: Console) -> Train
     )
 
 
-def _new_head_share(config: TrainConfig, init: dict) -> float:
+def new_head_share(config: TrainConfig, init: dict) -> float:
     """The share of the classes of DATA that ``init`` does not know (by name or alias): rows of the head that start
     untrained. Read from the data's class names without decoding it (a folder's subfolders, a votes file's columns)."""
     known = {canonical_class(name) for name in init["class_names"]}
@@ -66,7 +66,7 @@ def _new_head_share(config: TrainConfig, init: dict) -> float:
     return sum(canonical_class(name) not in known for name in names) / max(len(names), 1)
 
 
-def _start_from(network: nn.Module, init: dict, class_names: list[str], log: Console | None = None) -> None:
+def start_from(network: nn.Module, init: dict, class_names: list[str], log: Console | None = None) -> None:
     """Copy ``init``'s weights into ``network``, its classifier head row by row: a class of ``class_names`` that
     ``init`` knows, by name or alias (FER+'s anger is angry), keeps its row wherever it was; a new class keeps
     the fresh (seeded) row the network was built with. The log says which is which."""

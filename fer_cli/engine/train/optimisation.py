@@ -11,7 +11,7 @@ from ..calibration import log_class_prior
 from .config import TrainConfig
 
 
-def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if config.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.decay)
     return torch.optim.SGD(
@@ -19,7 +19,7 @@ def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     )
 
 
-def _make_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
+def make_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
     total_steps = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
@@ -32,7 +32,7 @@ def _make_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
     return None
 
 
-def _make_criterion(config: TrainConfig, labels: torch.Tensor, class_prior: list[float], device) -> nn.Module:
+def make_criterion(config: TrainConfig, labels: torch.Tensor, class_prior: list[float], device) -> nn.Module:
     """Cross-entropy, with label smoothing; with classes weighted by their rarity under ``--balance loss``, or with
     the logits adjusted by the class prior under ``--balance logit-adjusted``."""
     weights = None

@@ -13,8 +13,8 @@ from rich.markup import escape
 
 from ...errors import CheckpointError, FerError
 from ...models.checkpoint import read_checkpoint, save_checkpoint
-from .config import TrainConfig, _plain_config
-from .optimisation import _make_scheduler
+from .config import TrainConfig, plain_config
+from .optimisation import make_scheduler
 from .run_files import last_path
 from .set_up import TrainingRun
 
@@ -22,7 +22,7 @@ from .set_up import TrainingRun
 RESUME_TAKES = ("out", "device", "precision", "workers", "tensorboard", "teacher_cache", "epochs")
 
 
-def _read_resume_state(out: Path) -> dict | None:
+def read_resume_state(out: Path) -> dict | None:
     path = last_path(out)
     if not path.exists():
         raise CheckpointError(f"--resume: nothing to resume, {path} does not exist")
@@ -32,7 +32,7 @@ def _read_resume_state(out: Path) -> dict | None:
     return state
 
 
-def _resumed_config(config: TrainConfig, state: dict, log: Console) -> TrainConfig:
+def resumed_config(config: TrainConfig, state: dict, log: Console) -> TrainConfig:
     """A resumed run keeps the settings it started with: where it runs may change, and --epochs may extend it; any
     other option given is ignored, and the log says which."""
     saved = {**state["config"], "teachers": tuple(state["config"].get("teachers", ()))}
@@ -60,14 +60,14 @@ def _differs(given, saved) -> bool:
     return given != saved
 
 
-def _resume(run: TrainingRun, state: dict) -> None:
+def resume_from(run: TrainingRun, state: dict) -> None:
     """Continue from a resume state: optimiser, schedule, loss scaling, history and best so far."""
     run.optimizer.load_state_dict(state["optimizer"])
     extended = run.config.epochs != state["config"]["epochs"]
     if extended and run.config.schedule in ("onecycle", "cosine"):
         # the schedule had ended (or was ending): the added epochs get one of their own, as a warm restart
         added = replace(run.config, epochs=run.config.epochs - state["epoch"])
-        run.scheduler = _make_scheduler(added, run.optimizer, run.steps_per_epoch)
+        run.scheduler = make_scheduler(added, run.optimizer, run.steps_per_epoch)
         run.log.print(f"a new {run.config.schedule} schedule over the {added.epochs} added epoch(s)")
     elif run.scheduler is not None and state.get("scheduler"):
         run.scheduler.load_state_dict(state["scheduler"])
@@ -88,7 +88,7 @@ def restore_scaler(scaler: torch.amp.GradScaler, saved: dict) -> None:
         scaler.load_state_dict(saved)
 
 
-def _save_resume_state(run: TrainingRun, network: dict, epoch: int) -> None:
+def save_resume_state(run: TrainingRun, network: dict, epoch: int) -> None:
     save_checkpoint(
         last_path(run.out),
         {
@@ -101,7 +101,7 @@ def _save_resume_state(run: TrainingRun, network: dict, epoch: int) -> None:
             "history": run.history,
             "best_accuracy": run.best_accuracy,
             "best_metrics": run.best_metrics,
-            "config": _plain_config(run.config),
+            "config": plain_config(run.config),
             "device": str(run.device),  # where the last epoch ran; a resumed run may move
             "teachers": run.provenance.get("distilled_from", {}).get("teachers"),  # a resumed run checks them
             "initialised_from": run.provenance.get("initialised_from"),
@@ -110,7 +110,7 @@ def _save_resume_state(run: TrainingRun, network: dict, epoch: int) -> None:
     )
 
 
-def _say_resume_state_kept(run: TrainingRun) -> None:
+def say_resume_state_kept(run: TrainingRun) -> None:
     """A finished run keeps its resume state (``--resume --epochs N`` extends it), and says so once, with its size:
     with AdamW it is about three times the checkpoint, which the user may not expect beside it."""
     with contextlib.suppress(OSError):

@@ -19,13 +19,13 @@ from ...models.classifier import softmax
 from ...outputs import tensorboard as tensorboard_log
 from .. import distributed
 from ..calibration import calibrate, choose_prior_correction, describe, describe_prior_correction, log_class_prior
-from .config import TrainConfig, _plain_config
+from .config import TrainConfig, plain_config
 from .curves import CurvesPainter
-from .epoch import _epoch_seed, _record_epoch, _stop_if_diverged, _train_epoch, _validate, predict_tensors
-from .fine_tuning import _adopt_initial_model, _initial_model, _new_head_share, classifier_head
-from .resume import _read_resume_state, _resume, _resumed_config, _save_resume_state, _say_resume_state_kept
-from .run_files import _check_outputs, _refuse_to_replace, _write_history, curves_path, history_path
-from .set_up import TrainingRun, _set_up
+from .epoch import epoch_seed, predict_tensors, record_epoch, stop_if_diverged, train_epoch, validate
+from .fine_tuning import adopt_initial_model, classifier_head, initial_model, new_head_share
+from .resume import read_resume_state, resume_from, resumed_config, save_resume_state, say_resume_state_kept
+from .run_files import check_outputs, curves_path, history_path, refuse_to_replace, write_history
+from .set_up import TrainingRun, set_up_run
 
 
 def train(config: TrainConfig, log: Console | None = None) -> dict:
@@ -35,19 +35,19 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
     """
     log = log or Console(stderr=True, quiet=True)
     out = Path(config.out)
-    state = _read_resume_state(out) if config.resume else None
+    state = read_resume_state(out) if config.resume else None
     if not config.resume and not config.overwrite:
-        _refuse_to_replace(out)
+        refuse_to_replace(out)
     if config.tensorboard:
         tensorboard_log.check_available()  # before anything is made or decoded
-    _check_outputs(config, log)  # before any data is decoded: a run never finds out at its end that it cannot write
+    check_outputs(config, log)  # before any data is decoded: a run never finds out at its end that it cannot write
     if state:
-        config = _resumed_config(config, state, log)
-    init = _initial_model(config) if config.init and not state else None  # read once: weights, input, hash
+        config = resumed_config(config, state, log)
+    init = initial_model(config) if config.init and not state else None  # read once: weights, input, hash
     if init:
-        config = _adopt_initial_model(config, init, log)
+        config = adopt_initial_model(config, init, log)
     if not state:
-        config = config.with_defaults(_new_head_share(config, init) if init else 0.0)
+        config = config.with_defaults(new_head_share(config, init) if init else 0.0)
     config.validate()
     if config.tensorboard:
         tensorboard_log.check_available()  # before any data is decoded
@@ -61,9 +61,9 @@ def train(config: TrainConfig, log: Console | None = None) -> dict:
 def _train(
     config: TrainConfig, state: dict | None, group: distributed.Group, device, log: Console, init: dict | None = None
 ) -> dict:
-    run = _set_up(config, state, group, device, log, init)
+    run = set_up_run(config, state, group, device, log, init)
     if state:
-        _resume(run, state)
+        resume_from(run, state)
     if run.start_epoch > config.epochs:
         log.print(f"{run.out}: all {config.epochs} epochs already done")
         return run.best_metrics
@@ -94,11 +94,11 @@ def _epochs(run: TrainingRun, config: TrainConfig, group: distributed.Group, log
                 _freeze_all_but_the_head(run, frozen=epoch <= config.freeze_epochs)
             started = time.perf_counter()
             # Everything random in an epoch derives from (seed, epoch, rank), so a resumed run repeats it exactly.
-            torch.manual_seed(_epoch_seed(config, epoch, group.rank))
-            train_loss, train_accuracy = _train_epoch(run, epoch, progress)
-            metrics = _validate(run)
-            _stop_if_diverged(run, epoch, train_loss, metrics)
-            record = _record_epoch(run, epoch, train_loss, train_accuracy, metrics, time.perf_counter() - started)
+            torch.manual_seed(epoch_seed(config, epoch, group.rank))
+            train_loss, train_accuracy = train_epoch(run, epoch, progress)
+            metrics = validate(run)
+            stop_if_diverged(run, epoch, train_loss, metrics)
+            record = record_epoch(run, epoch, train_loss, train_accuracy, metrics, time.perf_counter() - started)
             with written_whole(run.out):  # a full disk: one line, the earlier files whole
                 _save(run, epoch, improved=record["best"])
             if run.tensorboard is not None:
@@ -129,10 +129,10 @@ def _save(run: TrainingRun, epoch: int, improved: bool) -> None:
         provenance = {**run.provenance, "date": now_iso(), "epoch": epoch, "epochs": run.config.epochs}
         checkpoint = {**network, "temperature": 1.0, "metrics": run.best_metrics, "provenance": provenance}
         save_checkpoint(run.out, checkpoint, half=run.config.half)
-    _write_history(history_path(run.out), run.history)
+    write_history(history_path(run.out), run.history)
     if run.curves is not None:
         run.curves.update(run.history)
-    _save_resume_state(run, network, epoch)
+    save_resume_state(run, network, epoch)
 
 
 def _finish(run: TrainingRun) -> None:
@@ -149,10 +149,10 @@ def _finish(run: TrainingRun) -> None:
             run.log.print(f"validation data: {describe_prior_correction(correction)}")
         run.log.print(f"validation data: {describe(calibration)}")
     if run.tensorboard is not None:
-        run.tensorboard.hyperparameters(_plain_config(run.config), run.best_metrics)
+        run.tensorboard.hyperparameters(plain_config(run.config), run.best_metrics)
     run.log.print(f"best val accuracy {run.best_accuracy:.4f} (epoch {run.best_metrics.get('epoch')}) -> {run.out}")
     if run.group.is_main:
-        _say_resume_state_kept(run)
+        say_resume_state_kept(run)
 
 
 def _fit_outputs(run: TrainingRun) -> tuple[dict | None, dict]:

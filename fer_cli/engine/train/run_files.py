@@ -28,7 +28,7 @@ def last_path(out: str | Path) -> Path:
     return out.with_name(out.stem + ".last.pt")
 
 
-def _refuse_to_replace(out: Path) -> None:
+def refuse_to_replace(out: Path) -> None:
     """A new run never silently replaces an earlier one's checkpoint, history or resume state."""
     earlier = [path for path in (out, history_path(out), last_path(out)) if path.exists()]
     if not earlier:
@@ -40,7 +40,7 @@ def _refuse_to_replace(out: Path) -> None:
     )
 
 
-def _check_outputs(config: TrainConfig, log: Console) -> None:
+def check_outputs(config: TrainConfig, log: Console) -> None:
     """Every folder the run will write to, checked (and made) before any work; an earlier run's TensorBoard events
     in --tensorboard are refused, or with --overwrite removed, so that two runs never mix in one folder."""
     try:
@@ -65,7 +65,7 @@ def _check_outputs(config: TrainConfig, log: Console) -> None:
             log.print(f"removed the earlier run's TensorBoard events from {folder}")
 
 
-def _write_history(path: Path, history: list[dict]) -> None:
+def write_history(path: Path, history: list[dict]) -> None:
     temporary = path.with_name(path.name + ".tmp")
     columns = list(dict.fromkeys(key for record in history for key in record))  # older runs lack newer columns
     try:

@@ -24,10 +24,10 @@ from ..distill import DistillationLoss
 from ..metrics import summarize, summarize_votes
 from .config import TrainConfig
 from .curves import CurvesPainter
-from .data import _class_prior, _describe_targets, load_training_data, normalisation, training_targets
-from .fine_tuning import _start_from
-from .optimisation import _make_criterion, _make_optimizer, _make_scheduler, batch_mixing
-from .provenance import _commands_provenance, _init_provenance, _labels_provenance, _provenance
+from .data import class_prior_of, describe_targets, load_training_data, normalisation, training_targets
+from .fine_tuning import start_from
+from .optimisation import batch_mixing, make_criterion, make_optimizer, make_scheduler
+from .provenance import commands_provenance, init_provenance, labels_provenance, run_provenance
 from .run_files import last_path
 
 
@@ -99,7 +99,7 @@ class TrainingRun:
         }
 
 
-def _set_up(
+def set_up_run(
     config: TrainConfig, state: dict | None, group: distributed.Group, device, log: Console, init: dict | None = None
 ) -> TrainingRun:
     """Data, model, optimiser, schedule and loss for a run, fresh or (given ``state``) resumed."""
@@ -127,14 +127,14 @@ def _set_up(
         f"{len(class_names)} classes; device {device}{processes}; {describe_precision(precision, device)}"
     )
     network, model = _build_network(config, class_names, state, group, device, init, log)
-    optimizer = _make_optimizer(config, model)
+    optimizer = make_optimizer(config, model)
     steps_per_epoch = math.ceil(len(train_data) / group.world / config.batch_size)
     # The data stays in memory (on the GPU when it fits), augmented a whole batch at a time there.
     augment = BatchAugment(preprocess, Augmentation.parse(config.augment), device)
-    class_prior = _class_prior(train_data, config)
-    criterion = _make_criterion(config, train_data.labels, class_prior, device)
+    class_prior = class_prior_of(train_data, config)
+    criterion = make_criterion(config, train_data.labels, class_prior, device)
     if train_data.votes is not None:
-        log.print(_describe_targets(config))
+        log.print(describe_targets(config))
     teaching = _teaching(config, train_data, state, device, log) if config.teachers else None
     if teaching:
         criterion = DistillationLoss(criterion, config.distill_weight, config.distill_temperature)
@@ -149,7 +149,7 @@ def _set_up(
         network=network,
         model=model,
         optimizer=optimizer,
-        scheduler=_make_scheduler(config, optimizer, steps_per_epoch),
+        scheduler=make_scheduler(config, optimizer, steps_per_epoch),
         scaler=grad_scaler(device, precision),
         criterion=criterion,
         train_batches=InMemoryBatches(
@@ -167,11 +167,11 @@ def _set_up(
         steps_per_epoch=steps_per_epoch,
         mix=batch_mixing(config, len(class_names)),
         provenance={
-            **_provenance(config, val_origin, val_path, group, device, val_data),
+            **run_provenance(config, val_origin, val_path, group, device, val_data),
             "precision": precision,
-            "labels": _labels_provenance(config, train_data, val_data),
-            **_init_provenance(config, init, state),
-            **_commands_provenance(config, state),
+            "labels": labels_provenance(config, train_data, val_data),
+            **init_provenance(config, init, state),
+            **commands_provenance(config, state),
             **({"distilled_from": teaching["provenance"]} if teaching else {}),
         },
     )
@@ -219,7 +219,7 @@ def _build_network(
     if state:
         network.load_state_dict(state["state_dict"])
     elif init:
-        _start_from(network, init, class_names, log)
+        start_from(network, init, class_names, log)
     network = prepare_model(network, device, training=True)
     if not group.active:
         return network, network
