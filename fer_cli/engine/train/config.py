@@ -10,19 +10,11 @@ from ...models.architectures import check_input_size, check_model_options
 from ..calibration import check_prior_correction
 
 OPTIMIZERS = ("sgd", "adamw")
-
-
 SCHEDULES = ("cosine", "onecycle", "plateau", "none")
-
-
 BALANCING = ("none", "sampler", "loss", "logit-adjusted")
-
-
 # Starting from a trained model (--init), what a user does not say: fewer epochs, AdamW at half its usual rate
 # (measured on FER+ votes from the shipped FER2013 models: see weights/README.md).
 FINE_TUNING = {"epochs": 10, "optimizer": "adamw", "lr_factor": 0.5, "freeze_epochs": 1}
-
-
 TARGETS = ("distribution", "majority")
 
 
