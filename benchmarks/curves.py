@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fer_cli.engine.train import CurvesPainter
+from fer_cli.engine.train.curves import CurvesPainter
 from fer_cli.outputs import figures
 
 

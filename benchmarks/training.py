@@ -29,7 +29,7 @@ import torch
 from torchvision.transforms import v2
 
 from fer_cli.device import cpu_has_bf16_units, grad_scaler, prepare_model, resolve_precision, select_device
-from fer_cli.engine.train import predict_tensors, train_one_epoch
+from fer_cli.engine.train.epoch import predict_tensors, train_one_epoch
 from fer_cli.inputs.augment import Augmentation, BatchAugment
 from fer_cli.inputs.batches import InMemoryBatches, shuffled_order
 from fer_cli.inputs.data import LabelledTensors, decode_labelled_files, find_labelled_images

@@ -25,7 +25,7 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     if name == "TrainConfig":  # imports torch
-        from .engine.train import TrainConfig
+        from .engine.train.config import TrainConfig
 
         return TrainConfig
     raise AttributeError(f"module 'fer_cli' has no attribute {name!r}")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import FerError
 
 if TYPE_CHECKING:
-    from .engine.train import TrainConfig
+    from .engine.train.config import TrainConfig
     from .models.classifier import Classifier
     from .outputs.results import Prediction
 
@@ -139,7 +139,7 @@ def load(models: str | os.PathLike | Iterable[str | os.PathLike] | None = None) 
 def train(config: TrainConfig) -> dict:
     """Train as `fer train` does (``TrainConfig`` holds its options, ``data`` and ``out`` first); the best
     checkpoint is written to ``config.out``. Returns what `fer train` reports at its end."""
-    from .engine.train import train as run
+    from .engine.train.run import train as run
 
     return run(config)
 

@@ -544,8 +544,9 @@ def train(
       fer train data/ --tensorboard runs/tb    # tensorboard --logdir runs/tb
       fer train data/ --teacher resnet18_ferplus --teacher vgg32_ferplus
     """
-    from .engine.train import TrainConfig, curves_path, history_path, last_path
-    from .engine.train import train as run_training
+    from .engine.train.config import TrainConfig
+    from .engine.train.run import train as run_training
+    from .engine.train.run_files import curves_path, history_path, last_path
 
     if data is None and not resume:
         raise typer.BadParameter("DATA is required (unless --resume)", param_hint="DATA")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from PIL import Image
 
-from fer_cli.engine.train import train
+from fer_cli.engine.train.run import train
 
 from .synthetic import make_labelled_folder, synthetic_face, tiny_config
 

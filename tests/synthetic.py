@@ -30,7 +30,7 @@ def make_labelled_folder(root: Path, per_class: int = 8, seed: int = 0, classes=
 
 def tiny_config(data, out, **overrides):
     """Training settings that learn the synthetic classes in seconds on a CPU."""
-    from fer_cli.engine.train import TrainConfig
+    from fer_cli.engine.train.config import TrainConfig
 
     settings = dict(
         data=str(data), out=str(out), arch="vgg", arch_options={"width": 4}, epochs=3, batch_size=16,
@@ -41,16 +41,16 @@ def tiny_config(data, out, **overrides):
 
 def interrupt_in_epoch(monkeypatch, epoch: int) -> None:
     """Make the next training run stop with Ctrl-C as epoch ``epoch`` begins, once."""
-    from fer_cli.engine import train as train_module
+    from fer_cli.engine.train import epoch as epoch_module  # where train_epoch looks train_one_epoch up
 
-    real_epoch = train_module.train_one_epoch
+    real_epoch = epoch_module.train_one_epoch
     calls = []
 
     def crash(*args, **kwargs):
         calls.append(1)
         if len(calls) == epoch:
-            monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+            monkeypatch.setattr(epoch_module, "train_one_epoch", real_epoch)
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_one_epoch", crash)
+    monkeypatch.setattr(epoch_module, "train_one_epoch", crash)

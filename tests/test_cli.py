@@ -195,7 +195,8 @@ def test_ensemble_on_unlabelled_images_predicts_with_the_vote(runner, image_fold
 
 
 def test_ensemble_refuses_models_with_other_classes(runner, labelled_dir, tiny_checkpoint, tmp_path):
-    from fer_cli.engine.train import TrainConfig, train
+    from fer_cli.engine.train.config import TrainConfig
+    from fer_cli.engine.train.run import train
 
     other = make_labelled_folder(tmp_path / "other", per_class=4, classes=["calm", "frown", "wink"])
     train(
@@ -283,7 +284,7 @@ def test_more_shards_than_inputs_leaves_some_empty_and_that_is_fine(runner, imag
 
 
 def test_an_rgb_model_reads_grayscale_files_as_rgb(runner, tiny_dataset, image_folder, tmp_path):
-    from fer_cli.engine.train import train
+    from fer_cli.engine.train.run import train
 
     from .synthetic import tiny_config
 
@@ -367,7 +368,7 @@ def test_models_describes_one_model_with_its_classes(runner, tiny_checkpoint):
 def test_models_describes_a_model_validated_on_images_held_out_of_its_data(runner, labelled_dir, tmp_path):
     """Such a model has no validation folder to hash (it crashed `fer models NAME` once), and says what it
     was trained on and which model it learnt from."""
-    from fer_cli.engine.train import train
+    from fer_cli.engine.train.run import train
 
     from .synthetic import tiny_config
 

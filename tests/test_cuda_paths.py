@@ -16,8 +16,12 @@ import torch
 from rich.console import Console
 
 from fer_cli.cli import app
-from fer_cli.engine import train as train_module
-from fer_cli.engine.train import TrainConfig, _hold_out, history_path, last_path, restore_scaler, train
+from fer_cli.engine.train import set_up as set_up_module
+from fer_cli.engine.train.config import TrainConfig
+from fer_cli.engine.train.data import _hold_out
+from fer_cli.engine.train.resume import restore_scaler
+from fer_cli.engine.train.run import train
+from fer_cli.engine.train.run_files import history_path, last_path
 from fer_cli.inputs.batches import InMemoryBatches
 from fer_cli.inputs.data import LabelledTensors
 from fer_cli.models.checkpoint import read_checkpoint, save_checkpoint
@@ -85,7 +89,7 @@ def test_a_cpu_run_resumes_where_the_loss_is_scaled(tiny_dataset, tmp_path, monk
 
     scalers = []
     monkeypatch.setattr(
-        train_module,
+        set_up_module,
         "grad_scaler",
         lambda device, precision=None: scalers.append(torch.amp.GradScaler("cpu")) or scalers[-1],
     )

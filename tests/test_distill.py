@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 
 from fer_cli.cli import app
 from fer_cli.engine import distill
-from fer_cli.engine import train as train_module
 from fer_cli.engine.distill import DistillationLoss, soft_loss, soft_targets
-from fer_cli.engine.train import TrainConfig, last_path, train
+from fer_cli.engine.train.config import TrainConfig
+from fer_cli.engine.train.run import train
+from fer_cli.engine.train.run_files import last_path
 from fer_cli.errors import FerError
 from fer_cli.inputs.data import LabelledTensors
 from fer_cli.models.checkpoint import read_checkpoint, save_checkpoint, store_calibration
@@ -166,4 +167,4 @@ def test_resume_refuses_a_teacher_that_changed(tiny_dataset, tiny_checkpoint, tm
     store_calibration(teacher, {"temperature": 3.0})
     with pytest.raises(FerError, match=r"teacher\(s\) .*teacher.pt changed since the run started"):
         train(TrainConfig(data="", out=str(out), resume=True, workers=0, device="cpu"))
-    assert train_module.last_path(out).exists()
+    assert last_path(out).exists()

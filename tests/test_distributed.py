@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from fer_cli.engine.train import last_path, train
+from fer_cli.engine.train.run import train
+from fer_cli.engine.train.run_files import last_path
 from fer_cli.models.checkpoint import load_checkpoint_classifier, read_checkpoint
 from fer_cli.models.zoo import load_classifier
 

@@ -299,7 +299,7 @@ def test_workers_die_with_a_killed_main_process(tmp_path):
 
 
 def test_train_refuses_to_replace_an_earlier_run(tiny_dataset, tmp_path):
-    from fer_cli.engine.train import train
+    from fer_cli.engine.train.run import train
 
     out = tmp_path / "a.pt"
     train(tiny_config(tiny_dataset, out, epochs=1))

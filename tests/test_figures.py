@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 
 from fer_cli.cli import app
 from fer_cli.engine.metrics import coverage, expected_calibration_error, reliability
-from fer_cli.engine.train import CurvesPainter, curves_path, history_path, train
+from fer_cli.engine.train.curves import CurvesPainter
+from fer_cli.engine.train.run import train
+from fer_cli.engine.train.run_files import curves_path, history_path
 from fer_cli.outputs import figures
 
 from .synthetic import CLASSES, tiny_config

@@ -15,7 +15,8 @@ import torch
 from typer.testing import CliRunner
 
 from fer_cli.cli import app
-from fer_cli.engine.train import history_path, last_path, train
+from fer_cli.engine.train.run import train
+from fer_cli.engine.train.run_files import history_path, last_path
 from fer_cli.models.checkpoint import read_checkpoint
 
 from .synthetic import tiny_config
@@ -37,9 +38,9 @@ def a_file(tmp_path) -> Path:
 
 
 def test_train_into_an_unwritable_place_fails_before_any_work(tiny_dataset, a_file, monkeypatch):
-    from fer_cli.engine import train as train_module
+    from fer_cli.engine.train import set_up as set_up_module
 
-    monkeypatch.setattr(train_module, "load_training_data", lambda *a: pytest.fail("decoded the data first"))
+    monkeypatch.setattr(set_up_module, "load_training_data", lambda *a: pytest.fail("decoded the data first"))
     done = invoke("train", tiny_dataset, "--out", a_file / "m.pt", "--epochs", "1", *TINY)
     assert done.exit_code == 2 and "cannot write to" in done.stderr and "Traceback" not in done.output
     done = invoke(

@@ -85,7 +85,7 @@ def test_results_to_a_full_disk_keep_the_earlier_file(tiny_checkpoint, image_fol
 @pytest.fixture
 def a_run(tiny_dataset, tmp_path) -> Path:
     """One epoch of a run, to be resumed onto a full disk."""
-    from fer_cli.engine.train import train
+    from fer_cli.engine.train.run import train
 
     out = tmp_path / "run" / "m.pt"
     train(tiny_config(tiny_dataset, out, epochs=1))

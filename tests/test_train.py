@@ -4,8 +4,11 @@ import hashlib
 import pytest
 import torch
 
-from fer_cli.engine import train as train_module
-from fer_cli.engine.train import TrainConfig, history_path, last_path, train
+from fer_cli.engine.train import epoch as epoch_module
+from fer_cli.engine.train.config import TrainConfig
+from fer_cli.engine.train.optimisation import LogitAdjustedLoss
+from fer_cli.engine.train.run import train
+from fer_cli.engine.train.run_files import history_path, last_path
 from fer_cli.errors import CheckpointError, SourceError
 from fer_cli.models.checkpoint import read_checkpoint
 from fer_cli.models.zoo import load_classifier
@@ -50,11 +53,11 @@ def test_resume_continues_where_an_interrupted_run_stopped(tiny_dataset, tmp_pat
     interrupt_in_epoch(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         train(_config(tiny_dataset, interrupted, augment="flip,shift"))
-    real_epoch = train_module.train_one_epoch
+    real_epoch = epoch_module.train_one_epoch
     assert read_checkpoint(last_path(interrupted))["epoch"] == 2
 
     started = []
-    monkeypatch.setattr(train_module, "train_one_epoch", lambda *a, **k: started.append(1) or real_epoch(*a, **k))
+    monkeypatch.setattr(epoch_module, "train_one_epoch", lambda *a, **k: started.append(1) or real_epoch(*a, **k))
     # Settings come from the interrupted run: only out, device and workers are given again.
     train(TrainConfig(data="", out=str(interrupted), resume=True, workers=0, device="cpu"))
     assert len(started) == 1  # only epoch 3 ran
@@ -103,7 +106,7 @@ def test_validation_classes_must_match(tmp_path):
 
 
 def test_mixup_and_cutmix_blend_batches_into_soft_labels_and_still_learn(tiny_dataset, tmp_path):
-    from fer_cli.engine.train import batch_mixing
+    from fer_cli.engine.train.optimisation import batch_mixing
 
     mix = batch_mixing(_config(tiny_dataset, tmp_path / "x.pt", mixup=0.4, cutmix=1.0), num_classes=3)
     images, labels = torch.rand(8, 1, 48, 48), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
@@ -123,7 +126,7 @@ def test_mixup_and_cutmix_blend_batches_into_soft_labels_and_still_learn(tiny_da
 def test_init_starts_from_a_model_and_rebuilds_the_head_for_other_classes(tiny_dataset, tiny_checkpoint, tmp_path):
     """--init: the model's architecture, input and weights; a fresh head for a different class set; early
     layers frozen for the first epochs; provenance names the model."""
-    from fer_cli.engine.train import classifier_head
+    from fer_cli.engine.train.fine_tuning import classifier_head
     from fer_cli.models.checkpoint import build_model, read_checkpoint
 
     source = read_checkpoint(tiny_checkpoint)
@@ -155,7 +158,7 @@ def test_freeze_epochs_without_init_is_a_usage_error(tiny_dataset, tmp_path):
 
 def test_logit_adjusted_loss_is_the_loss_of_logits_plus_the_log_prior():
     prior = [0.7, 0.2, 0.1]
-    loss = train_module.LogitAdjustedLoss(torch.nn.CrossEntropyLoss(), torch.log(torch.tensor(prior)))
+    loss = LogitAdjustedLoss(torch.nn.CrossEntropyLoss(), torch.log(torch.tensor(prior)))
     logits, labels = torch.randn(5, 3), torch.tensor([0, 1, 2, 2, 0])
     expected = torch.nn.functional.cross_entropy(logits + torch.log(torch.tensor(prior)), labels)
     assert torch.allclose(loss(logits, labels), expected)
@@ -186,7 +189,7 @@ def test_precision_is_logged_recorded_and_may_change_on_resume(tiny_dataset, tmp
 
 
 def test_an_epoch_keeps_its_last_partial_batch_unless_it_is_a_sliver():
-    drops = train_module._drops_last_batch
+    drops = epoch_module._drops_last_batch
     assert not drops(150, 64)  # 64 + 64 + 22: every image trains
     assert drops(129, 64)  # one image alone: batch norm cannot train on it
     assert drops(140, 64) and not drops(144, 64)  # 12 is under a quarter of a batch, 16 is not

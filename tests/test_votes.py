@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from fer_cli.cli import app
 from fer_cli.engine.metrics import summarize_votes
-from fer_cli.engine.train import train
+from fer_cli.engine.train.run import train
 from fer_cli.errors import SourceError
 from fer_cli.inputs.votes import outcome, read_votes
 from fer_cli.models.checkpoint import build_model, read_checkpoint
@@ -184,7 +184,8 @@ def test_majority_targets_and_the_label_weight(voted, tmp_path):
 
 
 def test_the_target_mixes_in_the_images_own_label():
-    from fer_cli.engine.train import TrainConfig, training_targets
+    from fer_cli.engine.train.config import TrainConfig
+    from fer_cli.engine.train.data import training_targets
     from fer_cli.inputs.data import LabelledTensors
 
     data = LabelledTensors(
@@ -253,13 +254,13 @@ def test_init_keeps_head_rows_by_name_and_alias_and_adds_new_ones(voted, tiny_ch
 def test_classes_in_another_order_start_where_they_were(tiny_checkpoint):
     """Before any training, a network started from a model for a permutation of its classes gives each class
     exactly the model's logit for it (the old --init re-seeded the whole head: chance)."""
-    from fer_cli.engine.train import _start_from
+    from fer_cli.engine.train.fine_tuning import start_from
     from fer_cli.models.architectures import create_model
 
     source = read_checkpoint(tiny_checkpoint)
     order = ["smile", "calm", "frown"]
     network = create_model(source["arch"], 3, 1, **source["model_config"])
-    _start_from(network, source, order)
+    start_from(network, source, order)
     images = torch.from_numpy(np.stack([synthetic_face(i % 3, 50 + i) for i in range(6)]))[:, None].float()
     images = (images / 255 - source["preprocess"]["mean"][0]) / source["preprocess"]["std"][0]
     with torch.no_grad():
@@ -268,13 +269,13 @@ def test_classes_in_another_order_start_where_they_were(tiny_checkpoint):
 
 
 def test_aliases_keep_the_head_of_a_class_under_another_name(tmp_path, tiny_checkpoint):
-    from fer_cli.engine.train import _start_from, classifier_head
+    from fer_cli.engine.train.fine_tuning import classifier_head, start_from
     from fer_cli.models.architectures import create_model
 
     source = read_checkpoint(tiny_checkpoint)
     source["class_names"] = ["angry", "happy", "sad"]  # the tiny model, renamed
     network = create_model(source["arch"], 4, 1, **source["model_config"])
-    _start_from(network, source, ["anger", "happiness", "sadness", "contempt"])
+    start_from(network, source, ["anger", "happiness", "sadness", "contempt"])
     head = classifier_head(network)
     old = build_model(source).state_dict()[f"{head}.weight"]
     assert torch.equal(network.state_dict()[f"{head}.weight"][:3], old.float())
@@ -335,7 +336,7 @@ def test_fer_export_scores_the_exported_model_against_votes(voted, tiny_checkpoi
 
 
 def test_votes_with_mixup_balancing_and_resume_end_where_an_uninterrupted_run_does(voted, tmp_path, monkeypatch):
-    from fer_cli.engine.train import last_path
+    from fer_cli.engine.train.run_files import last_path
 
     from .synthetic import interrupt_in_epoch
 
@@ -397,20 +398,21 @@ def test_the_prior_correction_is_chosen_on_validation_and_stored(tmp_path):
 
 
 def test_fine_tuning_has_its_own_defaults(tiny_dataset, tiny_checkpoint, tmp_path):
-    from fer_cli.engine.train import TrainConfig, _new_head_share
-    from fer_cli.engine.train import read_checkpoint as read
+    from fer_cli.engine.train.config import TrainConfig
+    from fer_cli.engine.train.fine_tuning import new_head_share
+    from fer_cli.models.checkpoint import read_checkpoint as read
 
     fresh = TrainConfig(data=str(tiny_dataset), out="m.pt").with_defaults()
     assert (fresh.epochs, fresh.optimizer, fresh.learning_rate, fresh.freeze_epochs) == (30, "sgd", 0.01, 0)
     tuning = TrainConfig(data=str(tiny_dataset), out="m.pt", init=str(tiny_checkpoint))
-    assert _new_head_share(tuning, read(tiny_checkpoint)) == 0  # the same classes
+    assert new_head_share(tuning, read(tiny_checkpoint)) == 0  # the same classes
     tuned = tuning.with_defaults(0.0)
     assert (tuned.epochs, tuned.optimizer, tuned.learning_rate, tuned.freeze_epochs) == (10, "adamw", 0.0005, 0)
     assert tuning.with_defaults(0.75).freeze_epochs == 1  # most of the head is new: it learns alone first
     given = TrainConfig(data="d", out="m.pt", init="x", epochs=3, optimizer="sgd", lr=0.1, freeze_epochs=0)
     assert given.with_defaults(1.0) == given  # what the user says stands
     other = make_labelled_folder(tmp_path / "other", per_class=2, classes=["calm", "grin", "wink", "yawn"])
-    assert _new_head_share(replace(tuning, data=str(other)), read(tiny_checkpoint)) == 0.75
+    assert new_head_share(replace(tuning, data=str(other)), read(tiny_checkpoint)) == 0.75
 
 
 def test_calibrate_against_votes(voted, tiny_checkpoint, tmp_path):
@@ -494,7 +496,7 @@ def test_vote_counts_must_be_bounded_finite_numbers(tmp_path, value):
 
 
 def test_training_without_a_validation_majority_is_refused_before_decoding(tmp_path, monkeypatch):
-    from fer_cli.engine import train as train_module
+    from fer_cli.engine.train import data as data_module
 
     rows = _voted_images(tmp_path, 12)
     val = [[row[0], 5, 5, 0, 0] for row in rows[:3]]  # every validation image tied at the top
@@ -503,7 +505,7 @@ def test_training_without_a_validation_majority_is_refused_before_decoding(tmp_p
     def decoded(*args, **kwargs):
         raise AssertionError("decoded before refusing")
 
-    monkeypatch.setattr(train_module, "read_voted_images", decoded)
+    monkeypatch.setattr(data_module, "read_voted_images", decoded)
     with pytest.raises(SourceError, match="no validation image with a majority"):
         train(tiny_config(tmp_path, tmp_path / "m.pt", votes=str(votes), epochs=1))
 
