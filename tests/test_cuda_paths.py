@@ -15,7 +15,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 from fer_cli.engine import train as train_module
 from fer_cli.engine.train import TrainConfig, _hold_out, history_path, last_path, restore_scaler, train
 from fer_cli.inputs.batches import InMemoryBatches

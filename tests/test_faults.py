@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 from fer_cli.errors import FerError
 from fer_cli.inputs.images import MissingInput, iter_image_paths, read_image
 
@@ -429,7 +429,7 @@ def stop_while_the_pool_forks():  # an at-fork hook, as logging's: where Python 
 
 os.register_at_fork(after_in_parent=stop_while_the_pool_forks)
 sys.argv = ["fer", *sys.argv[1:]]
-from fer_cli.cli import main
+from fer_cli.cli.app import main
 main()
 """
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 from fer_cli.engine.train import history_path, last_path, train
 from fer_cli.models.checkpoint import read_checkpoint
 
