@@ -78,7 +78,13 @@ def calibrate(
     import shutil
 
     from ..engine.calibration import calibrate as fit
-    from ..engine.calibration import check_prior_correction, describe, describe_prior_correction
+    from ..engine.calibration import (
+        check_prior_correction,
+        describe,
+        describe_prior_correction,
+        refit_prior_correction,
+        validation_metrics,
+    )
     from ..engine.ensemble import predict_labelled
     from ..models.checkpoint import store_calibration
     from ..models.zoo import is_shipped, resolve_model
@@ -111,7 +117,7 @@ def calibrate(
     probs, labels = labelled.probs[:, 0], labelled.labels
     correction = None
     if prior_correction != "keep":
-        probs, correction = _refit_prior_correction(classifier, probs, labels, clear, prior_correction, fitted_on)
+        probs, correction = refit_prior_correction(classifier, probs, labels, clear, prior_correction, fitted_on)
         report = fit(probs[clear], labels[clear], 1.0, fitted_on=fitted_on)
     else:
         report = fit(probs[clear], labels[clear], classifier.temperature, fitted_on=fitted_on)
@@ -127,7 +133,7 @@ def calibrate(
         destination = Path(classifier.path)
     metrics = None
     if correction is not None:  # the stored validation metrics become the corrected model's, on these images
-        metrics = _scores_on(labelled, probs, clear, classifier.class_names)
+        metrics = validation_metrics(labelled, probs, clear, classifier.class_names)
     if changed or out is not None:
         store_calibration(destination, report, correction, metrics)
         where = f"written to {destination}"
@@ -137,37 +143,3 @@ def calibrate(
         err_console.print(plain(f"{classifier.name}: {describe_prior_correction(correction)}"))
     previous = classifier.temperature if prior_correction == "keep" else 1.0
     err_console.print(plain(f"{classifier.name}: {describe(report, previous)} ({where})"))
-
-
-def _scores_on(labelled, corrected, clear, class_names) -> dict:
-    """The metrics ``fer train`` stores, for probabilities ``corrected`` of ``labelled``'s images (against the labels
-    of the images ``clear``, and with votes, the votes' own measures over all of them)."""
-    from ..engine.metrics import summarize, summarize_votes
-
-    if labelled.votes is None:
-        return summarize(labelled.labels[clear], corrected[clear], class_names)
-    return summarize_votes(labelled.votes, labelled.labels, corrected, class_names)
-
-
-def _refit_prior_correction(classifier, probs, labels, clear, setting: str, fitted_on: str):
-    """The probabilities ``classifier`` gave, taken back to its raw logits (up to a constant per image), corrected anew
-    as ``setting`` says (auto, none, a number: chosen on the images ``clear``); returns them (temperature 1) and the
-    correction's report."""
-    import numpy as np
-
-    from ..engine.calibration import choose_prior_correction
-    from ..models.classifier import log_class_prior, softmax
-
-    if classifier.class_prior is None:
-        raise FerError(f"{classifier.name} records no class prior (trained before fer recorded one): no correction")
-    prior = np.asarray(classifier.class_prior, dtype=np.float64)
-    raw = classifier.temperature * np.log(np.clip(probs, 1e-12, None)) - classifier.logit_adjustment
-    correction = choose_prior_correction(raw[clear], labels[clear], prior, setting, fitted_on)
-    if correction is None:  # none: no correction at all
-        correction = {
-            "tau": 0.0,
-            "rule": "none (--prior-correction none)",
-            "prior": prior.tolist(),
-            "reason": "none asked",
-        }
-    return softmax(raw - correction["tau"] * log_class_prior(prior)), correction

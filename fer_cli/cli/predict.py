@@ -83,6 +83,7 @@ def predict(
       fer predict photos/ --annotate out/ --tta flip
       fer predict photos/ --report report/      # labels, confidences, faces
     """
+    from ..api import Model
     from ..inputs.images import Shard
     from ..models.zoo import resolve_model
 
@@ -93,9 +94,8 @@ def predict(
 
     video = video_settings(fps, start, end, smooth)
     smallest = smallest_face(min_face)
-    classifier = resolve_model(model, note=note)
-    only_model = lambda probs: probs[:, 0]  # noqa: E731  (N, 1, C) -> (N, C)
+    one = Model([resolve_model(model, note=note)])  # its vote: the model's own probabilities
     predict_and_write(
-        [classifier], sources, only_model, classifier.name, fmt, output, device, batch_size, workers, faces,
+        one.classifiers, sources, one.vote, one.name, fmt, output, device, batch_size, workers, faces,
         annotate, tta, chosen_shard, report, video, smallest,
     )  # fmt: skip

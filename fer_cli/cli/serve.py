@@ -175,8 +175,8 @@ def serve(
         )
     import socket
 
+    from ..api import Model
     from ..engine.predict import Predictor
-    from ..engine.voting import default_vote
     from ..models.zoo import resolve_model
     from ..serve.app import ServeConfig, create_app
     from ..serve.server import ConnectionLimits, connection_cap
@@ -184,11 +184,7 @@ def serve(
 
     smallest = smallest_face(min_face)
     classifiers = [resolve_model(name, note=note) for name in model] if model else [resolve_model(None, note=note)]
-    if len(classifiers) == 1:
-        vote, label = (lambda probs: probs[:, 0]), classifiers[0].name  # as fer predict
-    else:
-        name, vote = default_vote(classifiers, weighted=False)  # as fer ensemble on unlabelled images
-        label = f"ensemble: {name}"
+    voting = Model(classifiers)  # one model's probabilities (as fer predict), or the mean of several's
     predictor = Predictor(classifiers, device, faces.value, tta=tta, min_face=smallest)
     config = ServeConfig(
         max_upload_bytes=round(max_upload_mb * 2**20),
@@ -225,10 +221,10 @@ def serve(
     bound = listening.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     err_console.print(
-        f"serving {label} ({', '.join(predictor.devices)}) on http://{shown}:{bound}/ (API: /docs); Ctrl-C stops",
+        f"serving {voting.name} ({', '.join(predictor.devices)}) on http://{shown}:{bound}/ (API: /docs); Ctrl-C stops",
         highlight=False,
     )
-    _run_server(create_app(predictor, vote, label, config), listening, limits, access_log)
+    _run_server(create_app(predictor, voting.vote, voting.name, config), listening, limits, access_log)
 
 
 def _run_server(application, listening, limits, access_log: bool) -> None:
