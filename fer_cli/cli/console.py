@@ -14,7 +14,7 @@ from rich.console import Console
 from ..outputs.terminal import markup_safe
 
 err_console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in files
-PROCESS_STARTED = time.perf_counter()  # about when `fer` started: cli.app imports this module before the commands
+PROCESS_STARTED = time.perf_counter()  # about when `fer` started: the first command-line module to load
 
 USAGE_ERROR = 2
 INPUTS_FAILED = 1
