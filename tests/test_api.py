@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import fer_cli
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 
 from .synthetic import CLASSES, synthetic_face, tiny_config
 

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 from typer.testing import CliRunner
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 from fer_cli.engine.calibration import calibrate, fit_temperature
 from fer_cli.models.checkpoint import read_checkpoint
 from fer_cli.models.classifier import softmax

@@ -15,7 +15,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 from fer_cli.engine.train import set_up as set_up_module
 from fer_cli.engine.train.config import TrainConfig
 from fer_cli.engine.train.data import _hold_out

@@ -8,7 +8,7 @@ from rich.console import Console
 from torch import nn
 from typer.testing import CliRunner
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 from fer_cli.engine import distill
 from fer_cli.engine.distill import DistillationLoss, soft_loss, soft_targets
 from fer_cli.engine.train.config import TrainConfig

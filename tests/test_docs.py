@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 
 from .synthetic import make_labelled_folder
 

@@ -68,7 +68,7 @@ def test_int8_export_is_smaller_and_agrees_with_the_checkpoint(exported, tiny_ch
 def test_predicting_with_an_exported_model_never_imports_torch(exported, tiny_dataset, tmp_path):
     script = (
         "import sys\n"
-        "from fer_cli.cli import main\n"
+        "from fer_cli.cli.app import main\n"
         f"sys.argv = ['fer', 'predict', {str(tiny_dataset / 'val')!r}, '--model', {str(exported[1])!r}, '-f', 'jsonl']\n"
         "try:\n    main()\nexcept SystemExit as end:\n    assert not end.code, end.code\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', file=sys.stderr)\n"
@@ -108,7 +108,7 @@ def test_exported_models_vote_only_when_named(exported, tiny_checkpoint, second_
 def test_export_command_reports_agreement_and_refuses_bad_requests(tiny_checkpoint, tiny_dataset, tmp_path):
     from typer.testing import CliRunner
 
-    from fer_cli.cli import app
+    from fer_cli.cli.app import app
 
     runner = CliRunner()
     done = runner.invoke(app, ["export", str(tiny_checkpoint), str(tmp_path / "m.txt")])

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 from fer_cli.inputs.face_detector import Detection, FaceDetector
 from fer_cli.inputs.faces import (
     CROP_MAX_SIDE,

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 from fer_cli.errors import FerError
 from fer_cli.inputs.images import MissingInput, iter_image_paths, read_image
 
@@ -252,7 +252,7 @@ def test_a_signal_while_the_pool_starts_is_what_the_caller_sees_and_no_worker_is
     from fer_cli.errors import Interrupted
 
     def interrupted_start(thread):
-        raise Interrupted(signal.SIGTERM)  # what cli._stop raises from the signal handler, there
+        raise Interrupted(signal.SIGTERM)  # what cli.app._stop raises from the signal handler, there
 
     monkeypatch.setattr(futures_process._ExecutorManagerThread, "start", interrupted_start)
     with pytest.raises(Interrupted):
@@ -429,14 +429,14 @@ def stop_while_the_pool_forks():  # an at-fork hook, as logging's: where Python 
 
 os.register_at_fork(after_in_parent=stop_while_the_pool_forks)
 sys.argv = ["fer", *sys.argv[1:]]
-from fer_cli.cli import main
+from fer_cli.cli.app import main
 main()
 """
 
 
 @linux_only
 def test_a_stop_signal_while_the_workers_are_forked_is_the_stop(image_folder, tiny_checkpoint):
-    """Issue 33, item 17: SIGTERM landing while the pool forks its workers ran cli._stop inside an at-fork hook,
+    """Issue 33, item 17: SIGTERM landing while the pool forks its workers ran cli.app._stop inside an at-fork hook,
     which swallowed its exception; the worker died of the same signal and the run ended as 'a reading worker process
     died' (exit 2). Put there deterministically, it must be the stop: 143, no worker left."""
     command = ["predict", str(image_folder), "-m", str(tiny_checkpoint), "-j", "2", "-b", "1", "-f", "jsonl",

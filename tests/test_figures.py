@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 from fer_cli.engine.metrics import coverage, expected_calibration_error, reliability
 from fer_cli.engine.train.curves import CurvesPainter
 from fer_cli.engine.train.run import train

@@ -33,7 +33,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fer_cli.cli import app as cli_app
+from fer_cli.cli.app import app as cli_app
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

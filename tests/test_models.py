@@ -49,7 +49,7 @@ def test_input_sides_outside_16_to_256_are_refused_before_a_forward_pass(side):
 def test_training_size_option_has_the_same_bounds():
     from typer.testing import CliRunner
 
-    from fer_cli.cli import app
+    from fer_cli.cli.app import app
 
     for side in ("15", "257"):
         done = CliRunner().invoke(app, ["train", ".", "--size", side, "--out", "never.pt"])

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 from fer_cli.models.checkpoint import read_checkpoint, save_checkpoint
 
 from .synthetic import synthetic_face

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 
 from .synthetic import synthetic_face
 
@@ -158,12 +158,12 @@ def test_a_finished_run_says_it_keeps_its_resume_state_and_its_size(tiny_dataset
 def test_scoring_a_labelled_folder_shows_a_status_line_on_a_terminal(tiny_checkpoint, labelled_dir, monkeypatch):
     from rich.console import Console
 
-    from fer_cli import cli
+    from fer_cli.cli import console
 
     terminal = io.StringIO()
     monkeypatch.setenv("TERM", "xterm")  # (the suite's TERM=dumb would keep rich from drawing it)
     monkeypatch.setattr(
-        cli, "err_console", Console(file=terminal, force_terminal=True, force_interactive=True, width=200)
+        console, "err_console", Console(file=terminal, force_terminal=True, force_interactive=True, width=200)
     )
     done = invoke("ensemble", labelled_dir, "-m", tiny_checkpoint, "-f", "json", "-j", 0)
     assert done.exit_code == 0, done.output

@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 from fer_cli.engine.train.run import train
 from fer_cli.engine.train.run_files import history_path, last_path
 from fer_cli.models.checkpoint import read_checkpoint

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 from fer_cli.models.checkpoint import read_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

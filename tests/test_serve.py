@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from fer_cli.cli import app as cli_app
+from fer_cli.cli.app import app as cli_app
 from fer_cli.engine.predict import Predictor
 from fer_cli.models.zoo import model_catalogue, resolve_model
 from fer_cli.serve.app import ServeConfig, create_app

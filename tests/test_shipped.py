@@ -92,7 +92,7 @@ def test_default_model_agrees_with_the_taggers_majority_on_300_val_images():
 def test_fer_models_names_what_runs_by_default():
     from typer.testing import CliRunner
 
-    from fer_cli.cli import app
+    from fer_cli.cli.app import app
 
     result = CliRunner().invoke(app, ["models"])
     rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 5}

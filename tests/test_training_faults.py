@@ -18,7 +18,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 from fer_cli.models import checkpoint as checkpoint_module
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def _start(args: list[str], die_at_save: int | None = None) -> subprocess.Popen:
                 os.kill(os.getpid(), signal.SIGKILL)
             return real_save(obj, stream, *args, **kwargs)
         torch.save = save
-        from fer_cli.cli import main
+        from fer_cli.cli.app import main
         sys.argv = ["fer", *{args!r}]
         main()
         """

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 from fer_cli.inputs import video
 from fer_cli.inputs.images import MissingInput, iter_image_paths
 from fer_cli.inputs.video import Sampling, VideoFrame, read_frames

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from fer_cli.cli import app
+from fer_cli.cli.app import app
 from fer_cli.engine.metrics import summarize_votes
 from fer_cli.engine.train.run import train
 from fer_cli.errors import SourceError

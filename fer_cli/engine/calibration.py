@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import FerError
 from ..models.classifier import log_class_prior, softmax
-from .metrics import expected_calibration_error
+from .metrics import expected_calibration_error, summarize, summarize_votes
 
 TEMPERATURE_RANGE = (0.05, 20.0)
 
@@ -154,6 +154,33 @@ def choose_prior_correction(
     tau = float(setting)
     after = _corrected_scores(np.asarray(log_probs), np.asarray(labels), log_class_prior(prior), tau)
     return {**report, "tau": tau, "rule": "given (--prior-correction)", "after": after, "reason": ""}
+
+
+def validation_metrics(labelled, corrected, clear, class_names) -> dict:
+    """The metrics ``fer train`` stores, for probabilities ``corrected`` of ``labelled``'s images (against the labels
+    of the images ``clear``, and with votes, the votes' own measures over all of them)."""
+    if labelled.votes is None:
+        return summarize(labelled.labels[clear], corrected[clear], class_names)
+    return summarize_votes(labelled.votes, labelled.labels, corrected, class_names)
+
+
+def refit_prior_correction(classifier, probs, labels, clear, setting: str, fitted_on: str):
+    """The probabilities ``classifier`` gave, taken back to its raw logits (up to a constant per image), corrected anew
+    as ``setting`` says (auto, none, a number: chosen on the images ``clear``); returns them (temperature 1) and the
+    correction's report."""
+    if classifier.class_prior is None:
+        raise FerError(f"{classifier.name} records no class prior (trained before fer recorded one): no correction")
+    prior = np.asarray(classifier.class_prior, dtype=np.float64)
+    raw = classifier.temperature * np.log(np.clip(probs, 1e-12, None)) - classifier.logit_adjustment
+    correction = choose_prior_correction(raw[clear], labels[clear], prior, setting, fitted_on)
+    if correction is None:  # none: no correction at all
+        correction = {
+            "tau": 0.0,
+            "rule": "none (--prior-correction none)",
+            "prior": prior.tolist(),
+            "reason": "none asked",
+        }
+    return softmax(raw - correction["tau"] * log_class_prior(prior)), correction
 
 
 def _corrected_scores(log_probs: np.ndarray, labels: np.ndarray, log_prior: np.ndarray, tau: float) -> dict:

@@ -1,1 +1,1 @@
-"""`fer serve`: the HTTP front end, beside cli.py (FastAPI and uvicorn, the serve extra)."""
+"""`fer serve`: the HTTP front end, beside the command line in fer_cli/cli/ (FastAPI and uvicorn, the serve extra)."""

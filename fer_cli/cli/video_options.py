@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from .inputs.video import Sampling
+    from ..inputs.video import Sampling
 
 FpsOpt = Annotated[
     float | None,
@@ -41,7 +41,7 @@ class VideoSettings:
 
 def video_settings(fps: float | None, start: float, end: float | None, smooth: float | None) -> VideoSettings:
     """The options checked; a bad one is a usage error naming it."""
-    from .inputs import video
+    from ..inputs import video
 
     try:
         sampling = video.Sampling(fps, start, end, video.MAX_FRAMES)
