@@ -66,7 +66,19 @@ def test_the_shipped_fast_model_is_an_int8_export_that_scored_itself():
         pytest.skip("no fast.onnx here, or onnxruntime is not installed")
     classifier = load_classifier(fast[0].path)
     assert classifier.arch.endswith("int8") and classifier.metrics["votes"]["images"] == 3553
-    assert classifier.metrics["accuracy"] > 0.83
+    assert classifier.metrics["accuracy"] > 0.82
+
+
+@needs_weights
+def test_the_default_does_not_trade_the_rare_classes_for_neutral():
+    """The default's prior correction was chosen for faces in general (the best balanced accuracy within 3 points of
+    accuracy), not for FER+ val's third of neutral faces: subtle expressions (an emotion the majority while 3+ of 10
+    taggers said neutral) are mostly read as the emotion."""
+    default = resolve_model(None)
+    metrics = default.metrics
+    assert 0.3 <= default.prior_correction <= 1.0
+    assert metrics["balanced_accuracy"] > 0.68 and metrics["votes"]["subtle_recall"] > 0.65
+    assert metrics["accuracy"] > 0.81
 
 
 @needs_weights
@@ -85,7 +97,7 @@ def test_default_model_agrees_with_the_taggers_majority_on_300_val_images():
         predicted += [int(o.faces[0].probs[0].argmax()) for o in outcomes]
     accuracy = float(np.mean(np.array(predicted) == np.array(truth)))
     print(f"shipped model {classifier.name}: {accuracy:.1%} of 300 val images agree with the FER+ majority")
-    assert accuracy >= 0.78  # ~85% on the whole split
+    assert accuracy >= 0.77  # ~83% on the whole split
 
 
 @needs_weights
