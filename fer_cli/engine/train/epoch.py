@@ -12,6 +12,7 @@ from rich.progress import Progress
 from ...device import autocast, to_device
 from ...errors import FerError
 from ...inputs.batches import InMemoryBatches, share_of, shuffled_order
+from ...models.classifier import log_class_prior
 from .. import distributed
 from .config import TrainConfig
 from .set_up import TrainingRun
@@ -124,11 +125,23 @@ def validate(run: TrainingRun) -> dict:
     probs, labels, share, loss_sums = distributed.gather_arrays(
         run.group, probs, labels, share, np.array([loss * len(labels)])
     )
-    metrics = run.scores(probs, labels, share)
+    metrics = run.scores(as_the_loss_sees_them(probs, run.class_prior, run.config.balance), labels, share)
     metrics["loss"] = float(loss_sums.sum() / max(len(labels), 1))
     if run.scheduler is not None and run.config.schedule == "plateau":
         run.scheduler.step(metrics["accuracy"])
     return metrics
+
+
+def as_the_loss_sees_them(probs: np.ndarray, class_prior: list[float], balance: str) -> np.ndarray:
+    """The probabilities an epoch is scored and chosen by: the network's own, or under ``--balance logit-adjusted``
+    those of its logits plus the log class prior, which is what that loss fits to the targets. The network's own
+    logits there are the balanced ones (every class as if equally common): scored as they are, accuracy against
+    FER+'s majority fell as they grew more balanced, and a run kept its first epoch. The prior correction fitted at
+    the end starts from the network's own logits either way (a negative tau gives the prior back)."""
+    if balance != "logit-adjusted":
+        return probs
+    weighted = probs * np.exp(log_class_prior(class_prior))  # softmax(logits + log prior), the prior floored as everywhere
+    return (weighted / weighted.sum(axis=1, keepdims=True)).astype(probs.dtype)
 
 
 @torch.no_grad()
