@@ -1,8 +1,8 @@
 import csv
 import hashlib
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from fer_cli.engine.train import epoch as epoch_module

@@ -140,7 +140,9 @@ def as_the_loss_sees_them(probs: np.ndarray, class_prior: list[float], balance: 
     the end starts from the network's own logits either way (a negative tau gives the prior back)."""
     if balance != "logit-adjusted":
         return probs
-    weighted = probs * np.exp(log_class_prior(class_prior))  # softmax(logits + log prior), the prior floored as everywhere
+    weighted = probs * np.exp(
+        log_class_prior(class_prior)
+    )  # softmax(logits + log prior), the prior floored as everywhere
     return (weighted / weighted.sum(axis=1, keepdims=True)).astype(probs.dtype)
 
 
