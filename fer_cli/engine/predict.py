@@ -181,37 +181,44 @@ def in_order(
     batches per worker in flight (so nothing piles up when the consumer is slower)."""
     pool = ProcessPoolExecutor(workers, initializer=_worker_started, initargs=(initializer, state))
     pending: deque = deque()
+    forked: list = []
     try:
         for batch in batches:
             with signals_held() if not pending else contextlib.nullcontext():  # the first submit forks the workers
-                pending.append(pool.submit(function, batch))
+                try:
+                    pending.append(pool.submit(function, batch))
+                finally:  # the workers, known as soon as they exist, whatever happens next
+                    forked = forked or list((getattr(pool, "_processes", None) or {}).values())
             if len(pending) >= ahead * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
     except BrokenProcessPool:
-        _shut_down(pool)
+        _shut_down(pool, forked)
         raise FerError(
             "a reading worker process died (out of memory, or a crash in an image decoder); "
             "--workers 0 reads in the main process and shows which input it was"
         ) from None
     except BaseException:  # an error, Ctrl-C, a signal, or the consumer gone: stop the workers now
-        _shut_down(pool)
+        _shut_down(pool, forked)
         raise
-    _shut_down(pool)
+    _shut_down(pool, forked)
 
 
-def _shut_down(pool: ProcessPoolExecutor) -> None:
+def _shut_down(pool: ProcessPoolExecutor, forked: list) -> None:
     """Stop a pool's workers and wait for them. A signal that lands while ``submit`` is starting the pool's manager
     thread leaves a thread that never started, which ``shutdown`` cannot join (RuntimeError, hiding the signal's
-    own exception): then the workers are ended here, and the caller still sees the signal."""
+    own exception): then the workers are ended here, and the caller still sees the signal. Any worker of ``forked``
+    still alive after the shutdown is ended too: a stop that landed as the pool broke (one worker killed by it, the
+    other forked a moment later) once left an idle worker that the interpreter's exit then waited for forever."""
     try:
         pool.shutdown(wait=True, cancel_futures=True)
     except RuntimeError:
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
+        pool.shutdown(wait=False, cancel_futures=True)
+    for process in forked:
+        if process.is_alive():
             process.terminate()
             process.join(timeout=10)
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def read_batches(
